@@ -1,0 +1,260 @@
+"""``strata``: the command-line entry points that the Snakemake rules call, one subcommand per stage.
+
+Every stage also runs on its own, without Snakemake, e.g.::
+
+    strata data --name mnist1d-lt --params '{"kind": "mnist1d-lt"}' --pool pool.parquet \\
+        --probe-train probe_train.parquet --probe-test probe_test.parquet --info data.json
+
+Errors in the input or the request print one line (file/key, what is wrong, how to fix it) and exit
+with status 2; outputs of a failed command are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workflow.errors import StrataError
+
+EXIT_USER_ERROR = 2
+
+
+def _tracking(args: argparse.Namespace) -> Any:
+    from workflow.tracking import TrackingSpec
+
+    return TrackingSpec.from_json(args.tracking) if args.tracking else None
+
+
+def _record(stage: str, params: dict[str, Any], inputs: list[str], outputs: list[str]) -> Any:
+    from workflow.tables import file_digest
+    from workflow.tracking import StageRecord
+
+    return StageRecord(stage=stage, params=params, artifacts=[o for o in outputs if Path(o).suffix in
+                                                              (".json", ".md", ".csv", ".png")],
+                       inputs={p: file_digest(p) for p in inputs if Path(p).is_file()})
+
+
+def cmd_data(args: argparse.Namespace) -> list[str]:
+    from workflow.config import code_version, config_hash, parse_params
+    from workflow.curate.stage import label_stats
+    from workflow.data import build_dataset
+    from workflow.tables import write_json, write_table
+    from workflow.tracking import log_stage
+
+    params = parse_params(args.params, args.params_file, "dataset", f"datasets.{args.name}")
+    start = time.perf_counter()
+    splits = build_dataset(params, args.name)
+    meta = {"dataset": args.name, "input_kind": splits.input_kind, "config_hash": config_hash(params)}
+    for table, path in ((splits.pool, args.pool), (splits.probe_train, args.probe_train),
+                        (splits.probe_test, args.probe_test)):
+        write_table(table, path, metadata=meta)
+        print(f"data: wrote {path} ({len(table)} rows, dim {table.dim})", flush=True)
+    info = {**meta, **splits.info, "params": params, "code_version": code_version(),
+            "sizes": {"pool": len(splits.pool), "probe_train": len(splits.probe_train),
+                      "probe_test": len(splits.probe_test)},
+            "pool_labels": label_stats(splits.pool.labels)}
+    write_json(info, args.info)
+    record = _record("data", params, [], [args.info])
+    record.metrics = {"pool_size": len(splits.pool), "probe_train_size": len(splits.probe_train),
+                      "probe_test_size": len(splits.probe_test), "seconds": time.perf_counter() - start}
+    log_stage(_tracking(args), record)
+    return []
+
+
+def cmd_curate(args: argparse.Namespace) -> None:
+    from workflow.config import parse_params
+    from workflow.curate.stage import curate, write_selection
+    from workflow.tables import read_table, write_json
+    from workflow.tracking import log_stage
+
+    params = parse_params(args.params, args.params_file, "curation", "curation")
+    start = time.perf_counter()
+    pool = read_table(args.pool)
+    features = pool if args.features in (None, args.pool) else read_table(args.features)
+    rows, levels_ids, stats = curate(pool, features, params, args.seed,
+                                     progress=lambda msg: print(f"curate: {msg}", flush=True))
+    stats["seconds"] = time.perf_counter() - start
+    write_selection(pool, rows, levels_ids, args.selection)
+    write_json(stats, args.stats)
+    print(f"curate: {params['method']} kept {len(rows)} of {len(pool)} items -> {args.selection}", flush=True)
+    record = _record("curate", {**params, "seed": args.seed}, [args.pool, args.features or args.pool], [args.stats])
+    record.metrics = {"selected_size": len(rows), "pool_size": len(pool), "seconds": stats["seconds"]}
+    for when in ("before", "after"):
+        if f"labels_{when}" in stats:
+            record.metrics[f"label_entropy_{when}"] = stats[f"labels_{when}"]["normalized_entropy"]
+    log_stage(_tracking(args), record)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from workflow.config import parse_params
+    from workflow.pretrain.train import run_pretrain
+    from workflow.tracking import log_stage
+
+    params = parse_params(args.params, args.params_file, "ssl", "ssl")
+    start = time.perf_counter()
+    history = run_pretrain(args.pool, args.selection, args.encoder, args.history, params, args.seed, args.threads,
+                           args.gpus, args.ray_address, args.work_root)
+    record = _record("pretrain", {**params, "seed": args.seed, "threads": args.threads, "gpus": args.gpus},
+                     [args.pool, args.selection], [args.encoder])
+    record.series = [(k, row[k], int(row["step"])) for row in history for k in ("loss", "lr", "samples_per_s")]
+    record.metrics = {"final_loss": history[-1]["loss"], "seconds": time.perf_counter() - start}
+    record.artifacts = [args.encoder, args.history]
+    log_stage(_tracking(args), record)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from workflow.embed import run_embed
+    from workflow.tracking import log_stage
+
+    if len(args.input) != len(args.output):
+        raise StrataError(f"{len(args.input)} --input but {len(args.output)} --output", where="strata embed",
+                          fix="give one --output per --input, in the same order.")
+    stats = run_embed(args.encoder, list(zip(args.input, args.output, strict=True)), args.threads, args.gpus,
+                      args.batch_size, args.ray_address)
+    record = _record("embed", {"batch_size": args.batch_size, "threads": args.threads, "gpus": args.gpus},
+                     [args.encoder, *args.input], [])
+    record.metrics = {f"{Path(k).stem}_rows_per_s": v["rows_per_s"] for k, v in stats.items()}
+    log_stage(_tracking(args), record)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from workflow.config import parse_params
+    from workflow.evaluate.stage import evaluate
+    from workflow.tables import write_json
+    from workflow.tracking import log_stage
+
+    params = parse_params(args.params, args.params_file, "evaluation", "evaluation")
+    variant = json.loads(args.variant) if args.variant else {}
+    metrics = evaluate(args.probe_train, args.probe_test, params, args.seed)
+    extra: dict[str, Any] = {"params": params}
+    parent_metrics = dict(metrics)
+    if args.curation_stats:
+        cstats = json.loads(Path(args.curation_stats).read_text())
+        extra["curation"] = {k: cstats[k] for k in ("selected_size", "pool_size") if k in cstats}
+        parent_metrics["curated_size"] = cstats.get("selected_size", 0)
+        if "labels_after" in cstats:
+            parent_metrics["curated_label_entropy"] = cstats["labels_after"]["normalized_entropy"]
+    write_json({"variant": variant, "metrics": metrics, **extra}, args.output)
+    for k, v in metrics.items():
+        print(f"evaluate: {k} = {v:.4f}", flush=True)
+    record = _record("evaluate", {**params, "seed": args.seed}, [args.probe_train, args.probe_test], [args.output])
+    record.metrics = metrics
+    log_stage(_tracking(args), record, parent_metrics=parent_metrics)
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    from workflow.summarize import summarize
+
+    df = summarize(args.metrics, args.csv, args.md, args.baseline)
+    print(f"summarize: {len(df)} variants -> {args.csv}, {args.md}", flush=True)
+    print(Path(args.md).read_text(), flush=True)
+
+
+def cmd_attach(args: argparse.Namespace) -> None:
+    from workflow.tracking import attach_job_files
+
+    n = attach_job_files(args.tracking_uri, args.experiment)
+    print(f"attached job logs and benchmarks to {n} stage run(s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strata", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, func: Callable[[argparse.Namespace], Any], help_text: str, outputs: list[str],
+              params: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func, outputs=outputs)
+        if params:
+            p.add_argument("--params", help="the stage's config section as JSON/YAML (defaults from the schema)")
+            p.add_argument("--params-file", help="...or a YAML file holding it")
+        p.add_argument("--tracking", help="MLflow tracking spec (JSON, written by the Snakemake rules); "
+                       "omit to run without MLflow")
+        return p
+
+    p = stage("data", cmd_data, "Build a data set's pool and probe tables.",
+              ["pool", "probe_train", "probe_test", "info"])
+    p.add_argument("--name", required=True, help="data set name (used in messages and metadata)")
+    for flag in ("--pool", "--probe-train", "--probe-test", "--info"):
+        p.add_argument(flag, required=True)
+
+    p = stage("curate", cmd_curate, "Select a subset of the pool.", ["selection", "stats"])
+    p.add_argument("--pool", required=True, help="pool table (Parquet)")
+    p.add_argument("--features", help="feature table with the pool's ids (default: the pool's own vectors)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--selection", required=True, help="output: selected ids (Parquet)")
+    p.add_argument("--stats", required=True, help="output: statistics (JSON)")
+
+    def compute(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=int, default=1, help="CPU cores of the job")
+        p.add_argument("--gpus", type=int, default=0, help="GPUs of the job")
+        p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
+
+    p = stage("pretrain", cmd_pretrain, "Pretrain an encoder with self-supervised learning on Ray Train.",
+              ["encoder", "history"])
+    p.add_argument("--pool", required=True)
+    p.add_argument("--selection", required=True, help="curated ids to train on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoder", required=True, help="output: encoder weights (safetensors)")
+    p.add_argument("--history", required=True, help="output: training history (Parquet)")
+    p.add_argument("--work-root", default="results/.work", help="scratch space for Ray Train (not an output)")
+    compute(p)
+
+    p = stage("embed", cmd_embed, "Embed tables with a trained encoder through a Ray actor pool.", ["output"],
+              params=False)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--input", action="append", required=True, help="input table (repeatable)")
+    p.add_argument("--output", action="append", required=True, help="output table (repeatable, same order)")
+    p.add_argument("--batch-size", type=int, default=1024)
+    compute(p)
+
+    p = stage("evaluate", cmd_evaluate, "Clustering, retrieval and kNN/linear metrics of embeddings.", ["output"])
+    p.add_argument("--probe-train", required=True)
+    p.add_argument("--probe-test", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", help="JSON identifying the variant (dataset, curation, ssl, seed)")
+    p.add_argument("--curation-stats", help="the variant's curation stats.json (copied into the record)")
+    p.add_argument("--output", required=True, help="output: metrics (JSON)")
+
+    p = stage("summarize", cmd_summarize, "Aggregate metrics over variants and seeds.", ["csv", "md"], params=False)
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.add_argument("--baseline", default="random")
+
+    p = sub.add_parser("attach-files", help="Attach Snakemake logs/benchmarks to MLflow stage runs.")
+    p.set_defaults(func=cmd_attach, outputs=[])
+    p.add_argument("--tracking-uri", required=True)
+    p.add_argument("--experiment", required=True)
+    return parser
+
+
+def _remove_outputs(args: argparse.Namespace) -> None:
+    for name in args.outputs:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value and Path(value).is_file():
+                Path(value).unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except StrataError as err:
+        _remove_outputs(args)
+        print(f"strata {args.command}: error: {err}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except BaseException:
+        _remove_outputs(args)
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""MLflow tracking for Snakemake jobs (separate processes, possibly in parallel).
+
+Layout of a study in MLflow (experiment = the config's ``study``):
+
+* one **variant run** per (dataset, curation, ssl method, seed, config hash), tagged
+  ``strata.kind=variant``: it carries the whole chain's parameters and the final metrics, so that
+  selecting variant runs and pressing *Compare* shows the study side by side;
+* one **dataset run** per data set, tagged ``strata.kind=dataset``, parent of the shared stages
+  (``data`` and ``curate``, which several variants share);
+* one **stage run** per Snakemake job, nested under its variant or dataset run, with the job's
+  parameters, metrics, per-epoch series, output files, log and input digests (lineage).
+
+Runs are found by their ``strata.key`` tag, never created anew for the same key, and a re-run of a
+job replaces its previous stage run. Writers on one machine are serialised by an exclusive ``flock``
+beside the SQLite file, which avoids "database is locked" under parallel jobs; the whole job's
+logging happens in one short locked block at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workflow.config import code_version, config_hash
+from workflow.distributed import file_lock
+
+KEY_TAG = "strata.key"
+KIND_TAG = "strata.kind"
+
+
+def resolve_tracking_uri(uri: str | None, results_dir: str | os.PathLike[str] = "results") -> str:
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs results>/mlflow.db``."""
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def _lock_path(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return uri[len("sqlite:///"):] + ".lock"
+    return f"/tmp/strata-mlflow-{os.getuid()}.lock"
+
+
+@dataclass
+class StageRecord:
+    """Everything one job logs, collected while it runs and written at its end."""
+
+    stage: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    series: list[tuple[str, float, int]] = field(default_factory=list)  # (key, value, step)
+    artifacts: list[str] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # path -> sha256
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrackingSpec:
+    """Where a job logs; built by the Snakemake rules (``rules/common.smk``) and passed as JSON."""
+
+    uri: str
+    experiment: str
+    parent_kind: str  # "variant" or "dataset"
+    parent_key: str
+    parent_name: str
+    parent_params: dict[str, Any]
+    job: str  # unique job key, e.g. "pretrain/mnist1d-lt/none/simclr/seed0"
+    log: str | None = None
+    benchmark: str | None = None
+    artifact_root: str | None = None
+
+    @classmethod
+    def from_json(cls, text: str) -> TrackingSpec:
+        return cls(**json.loads(text))
+
+
+def _experiment_id(client: Any, spec: TrackingSpec) -> str:
+    exp = client.get_experiment_by_name(spec.experiment)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = spec.artifact_root
+    if root is None and spec.uri.startswith("sqlite:///"):
+        root = str(Path(spec.uri[len("sqlite:///"):]).parent / "mlartifacts")
+    location = Path(root).resolve().as_uri() if root and "://" not in root else root
+    return client.create_experiment(spec.experiment, artifact_location=location)
+
+
+def _find_run(client: Any, exp_id: str, key: str) -> Any | None:
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=10)
+    return runs[0] if runs else None
+
+
+def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = obj
+    return out
+
+
+def flatten_params(obj: dict[str, Any]) -> dict[str, str]:
+    """Nested config -> ``{"a.b": "value"}`` strings, as MLflow params."""
+    return {k: json.dumps(v) if isinstance(v, list | tuple) else str(v) for k, v in _flatten("", obj, {}).items()}
+
+
+def _parent_run(client: Any, exp_id: str, spec: TrackingSpec) -> str:
+    run = _find_run(client, exp_id, spec.parent_key)
+    if run is not None:
+        return run.info.run_id
+    from mlflow.entities import Param, RunTag
+
+    run = client.create_run(exp_id, run_name=spec.parent_name,
+                            tags={KEY_TAG: spec.parent_key, KIND_TAG: spec.parent_kind})
+    params = flatten_params(spec.parent_params)
+    params["config_hash"] = config_hash(spec.parent_params)
+    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()],
+                     tags=[RunTag("strata.code_version", code_version())])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: dict[str, float] | None = None) -> None:
+    """Write one job's record as a stage run nested under its variant/dataset run.
+
+    ``parent_metrics`` are also logged on the parent run (the variant's final metrics).
+    """
+    if spec is None:
+        return
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    with file_lock(_lock_path(spec.uri)):
+        mlflow.set_tracking_uri(spec.uri)
+        client = MlflowClient(spec.uri)
+        exp_id = _experiment_id(client, spec)
+        parent_id = _parent_run(client, exp_id, spec)
+        # A re-run of the same job replaces its earlier stage run.
+        for old in client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{spec.job}'", max_results=50):
+            client.delete_run(old.info.run_id)
+        tags = {KEY_TAG: spec.job, KIND_TAG: "stage", "strata.stage": record.stage,
+                "mlflow.parentRunId": parent_id, "strata.code_version": code_version(),
+                "strata.pending_files": "1", **record.tags}
+        if spec.log:
+            tags["strata.log_file"] = str(Path(spec.log).resolve())
+        if spec.benchmark:
+            tags["strata.benchmark_file"] = str(Path(spec.benchmark).resolve())
+        run = client.create_run(exp_id, run_name=f"{record.stage}", tags=tags)
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        params = flatten_params(record.params)
+        for path, digest in record.inputs.items():
+            params[f"input.{Path(path).name}.sha256"] = digest[:16]
+        metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items()]
+        metrics += [Metric(k, float(v), now, int(step)) for k, v, step in record.series]
+        param_list = [Param(k, v[:6000]) for k, v in params.items()]
+        # log_batch takes at most 100 params and 1000 metrics per call.
+        for i in range(0, len(param_list), 100):
+            client.log_batch(run_id, params=param_list[i:i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        client.log_batch(run_id, tags=[RunTag("strata.inputs", json.dumps(record.inputs)[:5000])])
+        for path in record.artifacts:
+            if Path(path).is_file():
+                client.log_artifact(run_id, path, artifact_path="outputs")
+        client.set_terminated(run_id, "FINISHED")
+        if parent_metrics:
+            client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in parent_metrics.items()])
+
+
+def attach_job_files(uri: str, experiment: str) -> int:
+    """Attach the Snakemake log and benchmark files to stage runs that wait for them.
+
+    Snakemake writes a job's benchmark file after the job ends, so the job itself cannot log it;
+    the workflow's ``onsuccess``/``onerror`` handlers call this once, in the main process.
+    Returns the number of runs updated.
+    """
+    from mlflow.tracking import MlflowClient
+
+    with file_lock(_lock_path(uri)):
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return 0
+        runs = client.search_runs([exp.experiment_id], filter_string="tags.`strata.pending_files` = '1'",
+                                  max_results=5000)
+        for run in runs:
+            for tag in ("strata.log_file", "strata.benchmark_file"):
+                path = run.data.tags.get(tag)
+                if path and Path(path).is_file():
+                    client.log_artifact(run.info.run_id, path, artifact_path="job")
+            client.set_tag(run.info.run_id, "strata.pending_files", "0")
+        return len(runs)
