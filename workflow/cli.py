@@ -30,13 +30,20 @@ def _tracking(args: argparse.Namespace) -> Any:
     return TrackingSpec.from_json(args.tracking) if args.tracking else None
 
 
+ARTIFACT_MAX_BYTES = 64 * 2**20  # larger outputs are tracked by digest only
+
+
 def _record(stage: str, params: dict[str, Any], inputs: list[str], outputs: list[str]) -> Any:
+    """A stage's MLflow record: its params, its outputs as artifacts, and the digests of its inputs."""
     from workflow.tables import file_digest
     from workflow.tracking import StageRecord
 
-    return StageRecord(stage=stage, params=params, artifacts=[o for o in outputs if Path(o).suffix in
-                                                              (".json", ".md", ".csv", ".png")],
-                       inputs={p: file_digest(p) for p in inputs if Path(p).is_file()})
+    files = [o for o in outputs if Path(o).is_file()]
+    record = StageRecord(stage=stage, params=params,
+                         artifacts=[o for o in files if Path(o).stat().st_size <= ARTIFACT_MAX_BYTES],
+                         inputs={p: file_digest(p) for p in inputs if Path(p).is_file()})
+    record.tags["strata.outputs"] = json.dumps({o: file_digest(o)[:16] for o in files})[:5000]
+    return record
 
 
 def cmd_data(args: argparse.Namespace) -> list[str]:
@@ -59,7 +66,7 @@ def cmd_data(args: argparse.Namespace) -> list[str]:
                       "probe_test": len(splits.probe_test)},
             "pool_labels": label_stats(splits.pool.labels)}
     write_json(info, args.info)
-    record = _record("data", params, [], [args.info])
+    record = _record("data", params, [], [args.pool, args.probe_train, args.probe_test, args.info])
     record.metrics = {"pool_size": len(splits.pool), "probe_train_size": len(splits.probe_train),
                       "probe_test_size": len(splits.probe_test), "seconds": time.perf_counter() - start}
     log_stage(_tracking(args), record)
@@ -82,7 +89,8 @@ def cmd_curate(args: argparse.Namespace) -> None:
     write_selection(pool, rows, levels_ids, args.selection)
     write_json(stats, args.stats)
     print(f"curate: {params['method']} kept {len(rows)} of {len(pool)} items -> {args.selection}", flush=True)
-    record = _record("curate", {**params, "seed": args.seed}, [args.pool, args.features or args.pool], [args.stats])
+    record = _record("curate", {**params, "seed": args.seed}, [args.pool, args.features or args.pool],
+                     [args.selection, args.stats])
     record.metrics = {"selected_size": len(rows), "pool_size": len(pool), "seconds": stats["seconds"]}
     for when in ("before", "after"):
         if f"labels_{when}" in stats:
@@ -100,10 +108,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     history = run_pretrain(args.pool, args.selection, args.encoder, args.history, params, args.seed, args.threads,
                            args.gpus, args.ray_address, args.work_root)
     record = _record("pretrain", {**params, "seed": args.seed, "threads": args.threads, "gpus": args.gpus},
-                     [args.pool, args.selection], [args.encoder])
+                     [args.pool, args.selection], [args.encoder, args.history])
     record.series = [(k, row[k], int(row["step"])) for row in history for k in ("loss", "lr", "samples_per_s")]
     record.metrics = {"final_loss": history[-1]["loss"], "seconds": time.perf_counter() - start}
-    record.artifacts = [args.encoder, args.history]
     log_stage(_tracking(args), record)
 
 
@@ -117,7 +124,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     stats = run_embed(args.encoder, list(zip(args.input, args.output, strict=True)), args.threads, args.gpus,
                       args.batch_size, args.ray_address)
     record = _record("embed", {"batch_size": args.batch_size, "threads": args.threads, "gpus": args.gpus},
-                     [args.encoder, *args.input], [])
+                     [args.encoder, *args.input], args.output)
     record.metrics = {f"{Path(k).stem}_rows_per_s": v["rows_per_s"] for k, v in stats.items()}
     log_stage(_tracking(args), record)
 

@@ -166,3 +166,26 @@ def code_version() -> str:
             return "strata-" + version("strata")
         except PackageNotFoundError:
             return "unknown"
+
+
+# Keys that matter for each method / data set kind (the schema fills defaults for every key; these are
+# the ones that change the result, and hence go into run parameters, hashes and rerun triggers).
+_RELEVANT = {
+    ("curation", "none"): ["method"],
+    ("curation", "random"): ["method", "target_size"],
+    ("dataset", "mnist1d-lt"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",
+                                "probe_train_per_class", "probe_test_per_class", "input_kind"],
+    ("dataset", "digits"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",
+                            "probe_train_per_class", "probe_test_per_class", "input_kind"],
+    ("dataset", "blobs"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",
+                           "probe_train_per_class", "probe_test_per_class", "input_kind", "n_classes", "dim",
+                           "n_subclusters"],
+    ("dataset", "file"): ["kind", "path", "vector_column", "labels_path", "probe_train_path", "probe_test_path",
+                          "input_kind"],
+}
+
+
+def relevant(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a validated config entry that apply to its method (curation) or kind (dataset)."""
+    keys = _RELEVANT.get((section, cfg.get("method", cfg.get("kind"))))
+    return dict(cfg) if keys is None else {k: cfg[k] for k in keys if k in cfg}

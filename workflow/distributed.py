@@ -40,6 +40,13 @@ def file_lock(path: str, message: str | None = None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+RAY_TRAIN_DEFAULTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+}
+
+
 def ray_lock_path() -> str:
     return os.environ.get("STRATA_RAY_LOCK", f"/tmp/strata-ray-{os.getuid()}.lock")
 
@@ -64,6 +71,10 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
         lock = file_lock(ray_lock_path(), "waiting for another local Ray job on this machine to finish ...")
     with lock:
         start = time.time()
+        # Ray Train's controller polls its workers every 2 s and runs a preemption watcher and a state
+        # reconciler by default; for the short jobs of a study that adds ~7 s per job (measured here).
+        for var, value in RAY_TRAIN_DEFAULTS.items():
+            os.environ.setdefault(var, value)
         if address is None:
             # Short temp dir: Ray's AF_UNIX socket paths must stay under 107 bytes (ray#7724).
             temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")

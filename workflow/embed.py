@@ -66,7 +66,8 @@ def run_embed(encoder_path: str, pairs: list[tuple[str, str]], threads: int, gpu
             chunks = _batches(table, batch_size)
             with TableWriter(out, spec["embedding_dim"], column=EMBEDDING_COLUMN,
                              metadata={"encoder": str(encoder_path), "source": str(inp)}) as writer:
-                results = pool.map(lambda actor, se: actor.embed.remote(table.vectors[se[0]:se[1]]), chunks)
+                vectors = table.vectors
+                results = pool.map(lambda actor, se, v=vectors: actor.embed.remote(v[se[0]:se[1]]), chunks)
                 for done, ((s, e), emb) in enumerate(zip(chunks, results, strict=True), start=1):
                     if not np.isfinite(emb).all():
                         raise StrataError("the encoder produced NaN/inf embeddings", where=str(encoder_path),

@@ -45,8 +45,8 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
     with atomic_path(csv_path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     lines = ["# Strata study summary", "",
-             f"Mean ± standard deviation over seeds (n = number of seeds). Metrics on `probe_test`; kNN and linear "
-             f"probe trained on `probe_train`.", ""]
+             "Mean ± standard deviation over seeds (n = number of seeds). Metrics on `probe_test`; kNN and linear "
+             "probe trained on `probe_train`.", ""]
     for (dataset, ssl), group in df.groupby(["dataset", "ssl"], sort=True):
         lines += [f"## {dataset} · {ssl}", "", "| curation | n | " + " | ".join(metrics) + " |",
                   "|---|---|" + "---|" * len(metrics)]
@@ -73,7 +73,8 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
                 lines += [f"Paired difference to `{baseline}` over matched seeds:", "",
                           "| curation | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics),
                           *diffs, ""]
-    lines += ["## Every variant", "", "| " + " | ".join(KEYS + metrics) + " |", "|" + "---|" * (len(KEYS) + len(metrics))]
+    lines += ["## Every variant", "", "| " + " | ".join(KEYS + metrics) + " |",
+              "|" + "---|" * (len(KEYS) + len(metrics))]
     for _, row in df.iterrows():
         lines.append("| " + " | ".join([str(row[k]) for k in KEYS] + [f"{row[c]:.3f}" for c in metrics]) + " |")
     with atomic_path(md_path) as tmp:

@@ -184,6 +184,11 @@ def read_table(path: str | os.PathLike[str], column: str | None = None, expected
         raise StrataError("table is empty", where=str(path), fix="provide at least one row.")
     if "id" not in arrow.schema.names:
         raise StrataError("missing column `id` (int64)", where=str(path), fix="add a unique int64 `id` column.")
+    id_type = arrow.schema.field("id").type
+    if not pa.types.is_integer(id_type) or arrow.column("id").null_count:
+        raise StrataError(f"column `id` must hold integers without nulls (type {id_type}, "
+                          f"{arrow.column('id').null_count} nulls)", where=str(path),
+                          fix="store a unique, non-null int64 `id` per row.")
     name = _vector_column(arrow.schema, path, column)
     col = arrow.column(name).combine_chunks()
     if col.null_count:

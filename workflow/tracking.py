@@ -147,14 +147,14 @@ def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: di
         # A re-run of the same job replaces its earlier stage run.
         for old in client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{spec.job}'", max_results=50):
             client.delete_run(old.info.run_id)
-        tags = {KEY_TAG: spec.job, KIND_TAG: "stage", "strata.stage": record.stage,
+        tags = {KEY_TAG: spec.job, KIND_TAG: "stage", "strata.stage": spec.job.split("/")[0],
                 "mlflow.parentRunId": parent_id, "strata.code_version": code_version(),
                 "strata.pending_files": "1", **record.tags}
         if spec.log:
             tags["strata.log_file"] = str(Path(spec.log).resolve())
         if spec.benchmark:
             tags["strata.benchmark_file"] = str(Path(spec.benchmark).resolve())
-        run = client.create_run(exp_id, run_name=f"{record.stage}", tags=tags)
+        run = client.create_run(exp_id, run_name=spec.job, tags=tags)
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         params = flatten_params(record.params)

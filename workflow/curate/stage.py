@@ -14,18 +14,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workflow.errors import StrataError
-from workflow.tables import VectorTable, atomic_path, read_table
+from workflow.tables import VectorTable, atomic_path
 
 
-def label_stats(labels: np.ndarray | None) -> dict[str, Any]:
-    """Label histogram and its Shannon entropy (nats) and normalised entropy (entropy / log #classes)."""
+def label_stats(labels: np.ndarray | None, n_classes: int | None = None) -> dict[str, Any]:
+    """Label histogram and its Shannon entropy (nats) and normalised entropy (entropy / log #classes).
+
+    ``n_classes`` is the number of classes to normalise by (the pool's, for a curated subset, so that a
+    subset missing some classes is not scored as balanced); default: the classes present in ``labels``.
+    """
     if labels is None or (labels < 0).any():
         return {}
     values, counts = np.unique(labels, return_counts=True)
     p = counts / counts.sum()
     entropy = float(-(p * np.log(p)).sum())
+    k = max(n_classes or 0, len(values))
     return {"histogram": {int(v): int(c) for v, c in zip(values, counts, strict=True)}, "entropy": entropy,
-            "normalized_entropy": entropy / np.log(len(values)) if len(values) > 1 else 0.0}
+            "normalized_entropy": entropy / np.log(k) if k > 1 else 0.0}
 
 
 def curate(pool: VectorTable, features: VectorTable, params: dict[str, Any], seed: int,
@@ -48,8 +53,7 @@ def curate(pool: VectorTable, features: VectorTable, params: dict[str, Any], see
         if method == "random":
             rows = np.sort(np.random.default_rng(seed).choice(n, size=target, replace=False))
         elif method == "hkmeans":
-            from workflow.curate.hierarchical import hierarchical_kmeans
-            from workflow.curate.hierarchical import flat_sizes
+            from workflow.curate.hierarchical import flat_sizes, hierarchical_kmeans
             from workflow.curate.sampling import balanced_hierarchical_sample, cluster_ids_per_level
 
             x = features.vectors
@@ -69,10 +73,10 @@ def curate(pool: VectorTable, features: VectorTable, params: dict[str, Any], see
         else:
             raise StrataError(f"unknown curation method {method!r}", where="curations.<name>.method",
                               fix="use none, random or hkmeans.")
-    stats["selected_size"] = int(len(rows))
+    stats["selected_size"] = len(rows)
     if pool.labels is not None and (pool.labels >= 0).all():
         stats["labels_before"] = label_stats(pool.labels)
-        stats["labels_after"] = label_stats(pool.labels[rows])
+        stats["labels_after"] = label_stats(pool.labels[rows], n_classes=len(np.unique(pool.labels)))
     return rows, levels_ids, stats
 
 

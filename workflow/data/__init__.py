@@ -8,8 +8,6 @@ from typing import Any
 import numpy as np
 
 from workflow.data.builtin import (
-    PROBE_TEST_ID_OFFSET,
-    PROBE_TRAIN_ID_OFFSET,
     DataSplits,
     make_blobs,
     make_digits,
@@ -41,7 +39,11 @@ def load_user_pool(path: str, vector_column: str | None = None, labels_path: str
                               where=str(p), fix="clean or drop those rows.")
         labels = None
         if labels_path:
-            labels = np.load(labels_path).astype(np.int64)
+            try:
+                labels = np.load(labels_path).astype(np.int64)
+            except (OSError, ValueError) as err:
+                raise StrataError(f"cannot read labels ({err})", where=str(labels_path),
+                                  fix="save one integer label per pool row with numpy.save.") from err
             if labels.shape != (len(vectors),):
                 raise StrataError(f"labels have shape {labels.shape}, expected ({len(vectors)},)",
                                   where=str(labels_path), fix="one integer label per row of the pool.")
@@ -54,7 +56,7 @@ def load_user_pool(path: str, vector_column: str | None = None, labels_path: str
 def _user_splits(cfg: dict[str, Any], name: str) -> DataSplits:
     pool = load_user_pool(cfg["path"], cfg.get("vector_column"), cfg.get("labels_path"))
     probes = []
-    for key, offset in (("probe_train_path", PROBE_TRAIN_ID_OFFSET), ("probe_test_path", PROBE_TEST_ID_OFFSET)):
+    for key in ("probe_train_path", "probe_test_path"):
         if not cfg.get(key):
             raise StrataError("evaluation needs a labelled probe table", where=f"datasets.{name}.{key}",
                               fix="name a labelled Parquet file (id, label, vector column).")

@@ -54,7 +54,7 @@ def _long_tailed_pool(x: np.ndarray, y: np.ndarray, counts: np.ndarray, duplicat
         rows.append(rng.choice(members, size=n_c, replace=False))
     base = np.concatenate(rows)
     xb, yb = x[base], y[base]
-    n_dup = int(round(duplicate_fraction * len(base)))
+    n_dup = round(duplicate_fraction * len(base))
     src = rng.choice(len(base), size=n_dup, replace=True)
     noise = rng.normal(0.0, duplicate_noise * float(xb.std()), size=(n_dup, x.shape[1]))
     xs = np.concatenate([xb, xb[src] + noise]).astype(np.float32)

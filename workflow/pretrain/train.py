@@ -23,7 +23,7 @@ from workflow.tables import atomic_path, read_metadata, read_table, write_table
 
 def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
     """Linear warm-up to ``peak`` then cosine decay to 0 (Loshchilov & Hutter 2017; Goyal et al. 2017)."""
-    warmup = int(round(warmup_fraction * total))
+    warmup = round(warmup_fraction * total)
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -110,8 +110,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
         (work / "history.json").write_text(json.dumps(history))
 
 
-def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history_path: str, params: dict[str, Any], seed: int,
-                 threads: int, gpus: int = 0, ray_address: str | None = None,
+def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history_path: str, params: dict[str, Any],
+                 seed: int, threads: int, gpus: int = 0, ray_address: str | None = None,
                  work_root: str = "results/.work") -> list[dict[str, float]]:
     """Train an encoder on the selected rows of the pool and write its weights and training history.
 

@@ -1,0 +1,36 @@
+# Strata: `make run` runs the default study, `make test` runs the tests; both set up .venv first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+CORES ?= 2
+CONFIG ?= configs/default.yaml
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup run test lint ui clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+	@echo; cat results/summary.md
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check .
+
+ui: setup
+	@echo "MLflow UI on http://127.0.0.1:5000 (Ctrl-C to stop)"
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath results)/mlflow.db
+
+clean:
+	rm -rf results .snakemake

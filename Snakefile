@@ -1,0 +1,34 @@
+# Strata: does curating the pool make self-supervised representations better, and by how much?
+# The study is the product datasets x curations x ssl x seeds from the config; see README.md.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# A --configfile given on the command line is the whole study (no merging with the default study).
+if not workflow.overwrite_configfiles:
+
+    configfile: "configs/default.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/curate.smk"
+include: "rules/pretrain.smk"
+include: "rules/embed.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/summary.md",
+        "results/summary.csv",
+
+
+onsuccess:
+    attach_job_files()
+
+
+onerror:
+    attach_job_files()

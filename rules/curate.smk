@@ -1,0 +1,23 @@
+rule curate:
+    """Select a subset of the pool: none (all), random, or hierarchical k-means + balanced sampling."""
+    input:
+        pool=f"{RESULTS}/{{dataset}}/data/pool.parquet",
+        features=curation_features,
+    output:
+        selection=f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/selection.parquet",
+        stats=f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/stats.json",
+    params:
+        cfg=lambda w: as_json(curation_config(w.curation)),
+        tracking=tracking("curate", "dataset"),
+    log:
+        f"{RESULTS}/logs/curate/{{dataset}}/{{curation}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/curate/{{dataset}}/{{curation}}/seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "strata curate --params {params.cfg:q} --tracking {params.tracking:q} --seed {wildcards.seed}"
+        " --pool {input.pool} --features {input.features}"
+        " --selection {output.selection} --stats {output.stats} > {log} 2>&1"

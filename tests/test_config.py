@@ -1,0 +1,251 @@
+"""Tests of study-config loading and validation (workflow.config, configs/schema.yaml)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workflow.config import REPO_ROOT, check_study, config_hash, load_schema, load_yaml, parse_params, validate
+from workflow.errors import StrataError
+
+SOURCE = "my-study.yaml"
+
+
+def _minimal() -> dict[str, Any]:
+    return {
+        "datasets": {"d1": {"kind": "blobs"}},
+        "curations": {"random": {"method": "random", "target_size": 10}},
+        "ssl": {"simclr": {"method": "simclr"}},
+        "seeds": [0],
+    }
+
+
+def _error(config: dict[str, Any]) -> StrataError:
+    with pytest.raises(StrataError) as info:
+        check_study(config, SOURCE)
+    assert SOURCE in str(info.value) and info.value.where.startswith(f"{SOURCE}: ")
+    return info.value
+
+
+# --------------------------------------------------------------------------------------------------
+# defaults
+# --------------------------------------------------------------------------------------------------
+
+
+def test_minimal_config_gets_defaults() -> None:
+    config = _minimal()
+    out = check_study(config, SOURCE)
+    assert out is config  # filled in place
+    schema = load_schema()
+    ssl_props = schema["$defs"]["ssl"]["properties"]
+    assert config["ssl"]["simclr"]["steps"] == ssl_props["steps"]["default"] == 1500
+    assert config["ssl"]["simclr"]["batch_size"] == 256
+    assert config["evaluation"]["knn_k"] == schema["$defs"]["evaluation"]["properties"]["knn_k"]["default"] == 20
+    assert config["evaluation"]["recall_ks"] == [1, 5, 10]
+    assert config["embed"] == {"batch_size": 1024}
+    assert config["summary"] == {"baseline": "random"}
+    assert config["study"] == "strata"
+    assert config["tracking"] == {"uri": None} and config["ray"] == {"address": None}
+    assert config["datasets"]["d1"]["seed"] == 0 and config["datasets"]["d1"]["imbalance_ratio"] == 100
+    assert config["curations"]["random"]["features"] == "raw"
+    assert config["curations"]["random"]["n_clusters"] == [100, 20]
+
+
+def test_given_values_are_kept_and_defaults_are_copies() -> None:
+    a = _minimal()
+    a["ssl"]["simclr"]["steps"] = 7
+    a["evaluation"] = {"knn_k": 3}
+    check_study(a, SOURCE)
+    assert a["ssl"]["simclr"]["steps"] == 7 and a["evaluation"]["knn_k"] == 3
+    assert a["evaluation"]["knn_temperature"] == 0.07  # the rest of the section still filled
+    a["curations"]["random"]["n_clusters"].append(5)  # mutating one config's default ...
+    b = check_study(_minimal(), SOURCE)
+    assert b["curations"]["random"]["n_clusters"] == [100, 20]  # ... does not leak into the next
+    assert load_schema()["$defs"]["curation"]["properties"]["n_clusters"]["default"] == [100, 20]
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "test.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    path = REPO_ROOT / "configs" / name
+    config = check_study(load_yaml(path), str(path))
+    assert config["datasets"] and config["seeds"]
+    assert config["summary"]["baseline"] in config["curations"]
+    for cur in config["curations"].values():
+        assert cur["features"] == "raw" or cur["features"] in config["ssl"]
+
+
+# --------------------------------------------------------------------------------------------------
+# schema violations: StrataError naming the source file and the key path
+# --------------------------------------------------------------------------------------------------
+
+
+def test_unknown_top_level_key() -> None:
+    config = _minimal()
+    config["sed"] = [1]
+    err = _error(config)
+    assert err.where == f"{SOURCE}: (top level)"
+    assert "'sed' was unexpected" in err.message and "seeds" in err.message
+
+
+def test_unknown_key_in_ssl_entry() -> None:
+    config = _minimal()
+    config["ssl"]["simclr"]["temprature"] = 0.1
+    err = _error(config)
+    assert err.where == f"{SOURCE}: ssl.simclr"
+    assert "'temprature' was unexpected" in err.message
+    allowed = sorted(load_schema()["$defs"]["ssl"]["properties"])
+    assert f"Allowed keys here: {', '.join(allowed)}" in err.message
+    assert "temperature" in allowed
+
+
+def test_unknown_ssl_method() -> None:
+    config = _minimal()
+    config["ssl"]["simclr"]["method"] = "byol"
+    err = _error(config)
+    assert err.where == f"{SOURCE}: ssl.simclr.method"
+    assert "'byol' is not allowed" in err.message and "['simclr']" in err.message
+
+
+def test_unknown_curation_method_lists_allowed_values() -> None:
+    config = _minimal()
+    config["curations"]["random"]["method"] = "kmeans"
+    err = _error(config)
+    assert err.where == f"{SOURCE}: curations.random.method"
+    assert "['none', 'random', 'hkmeans']" in err.message
+
+
+def test_random_curation_without_target_size() -> None:
+    config = _minimal()
+    del config["curations"]["random"]["target_size"]
+    err = _error(config)
+    assert err.where == f"{SOURCE}: curations.random" and "target_size" in err.message
+
+
+def test_curation_features_naming_missing_ssl_entry() -> None:
+    config = _minimal()
+    config["curations"]["hk"] = {"method": "hkmeans", "target_size": 5, "features": "byol"}
+    err = _error(config)
+    assert err.where == f"{SOURCE}: curations.hk.features"
+    assert "'byol'" in err.message and "simclr" in err.message
+    config["curations"]["hk"]["features"] = "simclr"
+    check_study(config, SOURCE)
+
+
+def test_baseline_not_a_curation() -> None:
+    config = _minimal()
+    config["summary"] = {"baseline": "hkmeans"}
+    err = _error(config)
+    assert err.where == f"{SOURCE}: summary.baseline" and "'hkmeans'" in err.message
+    config2 = _minimal()  # the default baseline (random) must exist too
+    config2["curations"] = {"none": {"method": "none"}}
+    assert _error(config2).where == f"{SOURCE}: summary.baseline"
+
+
+def test_dataset_name_with_slash() -> None:
+    config = _minimal()
+    config["datasets"]["mnist/lt"] = {"kind": "blobs"}
+    err = _error(config)
+    assert err.where == f"{SOURCE}: datasets" and "'mnist/lt'" in err.message
+
+
+@pytest.mark.parametrize(("mutate", "where"), [
+    (lambda c: c.update(seeds=[0, -1]), "seeds.1"),
+    (lambda c: c["datasets"]["d1"].update(seed=-3), "datasets.d1.seed"),
+])
+def test_negative_seed(mutate, where: str) -> None:
+    config = _minimal()
+    mutate(config)
+    err = _error(config)
+    assert err.where == f"{SOURCE}: {where}" and "minimum of 0" in err.message
+
+
+def test_other_cross_checks() -> None:
+    config = _minimal()
+    config["curations"]["all"] = {"method": "none"}
+    assert _error(config).where == f"{SOURCE}: curations.all"
+    config = _minimal()
+    config["curations"]["none"] = {"method": "random", "target_size": 3}
+    assert _error(config).where == f"{SOURCE}: curations.none"
+    config = _minimal()
+    config["datasets"]["mine"] = {"kind": "file"}
+    err = _error(config)
+    assert err.where == f"{SOURCE}: datasets.mine" and "path" in err.message
+
+
+def test_missing_required_section_and_wrong_type() -> None:
+    config = _minimal()
+    del config["ssl"]
+    assert "'ssl' is a required property" in _error(config).message
+    config = _minimal()
+    config["curations"]["random"]["target_size"] = "10"
+    assert _error(config).where == f"{SOURCE}: curations.random.target_size"
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML loading, stage params, hashing
+# --------------------------------------------------------------------------------------------------
+
+
+def test_load_yaml_errors(tmp_path: Path) -> None:
+    malformed = tmp_path / "broken.yaml"
+    malformed.write_text("datasets:\n  a: [1, 2\n  b: {\n")
+    with pytest.raises(StrataError, match="not valid YAML") as info:
+        load_yaml(malformed)
+    assert info.value.where == str(malformed)
+
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(StrataError, match="mapping") as info:
+        load_yaml(listing)
+    assert info.value.where == str(listing)
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(StrataError, match="mapping") as info:
+        load_yaml(empty)
+    assert str(empty) in str(info.value)
+
+    with pytest.raises(StrataError, match="not found") as info:
+        load_yaml(tmp_path / "absent.yaml")
+    assert str(tmp_path / "absent.yaml") in str(info.value)
+
+
+def test_parse_params(tmp_path: Path) -> None:
+    params = parse_params('{"method": "random", "target_size": 4}', None, "curation", "curation")
+    assert params["target_size"] == 4 and params["features"] == "raw"
+    file = tmp_path / "p.yaml"
+    file.write_text("method: simclr\nsteps: 3\n")
+    assert parse_params(None, str(file), "ssl", "ssl")["steps"] == 3
+    assert parse_params(None, None, "evaluation", "evaluation")["knn_k"] == 20
+    with pytest.raises(StrataError, match="mapping"):
+        parse_params("[1, 2]", None, "curation", "curation")
+    with pytest.raises(StrataError, match="not valid JSON/YAML"):
+        parse_params('{"method": ', None, "curation", "curation")
+    file.write_text("method: simclr\nstep: 3\n")
+    with pytest.raises(StrataError, match="'step' was unexpected") as info:
+        parse_params(None, str(file), "ssl", "ssl")
+    assert str(file) in str(info.value)
+
+
+def test_validate_a_section() -> None:
+    cfg = validate({"kind": "digits"}, "dataset", source="datasets.x")
+    assert cfg["n_max"] is None and cfg["duplicate_fraction"] == 0.1
+    with pytest.raises(StrataError) as info:
+        validate({"kind": "digits", "duplicate_fraction": 1.5}, "dataset", source="datasets.x")
+    assert info.value.where == "datasets.x: duplicate_fraction"
+
+
+def test_config_hash() -> None:
+    a = {"x": 1, "y": {"b": [1, 2], "a": "s"}}
+    b = {"y": {"a": "s", "b": [1, 2]}, "x": 1}
+    assert config_hash(a) == config_hash(b)
+    assert len(config_hash(a)) == 12 and all(ch in "0123456789abcdef" for ch in config_hash(a))
+    changed = copy.deepcopy(a)
+    changed["y"]["b"] = [1, 3]
+    assert config_hash(changed) != config_hash(a)
+    assert config_hash({**a, "x": 2}) != config_hash(a)
+    assert config_hash({**a, "z": None}) != config_hash(a)
+    assert config_hash(check_study(_minimal(), SOURCE)) == config_hash(check_study(_minimal(), SOURCE))

@@ -1,0 +1,117 @@
+"""End to end: the real `snakemake --cores 2` on configs/test.yaml, then the results and the MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def snakemake(workdir: Path, *args: str,
+              configfile: Path = REPO / "configs" / "test.yaml") -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--configfile", str(configfile), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("study")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir
+
+
+def test_summary_has_every_variant(study: Path) -> None:
+    df = pd.read_csv(study / "results" / "summary.csv")
+    assert len(df) == 3 * 2  # curations x seeds
+    assert set(df["curation"]) == {"none", "random", "hkmeans"}
+    assert set(df["seed"]) == {0, 1}
+    for metric in ["knn_accuracy", "linear_accuracy", "recall_at_1", "map_at_r", "cluster_acc", "cluster_nmi",
+                   "cluster_ari"]:
+        assert df[metric].between(-1, 1).all() and df[metric].notna().all(), metric
+    # Learned embeddings beat chance (10 classes) on the kNN probe.
+    assert df["knn_accuracy"].mean() > 0.15
+    md = (study / "results" / "summary.md").read_text()
+    for name in ("none", "random", "hkmeans", "hkmeans − random", "knn_accuracy", "map_at_r", "cluster_nmi"):
+        assert name in md
+
+
+def test_curated_subsets(study: Path) -> None:
+    root = study / "results" / "tiny" / "curate"
+    pool = pq.read_table(study / "results" / "tiny" / "data" / "pool.parquet")
+    pool_ids = set(pool.column("id").to_pylist())
+    for method in ("random", "hkmeans"):
+        sel = pq.read_table(root / method / "seed0" / "selection.parquet")
+        ids = sel.column("id").to_pylist()
+        assert len(ids) == len(set(ids)) == 200 and set(ids) <= pool_ids
+    stats = json.loads((root / "hkmeans" / "seed0" / "stats.json").read_text())
+    assert stats["n_clusters"] == [20, 5]
+    # Balanced sampling flattens the long tail: the curated label distribution has more entropy.
+    assert stats["labels_after"]["entropy"] > stats["labels_before"]["entropy"]
+    # hkmeans curated on the embeddings of the encoder pretrained on the whole pool (the `none` job).
+    assert (study / "results" / "tiny" / "embed" / "none" / "simclr" / "seed0" / "pool.parquet").exists()
+
+
+def test_mlflow_store(study: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{study / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("strata-test")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    variants = [r for r in runs if r.data.tags.get("strata.kind") == "variant"]
+    stages = [r for r in runs if r.data.tags.get("strata.kind") == "stage"]
+    assert len(variants) == 6
+    for run in variants:
+        params = run.data.params
+        assert {"dataset.name", "curation.name", "curation.method", "ssl.method", "seed", "config_hash"} <= set(params)
+        for metric in ("knn_accuracy", "recall_at_1", "map_at_r", "cluster_acc", "cluster_nmi", "cluster_ari"):
+            assert metric in run.data.metrics
+    ids = {r.info.run_id for r in runs}
+    assert all(r.data.tags["mlflow.parentRunId"] in ids for r in stages)
+    by_stage = {}
+    for run in stages:
+        by_stage.setdefault(run.data.tags["strata.stage"], []).append(run)
+    counts = {k: len(v) for k, v in by_stage.items()}
+    assert counts == {"data": 1, "curate": 6, "pretrain": 6, "embed_pool": 2, "embed": 6, "evaluate": 6}
+    pretrain = by_stage["pretrain"][0]
+    assert len(client.get_metric_history(pretrain.info.run_id, "loss")) > 1
+    job_files = [a.path for a in client.list_artifacts(pretrain.info.run_id, "job")]
+    assert any(p.endswith(".log") for p in job_files) and any(p.endswith(".tsv") for p in job_files)
+    outputs = [a.path for a in client.list_artifacts(pretrain.info.run_id, "outputs")]
+    assert any(p.endswith("encoder.safetensors") for p in outputs)
+    assert any(k.startswith("input.") for k in pretrain.data.params)  # lineage: input digests
+
+
+def test_second_invocation_has_nothing_to_do(study: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{study / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("strata-test")
+    before = len(client.search_runs([exp.experiment_id], max_results=1000))
+    result = snakemake(study)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == before
+
+
+def test_invalid_config_stops_before_running(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "configs" / "test.yaml").read_text().replace("steps: 40", "steps: 40\n    stpes: 3"))
+    result = snakemake(tmp_path, configfile=bad)
+    assert result.returncode != 0
+    assert "ssl.simclr" in result.stderr and "stpes" in result.stderr and str(bad) in result.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,112 @@
+"""NT-Xent (SimCLR) against independent computations, and its distributed gradients."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from workflow.pretrain.losses import NTXentLoss
+from workflow.pretrain.train import lr_at
+
+
+def reference_ntxent(z0: np.ndarray, z1: np.ndarray, tau: float) -> float:
+    """Chen et al. 2020, eq. (1), written out with explicit loops over the 2N views."""
+    z = np.concatenate([z0, z1]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z0)
+    total = 0.0
+    for i in range(2 * n):
+        j = i + n if i < n else i - n
+        denom = sum(math.exp(z[i] @ z[k] / tau) for k in range(2 * n) if k != i)
+        total += -math.log(math.exp(z[i] @ z[j] / tau) / denom)
+    return total / (2 * n)
+
+
+def test_perfectly_correlated_views_give_log_2n_minus_1() -> None:
+    for n in (2, 5, 16):
+        z = torch.ones(n, 8)
+        assert NTXentLoss(0.5)(z, z).item() == pytest.approx(math.log(2 * n - 1), rel=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5, 1.0])
+def test_matches_loop_reference(tau: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen)
+    got = NTXentLoss(tau)(z0.double(), z1.double()).item()
+    assert got == pytest.approx(reference_ntxent(z0.numpy(), z1.numpy(), tau), rel=1e-9)
+
+
+def test_hand_sized_case() -> None:
+    # N = 1: two views, each other's only candidate, so the softmax is over one logit: loss 0.
+    assert NTXentLoss(0.5)(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(0.0)
+    # N = 2, orthogonal unit vectors a, b and views (a, b) / (a, b): s(i, pos) = 1, s(i, other) = 0.
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    z = torch.tensor([a, b])
+    tau = 0.5
+    expected = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + 2 * math.exp(0)))
+    assert NTXentLoss(tau)(z, z).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        NTXentLoss(0.0)
+    with pytest.raises(ValueError):
+        NTXentLoss()(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    total, peak = 100, 1.0
+    lrs = [lr_at(s, total, peak, 0.1) for s in range(total)]
+    assert lrs[9] == pytest.approx(peak)  # end of the 10-step warm-up
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert lrs[10] == pytest.approx(peak)  # cosine starts at the peak
+    assert lrs[55] == pytest.approx(0.5 * peak, abs=0.02)
+    assert lrs[-1] < 0.01
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, z0: torch.Tensor, z1: torch.Tensor, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    n = z0.shape[0] // world
+    a = z0[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    b = z1[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    loss = NTXentLoss(0.5, gather_distributed=True)(a, b)
+    loss.backward()
+    # DDP averages parameter gradients over ranks; do the same for the inputs' gradients.
+    ga, gb = a.grad.clone(), b.grad.clone()
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach())
+    out[rank] = (float(torch.stack(losses).mean()), (ga / world).numpy(), (gb / world).numpy())
+    dist.destroy_process_group()
+
+
+def test_two_workers_match_one_process() -> None:
+    """A 2-process run on a split batch gives the loss and gradients of one process on the whole batch."""
+    gen = torch.Generator().manual_seed(1)
+    z0, z1 = torch.randn(8, 4, generator=gen), torch.randn(8, 4, generator=gen)
+    a, b = z0.clone().requires_grad_(True), z1.clone().requires_grad_(True)
+    full = NTXentLoss(0.5, gather_distributed=False)(a, b)
+    full.backward()
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_worker, args=(2, _free_port(), z0, z1, out), nprocs=2, join=True)
+    loss = np.mean([out[r][0] for r in range(2)])
+    grad0 = np.concatenate([out[r][1] for r in range(2)])
+    grad1 = np.concatenate([out[r][2] for r in range(2)])
+    assert loss == pytest.approx(full.item(), rel=1e-5)
+    np.testing.assert_allclose(grad0, a.grad.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad1, b.grad.numpy(), rtol=1e-4, atol=1e-6)
