@@ -41,6 +41,7 @@ def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]])
     path = RESULTS / f"{name}.json"
     machine = {"python": platform.python_version(), "machine": platform.machine(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads()}
-    path.write_text(json.dumps({"benchmark": name, "config": config, "machine": machine, "rows": rows}, indent=2) + "\n")
+    record = {"benchmark": name, "config": config, "machine": machine, "rows": rows}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path

@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import best_time, print_table, write_results  # noqa: E402
+from benchmarks.common import best_time, print_table, write_results
 
 
 def main() -> None:

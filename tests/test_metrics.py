@@ -8,8 +8,10 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from workflow.errors import StrataError
+from workflow.evaluate import metrics
 from workflow.evaluate.metrics import (
     _drop_self,
+    alignment,
     check_embeddings,
     check_labels,
     cluster_scores,
@@ -17,6 +19,9 @@ from workflow.evaluate.metrics import (
     linear_probe_accuracy,
     rankme,
     retrieval_scores,
+    retrieval_scores_query_gallery,
+    uniformity,
+    vendi_score,
     weighted_knn_accuracy,
 )
 
@@ -337,3 +342,251 @@ def test_zero_rows_and_zero_matrix_rejected():
         retrieval_scores(x, np.array([0, 0, 1, 1]), ks=(1,))
     with pytest.raises(StrataError, match="all-zero matrix"):
         rankme(np.zeros((4, 3)))
+
+
+# --------------------------------------------------------------------------------------------------
+# query/gallery retrieval
+# --------------------------------------------------------------------------------------------------
+
+
+def _brute_force_query_gallery(xq, yq, xg, yg, ks) -> dict[str, float]:
+    """Pure-NumPy reference: full cosine matrix, stable argsort over the whole gallery, loop over queries."""
+    qn = xq.astype(np.float64) / np.linalg.norm(xq.astype(np.float64), axis=1, keepdims=True)
+    gn = xg.astype(np.float64) / np.linalg.norm(xg.astype(np.float64), axis=1, keepdims=True)
+    sim = qn @ gn.T
+    p1, rp, mapr, n_q = 0.0, 0.0, 0.0, 0
+    recall = dict.fromkeys(ks, 0.0)
+    for q in range(len(yq)):
+        r = int(np.sum(yg == yq[q]))
+        if r == 0:
+            continue
+        n_q += 1
+        rel = (yg[np.argsort(-sim[q], kind="stable")] == yq[q]).astype(float)
+        p1 += rel[0]
+        for k in ks:
+            recall[k] += float(rel[:k].sum() > 0)
+        rp += rel[:r].sum() / r
+        prec = np.cumsum(rel) / np.arange(1, len(yg) + 1)
+        mapr += float(np.sum(prec[:r] * rel[:r]) / r)
+    out = {"precision_at_1": p1 / n_q}
+    out.update({f"recall_at_{k}": recall[k] / n_q for k in ks})
+    out.update(r_precision=rp / n_q, map_at_r=mapr / n_q, n_queries=float(n_q),
+               n_queries_excluded=float(len(yq) - n_q))
+    return out
+
+
+@pytest.mark.parametrize("with_lone_queries", [False, True])
+def test_query_gallery_matches_brute_force_across_batch_sizes(with_lone_queries):
+    rng = np.random.default_rng(11)
+    xq = rng.standard_normal((45, 8)).astype(np.float32)
+    yq = rng.integers(0, 4, 45)
+    xg = rng.standard_normal((70, 8)).astype(np.float32)
+    yg = rng.integers(0, 4, 70)
+    if with_lone_queries:
+        yq[[3, 20, 21]] = [7, 9, 7]  # labels absent from the gallery -> excluded queries
+    ks = (1, 4, 10)
+    ref = _brute_force_query_gallery(xq, yq, xg, yg, ks)
+    results = [retrieval_scores_query_gallery(xq, yq, xg, yg, ks=ks, batch_size=b) for b in (1, 6, 4096)]
+    assert results[0] == results[1] == results[2]
+    assert set(results[0]) == set(ref)
+    for key, val in ref.items():
+        assert results[0][key] == pytest.approx(val, abs=1e-12), key
+    assert results[0]["n_queries_excluded"] == (3.0 if with_lone_queries else 0.0)
+
+
+def test_query_gallery_emulates_leave_one_out():
+    # LOO = for every query, a gallery of all *other* items; average the per-query results.
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    y = rng.integers(0, 5, 40)
+    y[7] = 9  # a singleton: no relevant item once the query is removed -> excluded
+    ks = (1, 3)
+    per_query = []
+    for q in range(len(y)):
+        others = np.arange(len(y)) != q
+        if not np.any(y[others] == y[q]):
+            continue
+        per_query.append(retrieval_scores_query_gallery(x[q:q + 1], y[q:q + 1], x[others], y[others], ks=ks))
+    loo = retrieval_scores(x, y, ks=ks)
+    for key in ("precision_at_1", "recall_at_1", "recall_at_3", "r_precision", "map_at_r"):
+        assert loo[key] == pytest.approx(np.mean([p[key] for p in per_query]), abs=1e-12), key
+    assert loo["n_queries"] == len(per_query) == 39 and loo["n_queries_excluded"] == 1.0
+
+
+def test_query_gallery_hand_case_and_large_class():
+    # Gallery on the unit circle: g0 0deg y0, g1 20deg y1, g2 40deg y0. Query at 12deg, label 0.
+    xg = _angles([0, 20, 40])
+    yg = np.array([0, 1, 0])
+    s = retrieval_scores_query_gallery(_angles([12]), np.array([0]), xg, yg, ks=(1, 2))
+    # order: g1 (8deg), g0 (12deg), g2 (28deg) -> rel 0 1 1, R = 2: P@1 0, RP 1/2, MAP (1/2)(1/2) = 1/4.
+    assert s["precision_at_1"] == 0.0 and s["recall_at_2"] == 1.0
+    assert s["r_precision"] == pytest.approx(0.5) and s["map_at_r"] == pytest.approx(0.25)
+    # Perfect embedding with a class larger than max(ks): MAP@R must see all R gallery items.
+    xb, yb = _blobs(20, 2, 4, seed=4, std=0.05)
+    s = retrieval_scores_query_gallery(xb[:10], yb[:10], xb[10:], yb[10:], ks=(1,), batch_size=3)
+    assert s["map_at_r"] == pytest.approx(1.0) and s["r_precision"] == pytest.approx(1.0)
+
+
+def test_query_gallery_bad_inputs():
+    rng = np.random.default_rng(0)
+    xq, yq = rng.standard_normal((4, 3)), np.array([0, 1, 0, 1])
+    xg, yg = rng.standard_normal((6, 3)), np.array([0, 1, 0, 1, 0, 1])
+    with pytest.raises(StrataError, match="query_emb has dimension 3 but gallery_emb has 5") as err:
+        retrieval_scores_query_gallery(xq, yq, rng.standard_normal((6, 5)), yg)
+    assert err.value.where == "query_emb"
+    bad = xg.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(StrataError, match="gallery_emb has 1 of 6 rows"):
+        retrieval_scores_query_gallery(xq, yq, bad, yg, ks=(1,))
+    with pytest.raises(StrataError, match="query_emb is empty"):
+        retrieval_scores_query_gallery(np.zeros((0, 3)), np.zeros(0, dtype=int), xg, yg, ks=(1,))
+    with pytest.raises(StrataError, match="gallery_labels has length 5 but 6"):
+        retrieval_scores_query_gallery(xq, yq, xg, yg[:5], ks=(1,))
+    with pytest.raises(StrataError, match=r"ks contains \[7\], larger than the 6 gallery items"):
+        retrieval_scores_query_gallery(xq, yq, xg, yg, ks=(1, 7))
+    with pytest.raises(StrataError, match="none of the query labels occurs") as err:
+        retrieval_scores_query_gallery(xq, yq + 5, xg, yg, ks=(1,))
+    assert err.value.where == "query_labels"
+    with pytest.raises(StrataError, match="batch_size"):
+        retrieval_scores_query_gallery(xq, yq, xg, yg, ks=(1,), batch_size=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# alignment, uniformity, Vendi score
+# --------------------------------------------------------------------------------------------------
+
+
+def _direct_uniformity(x: np.ndarray, t: float) -> float:
+    """O(N²) reference: every distinct pair i<j from explicit differences."""
+    xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    d2 = ((xn[:, None, :] - xn[None, :, :]) ** 2).sum(-1)
+    iu = np.triu_indices(len(x), k=1)
+    return float(np.log(np.mean(np.exp(-t * d2[iu]))))
+
+
+def test_alignment_values():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((30, 5))
+    assert alignment(z, z) == 0.0
+    assert alignment(z, 3.0 * z) == pytest.approx(0.0, abs=1e-12)  # scale-invariant (normalised)
+    e = np.eye(2)
+    assert alignment(e[:1], e[1:]) == pytest.approx(2.0)  # ‖e1 − e2‖² = 2
+    assert alignment(e[:1], e[1:], alpha=1.0) == pytest.approx(np.sqrt(2.0))
+    z2 = rng.standard_normal((30, 5))
+    a = z / np.linalg.norm(z, axis=1, keepdims=True)
+    b = z2 / np.linalg.norm(z2, axis=1, keepdims=True)
+    assert alignment(z, z2, alpha=3.0) == pytest.approx(np.mean(np.linalg.norm(a - b, axis=1) ** 3), rel=1e-6)
+
+
+def test_alignment_bad_inputs():
+    z = np.ones((4, 3))
+    with pytest.raises(StrataError, match=r"z2 has shape \(4, 2\) but z1 has shape \(4, 3\)"):
+        alignment(z, np.ones((4, 2)))
+    with pytest.raises(StrataError, match="z1 has 1 of 4 rows"):
+        alignment(np.where(np.arange(12).reshape(4, 3) == 5, np.nan, 1.0), z)
+    with pytest.raises(StrataError, match="z2 is empty"):
+        alignment(z, np.zeros((0, 3)))
+    with pytest.raises(StrataError, match="alpha must be a positive"):
+        alignment(z, z, alpha=0.0)
+
+
+def test_uniformity_matches_direct_formula_and_chunking(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((37, 4)).astype(np.float32)  # the metrics compute from float32 inputs
+    for t in (0.5, 2.0):
+        assert uniformity(x, t=t) == pytest.approx(_direct_uniformity(x, t), abs=1e-10)
+    whole = uniformity(x)
+    for entries in (1, 37, 100):  # 1 row, 1 row, 2 rows per block
+        monkeypatch.setattr(metrics, "_PAIR_BLOCK_ENTRIES", entries)
+        assert uniformity(x) == pytest.approx(whole, abs=1e-12)
+
+
+def test_uniformity_extremes_and_subsample():
+    # Two antipodal points: ‖zi − zj‖² = 4 -> L = −4t exactly, also where exp(−4t) underflows.
+    pair = np.array([[1.0, 0.0], [-2.0, 0.0]])
+    assert uniformity(pair, t=2.0) == pytest.approx(-8.0)
+    assert uniformity(pair, t=500.0) == pytest.approx(-2000.0)
+    assert uniformity(np.ones((5, 3))) == pytest.approx(0.0, abs=1e-12)  # full collapse
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((200, 3)).astype(np.float32)
+    idx = np.sort(np.random.default_rng(7).choice(200, size=50, replace=False))
+    assert uniformity(x, max_points=50, seed=7) == pytest.approx(_direct_uniformity(x[idx], 2.0), abs=1e-10)
+    assert uniformity(x, max_points=500) == uniformity(x)
+
+
+def test_uniformity_bad_inputs():
+    with pytest.raises(StrataError, match="at least 2 points"):
+        uniformity(np.ones((1, 3)))
+    with pytest.raises(StrataError, match="z has 1 of 3 rows"):
+        uniformity(np.array([[1.0, 0.0], [np.inf, 1.0], [0.0, 1.0]]))
+    with pytest.raises(StrataError, match="t must be a positive"):
+        uniformity(np.eye(3), t=-1.0)
+    with pytest.raises(StrataError, match="max_points"):
+        uniformity(np.eye(3), max_points=1)
+    with pytest.raises(StrataError, match="all-zero rows"):
+        uniformity(np.array([[1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_vendi_extremes():
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal(6)
+    assert vendi_score(np.tile(v, (20, 1))) == pytest.approx(1.0, abs=1e-6)
+    assert vendi_score(np.outer(rng.uniform(0.5, 3.0, 20), v)) == pytest.approx(1.0, abs=1e-6)  # same direction
+    q, _ = np.linalg.qr(rng.standard_normal((10, 10)))
+    for n in (1, 3, 7):
+        assert vendi_score(q[:n] * rng.uniform(0.5, 2.0, (n, 1))) == pytest.approx(n, rel=1e-6)
+
+
+def test_vendi_matches_primal_kernel_eigenvalues():
+    rng = np.random.default_rng(4)
+    for n, d in ((15, 6), (5, 12)):  # n > d and n < d
+        x = rng.standard_normal((n, d))
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        lam = np.linalg.eigvalsh(xn @ xn.T / n)
+        lam = lam[lam > 1e-12]
+        ref = float(np.exp(-np.sum(lam * np.log(lam))))
+        assert vendi_score(x) == pytest.approx(ref, rel=1e-6)
+    x = rng.standard_normal((300, 4))
+    idx = np.sort(np.random.default_rng(5).choice(300, size=40, replace=False))
+    assert vendi_score(x, max_points=40, seed=5) == pytest.approx(vendi_score(x[idx]), rel=1e-12)
+
+
+def test_vendi_bad_inputs():
+    with pytest.raises(StrataError, match="x has 1 of 2 rows"):
+        vendi_score(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(StrataError, match="x is empty"):
+        vendi_score(np.zeros((3, 0)))
+    with pytest.raises(StrataError, match="all-zero rows"):
+        vendi_score(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(StrataError, match="x must be a 2-D"):
+        vendi_score(np.ones(4))
+
+
+# --------------------------------------------------------------------------------------------------
+# cluster_scores, strata backend
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cluster_scores_strata_backend():
+    from workflow.curate.kmeans import kmeans
+
+    x, y = _blobs(30, 3, 6, seed=8)
+    scores = cluster_scores(x, y, backend="strata", n_init=2, seed=3)
+    assert scores["acc"] == 1.0 and scores["purity"] == 1.0
+    assert scores["nmi"] == pytest.approx(1.0) and scores["ari"] == pytest.approx(1.0)
+    # Over-clustering: 6 clusters for 3 classes keeps clusters pure, ACC matches only 3 clusters.
+    over = cluster_scores(x, y, n_clusters=6, backend="strata", n_init=3, seed=0)
+    assert over["purity"] == 1.0 and over["acc"] < 1.0
+    # Best of n_init by inertia, against running the seeds by hand.
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    runs = [kmeans(xn, 6, n_iters=300, seed=s) for s in range(3)]
+    best = min(runs, key=lambda r: r.inertia)
+    assert over["nmi"] == pytest.approx(normalized_mutual_info_score(y, best.assignment), abs=1e-12)
+    assert over["acc"] == pytest.approx(clustering_accuracy(y, best.assignment))
+
+
+def test_cluster_scores_bad_backend():
+    x, y = _blobs(5, 2, 3, seed=0)
+    with pytest.raises(StrataError, match="backend must be one of") as err:
+        cluster_scores(x, y, backend="faiss")
+    assert err.value.where == "backend"

@@ -1,20 +1,23 @@
 """Stage ``embed``: embeddings of one or more tables with a trained encoder, through a Ray actor pool.
 
-Each actor loads the encoder once (eval mode, no gradients); the driver streams the input table in
-record batches, the pool maps them in order (``ActorPool.map`` keeps submission order), and every
-result batch is written straight to the output Parquet as a row group, so memory stays bounded and
-ids and order are kept.
+Each actor loads the encoder once (eval mode, inference mode; one actor per GPU, or one per CPU core).
+The driver streams the input table in record batches (``pyarrow`` ``iter_batches``), the pool maps them in
+order (``ActorPool.map`` keeps submission order and submits lazily, so at most one batch per actor is in
+flight), and every result is written straight to the output Parquet as a row group: memory stays bounded
+whatever the table size, and ids, labels and order are kept.
 """
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from workflow.errors import StrataError
-from workflow.tables import EMBEDDING_COLUMN, TableWriter, VectorTable, read_table
+from workflow.tables import EMBEDDING_COLUMN, TableWriter, VectorTable, iter_table, table_rows
 
 
 class EncoderActor:
@@ -33,12 +36,34 @@ class EncoderActor:
         import torch
 
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(vectors).to(self.device))
+            out = self.model(torch.as_tensor(vectors, device=self.device))
         return out.float().cpu().numpy()
 
 
-def _batches(table: VectorTable, batch_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + batch_size, len(table))) for s in range(0, len(table), batch_size)]
+def embed_table(pool: Any, inp: str, out: str, spec: dict[str, Any], batch_size: int,
+                metadata: dict[str, Any]) -> int:
+    """Embed one table through ``pool`` (a ``ray.util.ActorPool`` of :class:`EncoderActor`), streaming."""
+    total = table_rows(inp)
+    pending: collections.deque[VectorTable] = collections.deque()
+
+    def batches() -> Iterator[np.ndarray]:
+        for chunk in iter_table(inp, batch_size=batch_size, expected_dim=spec["input_dim"]):
+            pending.append(chunk)
+            yield chunk.vectors
+
+    done_rows, last_print = 0, time.perf_counter()
+    with TableWriter(out, spec["embedding_dim"], column=EMBEDDING_COLUMN, metadata=metadata) as writer:
+        for emb in pool.map(lambda actor, v: actor.embed.remote(v), batches()):
+            chunk = pending.popleft()
+            if not np.isfinite(emb).all():
+                raise StrataError("the encoder produced NaN/inf embeddings", where=str(metadata.get("encoder")),
+                                  fix="the pretraining diverged; lower ssl.lr and re-run pretrain.")
+            writer.write(VectorTable(ids=chunk.ids, vectors=emb, labels=chunk.labels))
+            done_rows += len(chunk)
+            if time.perf_counter() - last_print > 5 or done_rows == total:
+                print(f"embed: {inp}: {done_rows}/{total} rows", flush=True)
+                last_print = time.perf_counter()
+    return done_rows
 
 
 def run_embed(encoder_path: str, pairs: list[tuple[str, str]], threads: int, gpus: int = 0, batch_size: int = 1024,
@@ -51,32 +76,18 @@ def run_embed(encoder_path: str, pairs: list[tuple[str, str]], threads: int, gpu
     from workflow.pretrain.models import load_encoder
 
     _, spec = load_encoder(encoder_path)  # fail fast on a bad encoder file, before Ray starts
-    tables = []
-    for inp, _ in pairs:
-        table = read_table(inp, expected_dim=spec["input_dim"])
-        tables.append(table)
+    for inp, _ in pairs:  # and on a missing or unreadable input
+        table_rows(inp)
     stats: dict[str, Any] = {}
-    n_actors = max(1, gpus) if gpus > 0 else max(1, threads)
+    n_actors = gpus if gpus > 0 else max(1, threads)
     with ray_session(num_cpus=max(1, threads), num_gpus=gpus, address=ray_address):
-        actor_cls = ray.remote(num_cpus=1 if gpus == 0 else 0, num_gpus=1 if gpus > 0 else 0)(EncoderActor)
+        actor_cls = ray.remote(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0)(EncoderActor)
         actors = [actor_cls.remote(encoder_path, max(1, threads // n_actors), gpus > 0) for _ in range(n_actors)]
         pool = ActorPool(actors)
-        for (inp, out), table in zip(pairs, tables, strict=True):
+        for inp, out in pairs:
             start = time.perf_counter()
-            chunks = _batches(table, batch_size)
-            with TableWriter(out, spec["embedding_dim"], column=EMBEDDING_COLUMN,
-                             metadata={"encoder": str(encoder_path), "source": str(inp)}) as writer:
-                vectors = table.vectors
-                results = pool.map(lambda actor, se, v=vectors: actor.embed.remote(v[se[0]:se[1]]), chunks)
-                for done, ((s, e), emb) in enumerate(zip(chunks, results, strict=True), start=1):
-                    if not np.isfinite(emb).all():
-                        raise StrataError("the encoder produced NaN/inf embeddings", where=str(encoder_path),
-                                          fix="the pretraining diverged; lower ssl.lr and re-run pretrain.")
-                    labels = None if table.labels is None else table.labels[s:e]
-                    writer.write(VectorTable(ids=table.ids[s:e], vectors=emb, labels=labels))
-                    if done % 20 == 0 or done == len(chunks):
-                        print(f"embed: {inp}: batch {done}/{len(chunks)}", flush=True)
+            rows = embed_table(pool, inp, out, spec, batch_size, {"encoder": str(encoder_path), "source": str(inp)})
             seconds = time.perf_counter() - start
-            stats[str(inp)] = {"rows": len(table), "seconds": seconds, "rows_per_s": len(table) / max(seconds, 1e-9)}
-            print(f"embed: wrote {out} ({len(table)} rows, {len(table) / max(seconds, 1e-9):.0f} rows/s)", flush=True)
+            stats[str(inp)] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9)}
+            print(f"embed: wrote {out} ({rows} rows, {rows / max(seconds, 1e-9):.0f} rows/s)", flush=True)
     return stats

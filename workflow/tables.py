@@ -164,6 +164,67 @@ def _vector_column(schema: pa.Schema, path: Path, column: str | None) -> str:
     return candidates[0]
 
 
+def _open(path: Path) -> pq.ParquetFile:
+    if not path.exists():
+        raise StrataError("file not found", where=str(path), fix="check the path, or run the stage that makes it.")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise StrataError(f"not a readable Parquet file ({err})", where=str(path),
+                          fix="regenerate the file; Strata tables are Parquet written by pyarrow.") from err
+
+
+def _check_schema(schema: pa.Schema, path: Path, column: str | None) -> str:
+    if "id" not in schema.names:
+        raise StrataError("missing column `id` (int64)", where=str(path), fix="add a unique int64 `id` column.")
+    return _vector_column(schema, path, column)
+
+
+def _convert(arrow: pa.Table | pa.RecordBatch, path: Path, name: str, expected_dim: int | None) -> VectorTable:
+    """Validate one table or record batch and convert it to numpy (ids, vectors, labels)."""
+    id_col = arrow.column("id")
+    id_type = arrow.schema.field("id").type
+    if not pa.types.is_integer(id_type) or id_col.null_count:
+        raise StrataError(f"column `id` must hold integers without nulls (type {id_type}, "
+                          f"{id_col.null_count} nulls)", where=str(path),
+                          fix="store a unique, non-null int64 `id` per row.")
+    col = arrow.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count:
+        raise StrataError(f"column {name!r} has {col.null_count} null vectors", where=str(path),
+                          fix="drop or fill the rows without a vector.")
+    if pa.types.is_fixed_size_list(col.type):
+        dim = col.type.list_size
+    else:
+        lengths = set(np.asarray(col.value_lengths()).tolist())
+        if len(lengths) > 1:
+            raise StrataError(f"vectors in {name!r} have different lengths {sorted(lengths)[:5]}",
+                              where=str(path), fix="every vector must have the same dimension.")
+        dim = lengths.pop() if lengths else 0
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    vectors = np.asarray(values, dtype=np.float32).reshape(arrow.num_rows, dim)
+    if expected_dim is not None and dim != expected_dim:
+        raise StrataError(f"vector column {name!r} is {dim}-wide, expected {expected_dim}", where=str(path),
+                          fix="use vectors of the dimension the encoder was trained on.")
+    ids = np.asarray(id_col.to_numpy(zero_copy_only=False)).astype(np.int64)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise StrataError(f"{int(bad.sum())} rows hold NaN or infinite values (first id "
+                          f"{int(ids[int(np.argmax(bad))])})", where=str(path),
+                          fix="clean or drop those rows before running Strata.")
+    labels = None
+    if "label" in arrow.schema.names:
+        lab = arrow.column("label")
+        if isinstance(lab, pa.ChunkedArray):
+            lab = lab.combine_chunks()
+        if lab.null_count < len(lab):
+            labels = np.asarray(lab.fill_null(-1).to_numpy(zero_copy_only=False)).astype(np.int64)
+        elif len(lab):
+            labels = np.full(len(lab), -1, dtype=np.int64)
+    return VectorTable(ids=ids, vectors=vectors, labels=labels)
+
+
 def read_table(path: str | os.PathLike[str], column: str | None = None, expected_dim: int | None = None,
                require_labels: bool = False) -> VectorTable:
     """Read and validate a vector table.
@@ -173,60 +234,48 @@ def read_table(path: str | os.PathLike[str], column: str | None = None, expected
             empty table, NaN or infinite values, duplicate ids, or missing labels when required.
     """
     path = Path(path)
-    if not path.exists():
-        raise StrataError("file not found", where=str(path), fix="check the path, or run the stage that makes it.")
+    parquet = _open(path)
+    name = _check_schema(parquet.schema_arrow, path, column)
     try:
-        arrow = pq.read_table(path)
+        arrow = parquet.read()
     except (pa.ArrowInvalid, OSError) as err:
         raise StrataError(f"not a readable Parquet file ({err})", where=str(path),
                           fix="regenerate the file; Strata tables are Parquet written by pyarrow.") from err
     if arrow.num_rows == 0:
         raise StrataError("table is empty", where=str(path), fix="provide at least one row.")
-    if "id" not in arrow.schema.names:
-        raise StrataError("missing column `id` (int64)", where=str(path), fix="add a unique int64 `id` column.")
-    id_type = arrow.schema.field("id").type
-    if not pa.types.is_integer(id_type) or arrow.column("id").null_count:
-        raise StrataError(f"column `id` must hold integers without nulls (type {id_type}, "
-                          f"{arrow.column('id').null_count} nulls)", where=str(path),
-                          fix="store a unique, non-null int64 `id` per row.")
-    name = _vector_column(arrow.schema, path, column)
-    col = arrow.column(name).combine_chunks()
-    if col.null_count:
-        raise StrataError(f"column {name!r} has {col.null_count} null vectors", where=str(path),
-                          fix="drop or fill the rows without a vector.")
-    if pa.types.is_fixed_size_list(col.type):
-        dim = col.type.list_size
-        values = col.flatten().to_numpy(zero_copy_only=False)
-    else:
-        lengths = set(np.asarray(col.value_lengths()).tolist())
-        if len(lengths) != 1:
-            raise StrataError(f"vectors in {name!r} have different lengths {sorted(lengths)[:5]}",
-                              where=str(path), fix="every vector must have the same dimension.")
-        dim = lengths.pop()
-        values = col.flatten().to_numpy(zero_copy_only=False)
-    vectors = np.asarray(values, dtype=np.float32).reshape(arrow.num_rows, dim)
-    if expected_dim is not None and dim != expected_dim:
-        raise StrataError(f"vector column {name!r} is {dim}-wide, expected {expected_dim}", where=str(path),
-                          fix="use vectors of the dimension the encoder was trained on.")
-    bad = ~np.isfinite(vectors).all(axis=1)
-    if bad.any():
-        raise StrataError(f"{int(bad.sum())} rows hold NaN or infinite values (first id "
-                          f"{int(arrow.column('id')[int(np.argmax(bad))].as_py())})", where=str(path),
-                          fix="clean or drop those rows before running Strata.")
-    ids = arrow.column("id").to_numpy().astype(np.int64)
-    if len(np.unique(ids)) != len(ids):
+    table = _convert(arrow, path, name, expected_dim)
+    if len(np.unique(table.ids)) != len(table.ids):
         raise StrataError("column `id` has duplicates", where=str(path), fix="ids must be unique.")
-    labels = None
-    if "label" in arrow.schema.names:
-        lab = arrow.column("label").combine_chunks()
-        if lab.null_count == len(lab):
-            labels = None
-        else:
-            labels = np.asarray(lab.fill_null(-1).to_numpy(zero_copy_only=False)).astype(np.int64)
-    if require_labels and (labels is None or (labels < 0).any()):
+    if table.labels is not None and (table.labels < 0).all():
+        table.labels = None
+    if require_labels and (table.labels is None or (table.labels < 0).any()):
         raise StrataError("labels are required here but the `label` column is missing or has nulls",
                           where=str(path), fix="evaluate on a labelled table (e.g. probe_train / probe_test).")
-    return VectorTable(ids=ids, vectors=vectors, labels=labels)
+    return table
+
+
+def table_rows(path: str | os.PathLike[str]) -> int:
+    """Number of rows of a Parquet table (from its footer, without reading the data)."""
+    return _open(Path(path)).metadata.num_rows
+
+
+def iter_table(path: str | os.PathLike[str], batch_size: int = 65536, column: str | None = None,
+               expected_dim: int | None = None) -> Iterator[VectorTable]:
+    """Stream a vector table in validated batches of at most ``batch_size`` rows (bounded memory).
+
+    Same checks as :func:`read_table` per batch, except the global uniqueness of ids.
+    """
+    path = Path(path)
+    parquet = _open(path)
+    name = _check_schema(parquet.schema_arrow, path, column)
+    if parquet.metadata.num_rows == 0:
+        raise StrataError("table is empty", where=str(path), fix="provide at least one row.")
+    try:
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            yield _convert(batch, path, name, expected_dim)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise StrataError(f"not a readable Parquet file ({err})", where=str(path),
+                          fix="regenerate the file; Strata tables are Parquet written by pyarrow.") from err
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

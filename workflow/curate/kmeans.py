@@ -1,24 +1,47 @@
-"""Seeded, chunked k-means with greedy k-means++ initialisation (torch, any device).
+"""Seeded, chunked k-means with greedy k-means++ initialisation (torch, any device, optional Ray).
 
 This is the base clusterer of the hierarchical curation of Vo et al. (2024), "Automatic Data
 Curation for Self-Supervised Learning: A Clustering-Based Approach", arXiv:2405.15613
 (spec: ``shared/notes/curation-spec.md`` section 1.1). It is a clean re-implementation:
 
-* squared L2 distances ``‖x‖² − 2 x·c + ‖c‖²`` computed in row chunks, never a full N×K matrix;
+* squared L2 distances ``‖x‖² − 2 x·c + ‖c‖²`` computed in row chunks, never a full N×K matrix
+  (cosine k-means = L2-normalise the rows first; the caller does that);
 * greedy k-means++ seeding (Arthur & Vassilvitskii 2007, greedy variant as in scikit-learn);
-* a Lloyd loop whose centroid update is one vectorised ``index_add_`` in float64;
-  an empty cluster keeps its previous centroid;
-* every random choice comes from one ``torch.Generator`` seeded with an integer.
+* a Lloyd loop of ``n_iters`` iterations (reference: 50, no convergence test). Every iteration is
+  *one* pass over the data: per row chunk, assignment (``addmm`` + ``min``) and partial float64
+  sums (``index_add_``) and counts (``bincount``); the driver then divides. An empty cluster keeps
+  its previous centroid;
+* ``k`` is capped at the number of points;
+* every random choice comes from one integer seed (a ``torch.Generator``).
 
-Unlike the reference, the Lloyd loop stops early once the assignment no longer changes (an exact
-fixed point: further iterations would return the same result) and optionally on a tolerance.
+Data may be an in-memory array/tensor or a ``numpy.memmap`` (e.g. from
+:func:`workflow.curate.features.load_features_memmap`); a memmap is only ever touched one row chunk
+at a time, so a Lloyd step never materialises a float copy of the whole matrix.
+
+With ``workers > 1`` the Lloyd passes run on Ray actors, one per contiguous row shard (one per GPU
+when ``device="cuda"`` and the cluster has GPUs); each actor holds its shard, receives the
+centroids every iteration and returns per-cluster float64 sums, counts, the inertia part and the
+number of changed assignments; the driver reduces and updates. k-means++ seeding always runs on the
+driver over the full data (chunked), so the seeds, and hence the result, equal the single-process
+run with the same seed (up to the summation order of float64 partial sums).
+
+Two documented departures from the reference code, both exact or opt-in:
+
+* the loop stops early when no assignment changes (an exact fixed point: the next update would
+  return the same centroids, so the result equals running all iterations);
+* ``tol`` (default off) stops when the centroid shift Σ_j ‖Δc_j‖² ≤ tol · mean per-feature variance;
+* ``init_max_points`` (default off) seeds k-means++ on a seeded uniform sample of that many points.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import os
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +52,8 @@ from workflow.errors import StrataError
 CHUNK_FLOATS = 2**24
 #: Preferred size of one chunk×k block (fits in cache; measured ~2× faster than 2^24 on CPU).
 CACHE_FLOATS = 2**20
+#: Lloyd progress is reported every this many iterations.
+PROGRESS_EVERY = 10
 
 
 @dataclass
@@ -41,12 +66,15 @@ class KMeansResult:
             returned ``centroids``.
         inertia: Σ_i ‖x_i − c_{a(i)}‖², accumulated in float64.
         n_iters_run: Number of Lloyd centroid updates actually performed.
+        distances: ``(n,)`` float64 squared distance of every point to its centroid (exact
+            difference form, not the expansion).
     """
 
     centroids: np.ndarray
     assignment: np.ndarray
     inertia: float
     n_iters_run: int
+    distances: np.ndarray | None = None
 
 
 def _check_int(value: object, name: str, minimum: int, where: str) -> int:
@@ -59,6 +87,26 @@ def _check_int(value: object, name: str, minimum: int, where: str) -> int:
     return int(value)
 
 
+def resolve_device(device: str | torch.device, progress: Callable[[str], None] | None = None) -> torch.device:
+    """The torch device to use: ``cuda`` falls back to CPU (with a message) when no GPU is available;
+    ``auto`` is ``cuda`` when available, else ``cpu``."""
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        if progress is not None:
+            progress(f"warning: device {name!r} requested but CUDA is not available; using the CPU.")
+        name = "cpu"
+    return torch.device(name)
+
+
+def _from_numpy_readonly(arr: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` without copying a read-only array (memmap, Arrow view); never written to."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(arr)
+
+
 def as_float_tensor(x: np.ndarray | torch.Tensor, device: str | torch.device = "cpu",
                     where: str = "kmeans") -> torch.Tensor:
     """Validate a 2-D, non-empty, finite array and return it as a float32 tensor on ``device``.
@@ -69,7 +117,7 @@ def as_float_tensor(x: np.ndarray | torch.Tensor, device: str | torch.device = "
         where: Context named in error messages.
 
     Returns:
-        ``(n, d)`` contiguous float32 tensor on ``device``.
+        ``(n, d)`` contiguous float32 tensor on ``device`` (no copy when ``x`` already is one).
 
     Raises:
         StrataError: If ``x`` is not 2-D, is empty or holds NaN/inf.
@@ -81,7 +129,7 @@ def as_float_tensor(x: np.ndarray | torch.Tensor, device: str | torch.device = "
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise StrataError(f"input must be a numeric array, got dtype {arr.dtype}.", where=where,
                               fix="Pass a float array of shape (n_points, dim).")
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(device)
+        t = _from_numpy_readonly(np.ascontiguousarray(arr, dtype=np.float32)).to(device)
     if t.ndim != 2:
         raise StrataError(f"input must be 2-D (n_points, dim), got shape {tuple(t.shape)}.", where=where,
                           fix="Reshape the embeddings to (n_points, dim).")
@@ -102,6 +150,94 @@ def default_chunk_size(n: int, k: int) -> int:
     if chunk < 64:
         chunk = min(64, CHUNK_FLOATS // k)
     return max(1, min(n, chunk))
+
+
+# -------------------------------------------------------------------------------------------------
+# data access
+
+
+def is_memmap(x: object) -> bool:
+    """Whether ``x`` is a NumPy memory-mapped array (kept on disk, read chunk by chunk)."""
+    return isinstance(x, np.memmap)
+
+
+class DataSource:
+    """Rows of an ``(n, d)`` matrix served as float32 tensors on one device, one row chunk at a time.
+
+    * torch tensor or in-memory NumPy array: converted once to a float32 tensor on ``device`` (no copy
+      when it already is a contiguous float32 CPU array/tensor);
+    * ``numpy.memmap`` (or a path to a ``.npy`` file, opened with ``mmap_mode="r"``): never loaded
+      whole; a chunk of a float32 C-contiguous memmap is a zero-copy view of the mapped pages, other
+      dtypes are converted chunk by chunk.
+
+    Validation (2-D, non-empty, finite) runs chunk by chunk.
+    """
+
+    def __init__(self, x: Any, device: str | torch.device = "cpu", where: str = "kmeans",
+                 check: bool = True) -> None:
+        self.device = torch.device(device)
+        if isinstance(x, (str, os.PathLike)):
+            x = np.load(os.fspath(x), mmap_mode="r")
+        self.memmap: np.ndarray | None = None
+        self.tensor: torch.Tensor | None = None
+        if is_memmap(x):
+            arr = x
+            if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+                raise StrataError(f"input must be a numeric array, got dtype {arr.dtype}.", where=where,
+                                  fix="Pass a float array of shape (n_points, dim).")
+            if arr.ndim != 2:
+                raise StrataError(f"input must be 2-D (n_points, dim), got shape {arr.shape}.", where=where,
+                                  fix="Reshape the embeddings to (n_points, dim).")
+            self.memmap = arr
+            self.n, self.d = int(arr.shape[0]), int(arr.shape[1])
+            if self.n == 0 or self.d == 0:
+                raise StrataError(f"input is empty (shape {arr.shape}).", where=where,
+                                  fix="Provide at least one point with at least one feature.")
+            if check:
+                step = max(1, (2**22) // self.d)
+                for start in range(0, self.n, step):
+                    if not np.isfinite(arr[start:start + step]).all():
+                        raise StrataError("input contains NaN or infinite values.", where=where,
+                                          fix="Remove or repair the non-finite embeddings before clustering.")
+        else:
+            self.tensor = as_float_tensor(x, self.device, where) if check else x
+            self.n, self.d = int(self.tensor.shape[0]), int(self.tensor.shape[1])
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` as a float32 tensor on the device."""
+        if self.tensor is not None:
+            return self.tensor[start:stop]
+        block = self.memmap[start:stop]
+        if block.dtype != np.float32 or not block.flags.c_contiguous:
+            block = np.ascontiguousarray(block, dtype=np.float32)
+        return _from_numpy_readonly(block).to(self.device)
+
+    def chunks(self, size: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``(start, stop, rows)`` for consecutive chunks of ``size`` rows of ``[start, stop)``."""
+        stop = self.n if stop is None else stop
+        for s in range(start, stop, size):
+            e = min(stop, s + size)
+            yield s, e, self.chunk(s, e)
+
+    def rows(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The given rows (any order) as a ``(len(index), d)`` float32 tensor on the device."""
+        if self.tensor is not None:
+            idx = torch.as_tensor(np.asarray(index) if not isinstance(index, torch.Tensor) else index,
+                                  dtype=torch.int64, device=self.device)
+            return self.tensor[idx]
+        idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64)
+        block = np.ascontiguousarray(self.memmap[idx], dtype=np.float32)
+        return torch.from_numpy(block).to(self.device)
+
+    def numpy_or_memmap(self) -> np.ndarray:
+        """The data as a NumPy array (the memmap itself, or a CPU view of the tensor)."""
+        if self.memmap is not None:
+            return self.memmap
+        return self.tensor.cpu().numpy()
+
+
+# -------------------------------------------------------------------------------------------------
+# distances and assignment
 
 
 def _sq_dists(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -150,8 +286,12 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, chunk_size: int | None = No
     return index, dist
 
 
-def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
-                    n_local_trials: int | None = None) -> torch.Tensor:
+# -------------------------------------------------------------------------------------------------
+# k-means++
+
+
+def kmeans_plusplus(x: torch.Tensor | DataSource, k: int, generator: torch.Generator,
+                    n_local_trials: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
     """Greedy k-means++ seeding.
 
     Arthur & Vassilvitskii (2007), greedy variant as in scikit-learn's ``_kmeans_plusplus`` and in
@@ -160,45 +300,73 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
     p(x_i) = D(x_i)² / Σ_j D(x_j)², where D is the distance to the nearest centre chosen so far;
     "best" minimises the potential φ = Σ_i min(D(x_i)², ‖x_i − candidate‖²).
 
+    Memory: the ``(n,)`` vector D² and an ``(L, n)`` candidate buffer (float32); the data are read in
+    row chunks, once per centre (so a memmap is streamed k times: use ``init_max_points`` of
+    :func:`kmeans` for very large inputs).
+
     Args:
-        x: ``(n, d)`` float tensor.
+        x: ``(n, d)`` float tensor or :class:`DataSource`.
         k: Number of centres, ``1 ≤ k ≤ n``.
-        generator: Torch generator on ``x.device``; the only source of randomness.
+        generator: Torch generator (CPU); the only source of randomness.
         n_local_trials: Candidates per step; default ``2 + ⌊ln k⌋``.
+        chunk_size: Rows per distance block (default: about 2^22 floats per L × chunk block).
 
     Returns:
-        ``(k, d)`` tensor of centres, each a row of ``x`` (same dtype and device as ``x``).
+        ``(k, d)`` tensor of centres, each a row of ``x`` (float32, on the data's device).
     """
-    n = x.shape[0]
+    src = x if isinstance(x, DataSource) else DataSource(x, x.device, check=False)
+    n, device = src.n, src.device
     k = _check_int(k, "k", 1, "kmeans_plusplus")
     if k > n:
         raise StrataError(f"cannot seed {k} centres from {n} points.", where="kmeans_plusplus",
                           fix="Use k <= number of points.")
     trials = 2 + int(math.log(k)) if n_local_trials is None else _check_int(
         n_local_trials, "n_local_trials", 1, "kmeans_plusplus")
-    device = x.device
-    x_sq = (x * x).sum(1)
-    centers = torch.empty((k, x.shape[1]), dtype=x.dtype, device=device)
-    first = int(torch.randint(n, (1,), generator=generator, device=device).item())
-    centers[0] = x[first]
-    closest = _sq_dists(x, x_sq, x[first:first + 1])[0]
+    chunk = max(1, min(n, (2**22) // trials)) if chunk_size is None else chunk_size
+    single = chunk >= n
+    x_all = src.chunk(0, n) if single else None
+    x_sq = torch.empty(n, dtype=torch.float32, device=device)
+    for s, e, xb in src.chunks(chunk):
+        x_sq[s:e] = (xb * xb).sum(1)
+    centers = torch.empty((k, src.d), dtype=torch.float32, device=device)
+    gen_device = generator.device
+    first = int(torch.randint(n, (1,), generator=generator, device=gen_device).item())
+    centers[0] = src.rows(np.array([first]))[0]
+    closest = torch.empty(n, dtype=torch.float32, device=device)
+    for s, e, xb in src.chunks(chunk):
+        closest[s:e] = _sq_dists(xb, x_sq[s:e], centers[0:1])[0]
     closest[first] = 0.0
+    buf = torch.empty((trials, n), dtype=torch.float32, device=device)
     zero = torch.zeros((), dtype=torch.float64, device=device)
     for c in range(1, k):
         cum = torch.cumsum(closest, 0, dtype=torch.float64)
         total = cum[-1]
-        r = torch.rand(trials, generator=generator, dtype=torch.float64, device=device) * total
+        r = torch.rand(trials, generator=generator, dtype=torch.float64, device=gen_device).to(device) * total
         # r < total strictly, so searchsorted(right=True) only lands on points with D² > 0.
         r = torch.minimum(r, torch.nextafter(total, zero))
         cand = torch.searchsorted(cum, r, right=True).clamp_(max=n - 1)
-        d_cand = _sq_dists(x, x_sq, x[cand])
-        torch.minimum(d_cand, closest.unsqueeze(0), out=d_cand)
-        best = int(torch.argmin(d_cand.sum(1, dtype=torch.float64)).item())
+        cand_rows = src.rows(cand)
+        if single:
+            d_cand = _sq_dists(x_all, x_sq, cand_rows)
+            torch.minimum(d_cand, closest.unsqueeze(0), out=buf)
+            pot = buf.sum(1, dtype=torch.float64)
+        else:
+            pot = torch.zeros(trials, dtype=torch.float64, device=device)
+            for s, e, xb in src.chunks(chunk):
+                d_cand = _sq_dists(xb, x_sq[s:e], cand_rows)
+                torch.minimum(d_cand, closest[s:e].unsqueeze(0), out=d_cand)
+                buf[:, s:e] = d_cand
+                pot += d_cand.sum(1, dtype=torch.float64)
+        best = int(torch.argmin(pot).item())
         chosen = int(cand[best].item())
-        closest = d_cand[best]
+        closest.copy_(buf[best])
         closest[chosen] = 0.0
-        centers[c] = x[chosen]
+        centers[c] = cand_rows[best]
     return centers
+
+
+# -------------------------------------------------------------------------------------------------
+# Lloyd passes
 
 
 def update_centroids(x: torch.Tensor, assignment: torch.Tensor, centroids: torch.Tensor,
@@ -223,23 +391,257 @@ def update_centroids(x: torch.Tensor, assignment: torch.Tensor, centroids: torch
     for start in range(0, x.shape[0], chunk):
         sums.index_add_(0, assignment[start:start + chunk], x[start:start + chunk].double())
     counts = torch.bincount(assignment, minlength=k)
-    new = centroids.double().clone()
+    return _divide(sums, counts, centroids)
+
+
+def _divide(sums: torch.Tensor, counts: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Means from float64 sums and counts; clusters with count 0 keep their centroid."""
+    new = centroids.to(dtype=torch.float64, device=sums.device).clone()
     nonempty = counts > 0
-    new[nonempty] = sums[nonempty] / counts[nonempty].unsqueeze(1).double()
+    new[nonempty] = sums[nonempty] / counts[nonempty].unsqueeze(1).to(torch.float64)
     return new.to(centroids.dtype)
 
 
-def _inertia(x: torch.Tensor, centroids: torch.Tensor, assignment: torch.Tensor, chunk: int) -> float:
-    total = 0.0
-    for start in range(0, x.shape[0], chunk):
-        diff = x[start:start + chunk].double() - centroids[assignment[start:start + chunk]].double()
-        total += float((diff * diff).sum().item())
-    return total
+@dataclass
+class PassResult:
+    """Reduction of one Lloyd pass: float64 ``(k, d)`` sums, int64 ``(k,)`` counts, Σ min-distance
+    (expansion form, for progress only) and the number of rows whose assignment changed."""
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    inertia: float
+    changed: int
 
 
-def kmeans(x: np.ndarray | torch.Tensor, k: int, n_iters: int = 50, seed: int = 0, tol: float | None = None,
+class LocalLloyd:
+    """Lloyd passes over the rows ``[start, stop)`` of a :class:`DataSource`, in one process.
+
+    Keeps the current assignment of its rows (int64, ``stop − start`` entries); every pass reads each
+    row chunk once, assigns it and adds it to per-cluster float64 sums.
+    """
+
+    def __init__(self, source: DataSource, chunk_size: int | None = None, start: int = 0,
+                 stop: int | None = None) -> None:
+        self.source = source
+        self.start, self.stop = start, source.n if stop is None else stop
+        self.chunk_size = chunk_size
+        self.assignment = torch.full((self.stop - self.start,), -1, dtype=torch.int64, device=source.device)
+
+    def _chunk(self, k: int) -> int:
+        return default_chunk_size(self.source.n, k) if self.chunk_size is None else self.chunk_size
+
+    def accumulate(self, centroids: torch.Tensor) -> PassResult:
+        """One pass: assign every row to its nearest centroid, return sums, counts, inertia, changes."""
+        src = self.source
+        centroids = centroids.to(device=src.device, dtype=torch.float32)
+        k, d = centroids.shape
+        chunk = self._chunk(k)
+        c_sq = (centroids * centroids).sum(1).unsqueeze(0)
+        ct = centroids.T.contiguous()
+        sums = torch.zeros((k, d), dtype=torch.float64, device=src.device)
+        counts = torch.zeros(k, dtype=torch.int64, device=src.device)
+        buf = torch.empty((min(chunk, self.stop - self.start), k), dtype=torch.float32, device=src.device)
+        vals = torch.empty(buf.shape[0], dtype=torch.float32, device=src.device)
+        idxs = torch.empty(buf.shape[0], dtype=torch.int64, device=src.device)
+        inertia = torch.zeros((), dtype=torch.float64, device=src.device)
+        changed = torch.zeros((), dtype=torch.int64, device=src.device)
+        for s, e, xb in src.chunks(chunk, self.start, self.stop):
+            m = e - s
+            dist = torch.addmm(c_sq, xb, ct, alpha=-2.0, out=buf[:m])
+            torch.min(dist, 1, out=(vals[:m], idxs[:m]))
+            idx = idxs[:m]
+            prev = self.assignment[s - self.start:e - self.start]
+            changed += (prev != idx).sum()
+            prev.copy_(idx)
+            sums.index_add_(0, idx, xb.double())
+            counts += torch.bincount(idx, minlength=k)
+            inertia += vals[:m].sum(dtype=torch.float64) + (xb * xb).sum(dtype=torch.float64)
+        return PassResult(sums=sums, counts=counts, inertia=float(inertia.item()), changed=int(changed.item()))
+
+    def finalize(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Assign every row to its nearest centroid; return ``(assignment int64, exact float64 squared
+        distance ‖x − c_a‖²)`` for the rows of this engine."""
+        src = self.source
+        centroids = centroids.to(device=src.device, dtype=torch.float32)
+        k = centroids.shape[0]
+        chunk = self._chunk(k)
+        c64 = centroids.double()
+        dist = torch.empty(self.stop - self.start, dtype=torch.float64, device=src.device)
+        for s, e, xb in src.chunks(chunk, self.start, self.stop):
+            idx, _ = assign(xb, centroids, chunk_size=e - s)
+            self.assignment[s - self.start:e - self.start] = idx
+            diff = xb.double() - c64[idx]
+            dist[s - self.start:e - self.start] = (diff * diff).sum(1)
+        return self.assignment.clone(), dist
+
+
+# -------------------------------------------------------------------------------------------------
+# Ray
+
+
+@contextlib.contextmanager
+def ray_context(workers: int, ray_address: str | None = None, num_gpus: int = 0) -> Iterator[None]:
+    """Use the already-initialised Ray, or start/join one with :func:`workflow.distributed.ray_session`."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    from workflow.distributed import ray_session
+
+    with ray_session(num_cpus=workers, num_gpus=num_gpus, address=ray_address):
+        yield
+
+
+def _shard_bounds(n: int, shards: int, chunk: int) -> list[tuple[int, int]]:
+    """Contiguous row ranges, aligned to the chunk grid when every shard gets at least one chunk."""
+    shards = max(1, min(shards, n))
+    if n >= shards * chunk:
+        n_chunks = -(-n // chunk)
+        cuts = [min(n, (i * n_chunks // shards) * chunk) for i in range(shards + 1)]
+    else:
+        cuts = [i * n // shards for i in range(shards + 1)]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+
+class _ShardWorker:
+    """Body of the Ray actor: a :class:`LocalLloyd` over one shard, loaded from a memmap path or an array."""
+
+    def __init__(self, data: Any, start: int, stop: int, chunk_size: int | None, device: str) -> None:
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+        if isinstance(data, str):  # a .npy path: open the memmap and slice the shard (still a memmap)
+            arr = np.load(data, mmap_mode="r")[start:stop]
+        else:  # the shard itself (a read-only array from the object store)
+            arr = data
+        self.engine = LocalLloyd(DataSource(arr, resolve_device(device), check=False), chunk_size)
+
+    def accumulate(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, int]:
+        res = self.engine.accumulate(torch.from_numpy(centroids))
+        return res.sums.cpu().numpy(), res.counts.cpu().numpy(), res.inertia, res.changed
+
+    def finalize(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx, dist = self.engine.finalize(torch.from_numpy(centroids))
+        return idx.cpu().numpy(), dist.cpu().numpy()
+
+
+class RayLloyd:
+    """Lloyd passes on Ray actors, one per contiguous row shard; the driver reduces float64 sums.
+
+    Must be created inside a Ray session (:func:`ray_context`). With ``device="cuda"`` and GPUs in the
+    cluster there is one actor per GPU (each asks for one GPU), otherwise ``workers`` CPU actors.
+    A memmap source is shipped as its file path (each actor maps its own rows); an in-memory one as
+    one array per shard through the object store.
+    """
+
+    def __init__(self, source: DataSource, workers: int, chunk_size: int | None = None,
+                 device: str = "cpu") -> None:
+        import ray
+
+        self.source = source
+        n = source.n
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if str(device).startswith("cuda") else 0
+        shards = gpus if gpus > 0 else workers
+        grid = chunk_size or default_chunk_size(n, 1024)
+        self.bounds = _shard_bounds(n, shards, grid)
+        actor_cls = ray.remote(_ShardWorker).options(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0)
+        path = _memmap_path(source)
+        self.actors = []
+        for a, b in self.bounds:
+            if path is not None:
+                data: Any = path
+            else:
+                data = ray.put(np.ascontiguousarray(source.numpy_or_memmap()[a:b], dtype=np.float32))
+            self.actors.append(actor_cls.remote(data, a, b, chunk_size, "cuda" if gpus else "cpu"))
+        self.n_shards = len(self.actors)
+
+    def accumulate(self, centroids: torch.Tensor) -> PassResult:
+        import ray
+
+        c = np.ascontiguousarray(centroids.detach().cpu().numpy(), dtype=np.float32)
+        ref = ray.put(c)
+        parts = ray.get([actor.accumulate.remote(ref) for actor in self.actors])
+        sums = np.zeros_like(parts[0][0])
+        counts = np.zeros_like(parts[0][1])
+        inertia, changed = 0.0, 0
+        for s, cnt, inert, ch in parts:  # fixed order: shard 0 first
+            sums += s
+            counts += cnt
+            inertia += inert
+            changed += ch
+        return PassResult(sums=torch.from_numpy(sums), counts=torch.from_numpy(counts), inertia=inertia,
+                          changed=changed)
+
+    def finalize(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import ray
+
+        c = np.ascontiguousarray(centroids.detach().cpu().numpy(), dtype=np.float32)
+        ref = ray.put(c)
+        parts = ray.get([actor.finalize.remote(ref) for actor in self.actors])
+        return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                torch.from_numpy(np.concatenate([p[1] for p in parts])))
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def _memmap_path(source: DataSource) -> str | None:
+    """The ``.npy`` file behind a memmap source when the memmap covers the whole file's array."""
+    mm = source.memmap
+    if mm is None:
+        return None
+    name = getattr(mm, "filename", None)
+    if not name or not str(name).endswith(".npy"):
+        return None
+    try:
+        whole = np.load(name, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if whole.shape == mm.shape and whole.dtype == mm.dtype and getattr(whole, "offset", None) == getattr(
+            mm, "offset", None):
+        return str(name)
+    return None
+
+
+@contextlib.contextmanager
+def lloyd_engine(source: DataSource, workers: int = 1, ray_address: str | None = None,
+                 chunk_size: int | None = None, device: str = "cpu") -> Iterator[LocalLloyd | RayLloyd]:
+    """A :class:`LocalLloyd` (``workers == 1``) or a :class:`RayLloyd` inside a Ray session."""
+    if workers <= 1:
+        yield LocalLloyd(source, chunk_size)
+        return
+    gpus = torch.cuda.device_count() if str(device).startswith("cuda") else 0
+    with ray_context(workers, ray_address, num_gpus=gpus):
+        engine = RayLloyd(source, workers, chunk_size, device)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+
+# -------------------------------------------------------------------------------------------------
+# k-means
+
+
+def _variance(src: DataSource, chunk: int) -> float:
+    total = torch.zeros(src.d, dtype=torch.float64, device=src.device)
+    total_sq = torch.zeros(src.d, dtype=torch.float64, device=src.device)
+    for _, _, xb in src.chunks(chunk):
+        xd = xb.double()
+        total += xd.sum(0)
+        total_sq += (xd * xd).sum(0)
+    mean = total / src.n
+    return float((total_sq / src.n - mean * mean).clamp_(min=0).mean().item())
+
+
+def kmeans(x: Any, k: int, n_iters: int = 50, seed: int = 0, tol: float | None = None,
            chunk_size: int | None = None, device: str = "cpu",
-           progress: Callable[[str], None] | None = None) -> KMeansResult:
+           progress: Callable[[str], None] | None = None, *, workers: int = 1, ray_address: str | None = None,
+           init_max_points: int | None = None, engine: LocalLloyd | RayLloyd | None = None,
+           label: str = "k-means") -> KMeansResult:
     """k-means (Lloyd) with greedy k-means++ seeding, squared L2, seeded and chunked.
 
     Minimises the inertia φ(C) = Σ_i min_j ‖x_i − c_j‖² by alternating assignment
@@ -247,60 +649,91 @@ def kmeans(x: np.ndarray | torch.Tensor, k: int, n_iters: int = 50, seed: int = 
     centroid), as in Vo et al. (2024), arXiv:2405.15613, spec 1.1. ``k`` is capped at ``n``.
 
     Args:
-        x: ``(n, d)`` data (numpy array or torch tensor); computed in float32.
+        x: ``(n, d)`` data: numpy array, ``numpy.memmap`` (streamed chunk by chunk), path to a ``.npy``
+            file (memory-mapped), torch tensor or :class:`DataSource`; computed in float32.
         k: Requested number of clusters (≥ 1); ``min(k, n)`` are returned.
-        n_iters: Maximum number of Lloyd iterations (≥ 0). The loop stops earlier when the
-            assignment stops changing (exact fixed point) or on ``tol``.
-        seed: Integer seed of the ``torch.Generator`` used for k-means++.
+        n_iters: Number of Lloyd iterations (≥ 0; reference 50). The loop stops earlier only at an
+            exact fixed point (no assignment changes) or on ``tol``.
+        seed: Integer seed of the ``torch.Generator`` used for k-means++ (and the init sample).
         tol: If given, stop when Σ_j ‖Δc_j‖² ≤ tol · mean per-feature variance of ``x``
-            (the relative centroid shift criterion of scikit-learn).
-        chunk_size: Rows per distance block; default :func:`default_chunk_size` (≤ 2^24 floats).
-        device: Torch device, default ``"cpu"``.
-        progress: Optional callback receiving one-line status messages.
+            (the relative centroid shift criterion of scikit-learn). Default: no tolerance.
+        chunk_size: Rows per distance block; default :func:`default_chunk_size` (≈ 2^20 floats).
+        device: Torch device, ``"cpu"`` (default), ``"cuda"`` (falls back to CPU when unavailable)
+            or ``"auto"``.
+        progress: Optional callback receiving one-line status messages (every 10 iterations).
+        workers: Ray actors for the Lloyd passes (1 = in process, no Ray).
+        ray_address: Ray cluster to join when ``workers > 1`` and Ray is not initialised yet
+            (default ``$RAY_ADDRESS``, else a private local Ray).
+        init_max_points: Seed k-means++ on a seeded uniform sample of at most this many points
+            (default: all points, as the reference).
+        engine: An existing Lloyd engine over the same data (used by the hierarchical k-means to
+            keep one set of Ray actors for a whole level); ``workers`` is then ignored.
+        label: Prefix of the progress messages.
 
     Returns:
         :class:`KMeansResult` with float32 centroids, int64 assignment (consistent with the
-        returned centroids), float64 inertia and the number of Lloyd updates run.
+        returned centroids), float64 inertia and distances, and the number of Lloyd updates run.
 
     Raises:
         StrataError: Empty input, non-finite values, ``k < 1`` or invalid arguments.
     """
     where = "kmeans"
-    xt = as_float_tensor(x, device, where)
     k = _check_int(k, "k", 1, where)
     n_iters = _check_int(n_iters, "n_iters", 0, where)
     seed = _check_int(seed, "seed", 0, where)
+    workers = _check_int(workers, "workers", 1, where)
     if tol is not None and not (math.isfinite(tol) and tol >= 0):
         raise StrataError(f"tol must be a finite number >= 0 or None, got {tol!r}.", where=where,
                           fix="Use e.g. tol=1e-4, or None to run all iterations.")
-    n = xt.shape[0]
+    if init_max_points is not None:
+        init_max_points = _check_int(init_max_points, "init_max_points", 1, where)
+    if chunk_size is not None:
+        chunk_size = _check_int(chunk_size, "chunk_size", 1, where)
+    if engine is not None:
+        src = engine.source
+    else:
+        src = x if isinstance(x, DataSource) else DataSource(x, resolve_device(device, progress), where)
+    if engine is None and workers > 1:
+        with lloyd_engine(src, workers, ray_address, chunk_size, device) as eng:
+            return kmeans(src, k, n_iters, seed, tol, chunk_size, device, progress,
+                          init_max_points=init_max_points, engine=eng, label=label)
+    if engine is None:
+        engine = LocalLloyd(src, chunk_size)
+    n = src.n
     k = min(k, n)
-    chunk = default_chunk_size(n, k) if chunk_size is None else _check_int(chunk_size, "chunk_size", 1, where)
-    tol_abs = None if tol is None else float(tol) * float(torch.var(xt, dim=0, unbiased=False).mean().item())
+    chunk = default_chunk_size(n, k) if chunk_size is None else chunk_size
+    tol_abs = None if tol is None else float(tol) * _variance(src, chunk)
 
-    generator = torch.Generator(device=xt.device)
+    generator = torch.Generator()
     generator.manual_seed(seed)
-    centroids = kmeans_plusplus(xt, k, generator)
+    if init_max_points is not None and n > init_max_points:
+        sample = torch.randperm(n, generator=generator)[:max(init_max_points, k)].sort().values
+        centroids = kmeans_plusplus(src.rows(sample), k, generator)
+    else:
+        centroids = kmeans_plusplus(src, k, generator)
+    if progress is not None:
+        shards = getattr(engine, "n_shards", 1)
+        progress(f"{label}: n={n} d={src.d} k={k} iterations={n_iters}"
+                 + (f" on {shards} Ray actors" if shards > 1 else ""))
 
-    previous: torch.Tensor | None = None
-    final: torch.Tensor | None = None
     n_run = 0
-    for _ in range(n_iters):
-        index, _dist = assign(xt, centroids, chunk)
-        if previous is not None and torch.equal(index, previous):
-            final = index  # fixed point: centroids would not move any more
-            break
-        new = update_centroids(xt, index, centroids)
+    for it in range(n_iters):
+        part = engine.accumulate(centroids)
+        if it > 0 and part.changed == 0:
+            break  # fixed point: the update would return the same centroids
+        new = _divide(part.sums.to(src.device), part.counts.to(src.device), centroids)
         n_run += 1
         shift = float(((new.double() - centroids.double()) ** 2).sum().item())
-        centroids, previous = new, index
+        centroids = new
+        if progress is not None and (n_run % PROGRESS_EVERY == 0):
+            progress(f"{label}: iteration {n_run}/{n_iters} inertia={part.inertia:.6g} "
+                     f"changed={part.changed}")
         if tol_abs is not None and shift <= tol_abs:
             break
-    if final is None:
-        final, _dist = assign(xt, centroids, chunk)
-    inertia = _inertia(xt, centroids, final, chunk)
+    final, dist = engine.finalize(centroids)
+    inertia = float(dist.sum().item())
     if progress is not None:
-        progress(f"k-means: n={n} k={k} iterations={n_run} inertia={inertia:.6g}")
+        progress(f"{label}: done after {n_run} iterations, inertia={inertia:.6g}")
     return KMeansResult(centroids=centroids.cpu().numpy().astype(np.float32, copy=False),
                         assignment=final.cpu().numpy().astype(np.int64, copy=False),
-                        inertia=inertia, n_iters_run=n_run)
+                        inertia=inertia, n_iters_run=n_run, distances=dist.cpu().numpy())

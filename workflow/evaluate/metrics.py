@@ -6,13 +6,17 @@ number that could be silently wrong.
 
 Metrics:
 
-* :func:`clustering_accuracy`, :func:`cluster_scores`: k-means on L2-normalised embeddings, scored
-  with Hungarian-matched accuracy, NMI, ARI and purity.
+* :func:`clustering_accuracy`, :func:`cluster_scores`: k-means (scikit-learn or Strata's torch
+  k-means) on L2-normalised embeddings, scored with Hungarian-matched accuracy, NMI, ARI and purity.
 * :func:`retrieval_scores`: leave-one-out exact cosine retrieval (Precision@1, Recall@k, R-Precision,
   MAP@R) following Musgrave et al. 2020.
+* :func:`retrieval_scores_query_gallery`: the same metrics for a query set against a separate gallery.
 * :func:`weighted_knn_accuracy`: DINO's temperature-weighted k-NN classifier.
 * :func:`linear_probe_accuracy`: standardised logistic-regression probe.
 * :func:`rankme`: effective rank of the embedding matrix (Garrido et al. 2023).
+* :func:`alignment`, :func:`uniformity`: hypersphere alignment / uniformity (Wang & Isola 2020).
+* :func:`vendi_score`: diversity as the exponentiated eigenvalue entropy of the cosine kernel
+  (Friedman & Dieng 2023).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from sklearn.preprocessing import StandardScaler
 from workflow.errors import StrataError
 
 __all__ = [
+    "alignment",
     "check_embeddings",
     "check_labels",
     "cluster_scores",
@@ -38,6 +43,9 @@ __all__ = [
     "linear_probe_accuracy",
     "rankme",
     "retrieval_scores",
+    "retrieval_scores_query_gallery",
+    "uniformity",
+    "vendi_score",
     "weighted_knn_accuracy",
 ]
 
@@ -45,6 +53,14 @@ __all__ = [
 _KNN_QUERY_BATCH = 4096
 #: Row-block size of the blocked QR used by :func:`rankme` (bounds memory for tall matrices).
 _RANKME_BLOCK = 8192
+#: Row-block size of row-wise passes (norms, Gram accumulation); bounds float64 temporaries.
+_ROW_BLOCK = 8192
+#: Upper bound on the entries of one (query batch × k_search) faiss result block in retrieval.
+_MAX_RESULT_ENTRIES = 2**25
+#: Upper bound on the entries of one pairwise block in :func:`uniformity` (float64, 32 MiB).
+_PAIR_BLOCK_ENTRIES = 2**22
+#: k-means implementations accepted by :func:`cluster_scores`.
+_CLUSTER_BACKENDS = ("sklearn", "strata")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,15 +194,17 @@ def _check_int(value: object, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
-    """Return the rows of ``x`` scaled to unit L2 norm (float32, C-contiguous).
-
-    Norms are computed in float64 so tiny-but-nonzero vectors do not underflow.
+def _row_norms(x: np.ndarray, name: str) -> np.ndarray:
+    """Float64 L2 norm of every row of ``x``, in row blocks (no full float64 copy of ``x``).
 
     Raises:
         StrataError: If a row has zero norm (its cosine similarity is undefined).
     """
-    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    n = x.shape[0]
+    norms = np.empty(n, dtype=np.float64)
+    for start in range(0, n, _ROW_BLOCK):
+        block = x[start:start + _ROW_BLOCK].astype(np.float64)
+        norms[start:start + _ROW_BLOCK] = np.sqrt(np.add.reduce(block * block, axis=1))
     zero = np.flatnonzero(norms == 0.0)
     if zero.size:
         first = ", ".join(str(i) for i in zero[:5])
@@ -196,7 +214,24 @@ def _l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
             where=name,
             fix="Drop or recompute those samples (all-zero vectors usually mean a collapsed or broken model).",
         )
-    return np.ascontiguousarray((x / norms[:, None]).astype(np.float32))
+    return norms
+
+
+def _l2_normalize(x: np.ndarray, name: str, dtype: type = np.float32) -> np.ndarray:
+    """Return the rows of ``x`` scaled to unit L2 norm (C-contiguous, ``dtype``).
+
+    Norms and the division are computed in float64 (so tiny-but-nonzero vectors do not underflow)
+    one row block at a time; the only full-size allocation is the output.
+
+    Raises:
+        StrataError: If a row has zero norm (its cosine similarity is undefined).
+    """
+    norms = _row_norms(x, name)
+    out = np.empty(x.shape, dtype=dtype)
+    for start in range(0, x.shape[0], _ROW_BLOCK):
+        stop = start + _ROW_BLOCK
+        out[start:stop] = x[start:stop] / norms[start:stop, None]
+    return out
 
 
 def _contingency(labels_a: np.ndarray, labels_b: np.ndarray) -> np.ndarray:
@@ -252,11 +287,22 @@ def cluster_scores(
     n_clusters: int | None = None,
     seed: int = 0,
     n_init: int = 10,
+    backend: str = "sklearn",
+    max_iter: int = 300,
 ) -> dict[str, float]:
     """k-means clustering quality of L2-normalised embeddings.
 
-    The rows are L2-normalised (so Euclidean k-means approximates spherical / cosine k-means),
-    clustered with ``KMeans(n_clusters=K, n_init=n_init, random_state=seed)`` and scored with:
+    The rows are L2-normalised (so Euclidean k-means approximates spherical / cosine k-means) and
+    clustered into ``K`` clusters by one of two backends:
+
+    * ``"sklearn"``: ``KMeans(n_clusters=K, n_init=n_init, random_state=seed, max_iter=max_iter)``;
+    * ``"strata"``: :func:`workflow.curate.kmeans.kmeans` (torch, greedy k-means++, Lloyd until the
+      assignment is a fixed point or ``max_iter`` updates) run with seeds ``seed, ..., seed + n_init - 1``;
+      the run with the lowest inertia ``Σ_i ‖x_i − c_{a(i)}‖²`` is kept (ties: the first).
+
+    ``K`` may exceed the number of classes ("over-clustering", as in SCAN's overclustering heads):
+    ACC then matches only as many clusters as there are classes (rectangular Hungarian), while
+    purity, NMI and ARI use every cluster. The partition is scored with:
 
     * ``acc``: Hungarian-matched accuracy (see :func:`clustering_accuracy`).
     * ``nmi``: normalised mutual information, ``I(Y; Ŷ) / ((H(Y) + H(Ŷ)) / 2)`` (sklearn,
@@ -272,15 +318,17 @@ def cluster_scores(
         embeddings: Array of shape ``(N, d)``.
         labels: Ground-truth class ids, shape ``(N,)``.
         n_clusters: Number of clusters ``K``; defaults to the number of distinct labels.
-        seed: ``random_state`` of k-means.
+        seed: ``random_state`` of k-means (``"sklearn"``) or the first seed (``"strata"``).
         n_init: Number of k-means restarts.
+        backend: ``"sklearn"`` or ``"strata"``.
+        max_iter: Maximum number of Lloyd iterations per restart.
 
     Returns:
         ``{"acc", "nmi", "ari", "purity"}`` as floats.
 
     Raises:
         StrataError: On invalid embeddings/labels, fewer than 2 classes, ``K`` < 1 or ``K`` > N,
-            all-zero embedding rows, or ``n_init`` < 1.
+            all-zero embedding rows, ``n_init`` < 1, ``max_iter`` < 1 or an unknown ``backend``.
     """
     x = check_embeddings(embeddings, "embeddings")
     y = check_labels(labels, x.shape[0], "labels")
@@ -299,8 +347,26 @@ def cluster_scores(
             fix="Use fewer clusters or more samples.",
         )
     n_init = _check_int(n_init, "n_init", 1)
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    if backend not in _CLUSTER_BACKENDS:
+        raise StrataError(
+            f"backend must be one of {list(_CLUSTER_BACKENDS)}, got {backend!r}.",
+            where="backend",
+            fix='Use backend="sklearn" (scikit-learn KMeans) or backend="strata" (workflow.curate.kmeans).',
+        )
     xn = _l2_normalize(x, "embeddings")
-    pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(xn)
+    if backend == "sklearn":
+        pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed, max_iter=max_iter).fit_predict(xn)
+    else:
+        from workflow.curate.kmeans import kmeans
+
+        seed = _check_int(seed, "seed", 0)
+        best = None
+        for run_seed in range(seed, seed + n_init):
+            result = kmeans(xn, k, n_iters=max_iter, seed=run_seed)
+            if best is None or result.inertia < best.inertia:
+                best = result
+        pred = np.asarray(best.assignment, dtype=np.int64)
     counts = _contingency(pred, y)
     return {
         "acc": clustering_accuracy(y, pred),
@@ -334,6 +400,123 @@ def _drop_self(neighbors: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
     return neighbors[~drop].reshape(b, k - 1)
 
 
+def _check_ks(ks: Sequence[int], n_available: int, what: str) -> list[int]:
+    """Validate retrieval cut-offs: a non-empty sequence of integers in ``[1, n_available]``, deduplicated."""
+    ks_list = [_check_int(k, "ks", 1) for k in ks]
+    if not ks_list:
+        raise StrataError("ks is empty.", where="ks", fix="Give at least one cut-off, e.g. ks=(1, 5).")
+    too_big = [k for k in ks_list if k > n_available]
+    if too_big:
+        raise StrataError(
+            f"ks contains {too_big}, larger than the {n_available} {what} available per query.",
+            where="ks",
+            fix=f"Use cut-offs <= {n_available} or evaluate on more samples.",
+        )
+    return list(dict.fromkeys(ks_list))
+
+
+def _flat_ip_index(xn: np.ndarray) -> faiss.IndexFlatIP:
+    """Exact inner-product faiss index holding the (already L2-normalised, float32) rows of ``xn``."""
+    index = faiss.IndexFlatIP(xn.shape[1])
+    index.add(xn)
+    return index
+
+
+def _ranked_retrieval(
+    index: faiss.Index,
+    xq: np.ndarray,
+    query_cls: np.ndarray,
+    gallery_cls: np.ndarray,
+    r_all: np.ndarray,
+    ks: list[int],
+    k_search: int,
+    batch_size: int,
+    queries_in_gallery: bool,
+) -> dict[str, float]:
+    """Shared bookkeeping of :func:`retrieval_scores` and :func:`retrieval_scores_query_gallery`.
+
+    Searches the ``k_search`` nearest gallery items of every included query (``r_all > 0``) in
+    batches, turns them into the relevance matrix ``rel[q, i] = 1[gallery_cls[nbr_i(q)] = query_cls[q]]``
+    and computes, per query, with ``hits(i) = Σ_{j≤i} rel(j)``:
+
+        P@1 = rel(1),  Recall@k = 1[hits(k) ≥ 1],  RP = hits(R) / R,
+        MAP@R = (1/R) Σ_{i≤R} rel(i) · hits(i) / i.
+
+    Per-query values are stored and averaged once at the end, so the result does not depend on
+    ``batch_size``; the per-query sums are accumulated in rank order (``np.bincount``), also
+    independent of the batch.
+
+    Args:
+        index: faiss index over the gallery (L2-normalised rows, inner product).
+        xq: ``(Q, d)`` L2-normalised float32 queries.
+        query_cls: ``(Q,)`` class index of each query (in the gallery's class numbering; any value
+            for excluded queries).
+        gallery_cls: ``(G,)`` class index of each gallery item.
+        r_all: ``(Q,)`` number of relevant gallery items per query (``R``; 0 = excluded query).
+        ks: Validated recall cut-offs.
+        k_search: Neighbours to retrieve per query; ``k_search - queries_in_gallery >= max(ks, R)``.
+        batch_size: Queries per search (reduced so one result block stays ≤ ``_MAX_RESULT_ENTRIES``).
+        queries_in_gallery: If true, query ``q`` is gallery item ``q`` and is removed from its own
+            neighbour list (leave-one-out).
+
+    Returns:
+        The metric dict documented in :func:`retrieval_scores`.
+    """
+    n_total = xq.shape[0]
+    included = np.flatnonzero(r_all > 0)
+    n_q = included.size
+    contiguous = n_q == n_total
+    batch = max(1, min(batch_size, _MAX_RESULT_ENTRIES // k_search))
+
+    p1 = np.empty(n_q, dtype=bool)
+    hit_at = {k: np.empty(n_q, dtype=bool) for k in ks}
+    rp = np.empty(n_q, dtype=np.float64)
+    mapr = np.empty(n_q, dtype=np.float64)
+    max_k = max(ks)
+    for start in range(0, n_q, batch):
+        stop = min(start + batch, n_q)
+        b = stop - start
+        if contiguous:  # every query is included: slice, no copy
+            ids = np.arange(start, stop)
+            _, nbrs = index.search(xq[start:stop], k_search)
+        else:
+            ids = included[start:stop]
+            _, nbrs = index.search(xq[ids], k_search)
+        if nbrs[:, -1].min() < 0:  # faiss pads with -1 when it finds fewer than k_search results
+            raise StrataError(
+                "faiss returned fewer neighbours than requested; the similarity search is unreliable.",
+                where="embeddings",
+                fix="Check the embeddings for degenerate values.",
+            )
+        r = r_all[ids]
+        r_max = int(r.max())
+        width = max(max_k, r_max)  # only the first max(k, R) ranks (after removing self) matter
+        # Dropping self from the first width + 1 columns gives the same first width others as
+        # dropping it from the full list (if self is further down, both keep the first width).
+        nbrs = _drop_self(nbrs[:, :width + 1], ids) if queries_in_gallery else nbrs[:, :width]
+        rel = gallery_cls[nbrs] == query_cls[ids][:, None]  # (b, width) bool
+        hits = np.cumsum(rel, axis=1, dtype=np.int32)
+        rows = np.arange(b)
+        out = slice(start, stop)
+        p1[out] = rel[:, 0]
+        for k in ks:
+            hit_at[k][out] = hits[:, k - 1] > 0
+        rp[out] = hits[rows, r - 1] / r
+        # MAP@R: sum hits(i)/i over relevant ranks i <= R, in rank order per query.
+        qi, ri = np.nonzero(rel[:, :r_max] & (np.arange(1, r_max + 1) <= r[:, None]))
+        prec = hits[qi, ri] / (ri + 1.0)
+        mapr[out] = np.bincount(qi, weights=prec, minlength=b) / r
+
+    result: dict[str, float] = {"precision_at_1": float(p1.mean())}
+    for k in ks:
+        result[f"recall_at_{k}"] = float(hit_at[k].mean())
+    result["r_precision"] = float(rp.mean())
+    result["map_at_r"] = float(mapr.mean())
+    result["n_queries"] = float(n_q)
+    result["n_queries_excluded"] = float(n_total - n_q)
+    return result
+
+
 def retrieval_scores(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -345,8 +528,8 @@ def retrieval_scores(
     Every item is a query against all *other* items, ranked by cosine similarity (exact search with
     ``faiss.IndexFlatIP`` on L2-normalised float32 vectors, in query batches of ``batch_size``). For a
     query ``q`` with label ``y`` let ``rel(i) = 1`` if the ``i``-th retrieved item has label ``y``,
-    and ``R`` = number of other items with label ``y``. Queries with ``R = 0`` are excluded. Per
-    query:
+    and ``R`` = number of other items with label ``y``. Queries with ``R = 0`` are excluded (and not
+    searched). Per query:
 
     * ``precision_at_1 = rel(1)``
     * ``recall_at_k = 1[Σ_{i≤k} rel(i) ≥ 1]`` (metric-learning convention, a.k.a. hit rate)
@@ -357,7 +540,8 @@ def retrieval_scores(
 
     The search retrieves ``k_search = max(max(ks), max_class_count - 1) + 1`` neighbours (capped at
     ``N``), then drops the query itself (if the query is not in its own list because exact duplicates
-    tie with it, the last neighbour is dropped instead). Memory is ``O(N·d + batch_size·k_search)``.
+    tie with it, the last neighbour is dropped instead). Memory is ``O(N·d + batch·k_search)``, where
+    ``batch = min(batch_size, 2^25 // k_search)``.
 
     References:
         Musgrave, Belongie & Lim 2020, "A Metric Learning Reality Check" (ECCV).
@@ -386,77 +570,98 @@ def retrieval_scores(
             where="embeddings",
             fix="Evaluate on more samples.",
         )
-    ks_list = [_check_int(k, "ks", 1) for k in ks]
-    if not ks_list:
-        raise StrataError("ks is empty.", where="ks", fix="Give at least one cut-off, e.g. ks=(1, 5).")
-    too_big = [k for k in ks_list if k > n - 1]
-    if too_big:
-        raise StrataError(
-            f"ks contains {too_big}, larger than the {n - 1} other items available per query.",
-            where="ks",
-            fix=f"Use cut-offs <= {n - 1} or evaluate on more samples.",
-        )
-    ks_list = list(dict.fromkeys(ks_list))
+    ks_list = _check_ks(ks, n - 1, "other items")
     batch_size = _check_int(batch_size, "batch_size", 1)
 
     _, y_idx, class_counts = np.unique(y, return_inverse=True, return_counts=True)
     r_all = class_counts[y_idx] - 1  # number of OTHER items with the query's label
-    k_search = min(n, max(max(ks_list), int(class_counts.max()) - 1) + 1)
-    n_ret = k_search - 1  # neighbours kept per query after dropping self
-
-    xn = _l2_normalize(x, "embeddings")
-    index = faiss.IndexFlatIP(xn.shape[1])
-    index.add(xn)
-
-    ranks = np.arange(1, n_ret + 1, dtype=np.float64)
-    # Per-query values (NaN = excluded); averaged once at the end so the result does not depend on
-    # batch_size (summation order).
-    p1 = np.full(n, np.nan)
-    rp = np.full(n, np.nan)
-    mapr = np.full(n, np.nan)
-    recall = {k: np.full(n, np.nan) for k in ks_list}
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        query_ids = np.arange(start, stop)
-        r = r_all[start:stop]
-        keep = r > 0
-        if not keep.any():
-            continue
-        _, nbrs = index.search(xn[start:stop], k_search)
-        if (nbrs < 0).any():  # faiss pads with -1 when it finds fewer than k_search results
-            raise StrataError(
-                "faiss returned fewer neighbours than requested; the similarity search is unreliable.",
-                where="embeddings",
-                fix="Check the embeddings for degenerate values.",
-            )
-        nbrs = _drop_self(nbrs, query_ids)[keep]
-        ids = query_ids[keep]
-        r = r[keep]
-        rel = y_idx[nbrs] == y_idx[ids][:, None]  # (b, n_ret) bool
-        rel_r = rel & (ranks[None, :] <= r[:, None])  # relevant and within the first R ranks
-        prec_at_i = np.cumsum(rel, axis=1) / ranks[None, :]
-        p1[ids] = rel[:, 0]
-        rp[ids] = rel_r.sum(axis=1) / r
-        mapr[ids] = (prec_at_i * rel_r).sum(axis=1) / r
-        for k in ks_list:
-            recall[k][ids] = rel[:, :k].any(axis=1)
-
-    included = r_all > 0
-    n_queries = int(included.sum())
-    if n_queries == 0:
+    if not (r_all > 0).any():
         raise StrataError(
             "every class in labels has a single item, so no query has a relevant item to retrieve.",
             where="labels",
             fix="Evaluate retrieval on data with at least two items per class.",
         )
-    out: dict[str, float] = {"precision_at_1": float(p1[included].mean())}
-    for k in ks_list:
-        out[f"recall_at_{k}"] = float(recall[k][included].mean())
-    out["r_precision"] = float(rp[included].mean())
-    out["map_at_r"] = float(mapr[included].mean())
-    out["n_queries"] = float(n_queries)
-    out["n_queries_excluded"] = float(n - n_queries)
-    return out
+    k_search = min(n, max(max(ks_list), int(class_counts.max()) - 1) + 1)
+    xn = _l2_normalize(x, "embeddings")
+    return _ranked_retrieval(_flat_ip_index(xn), xn, y_idx, y_idx, r_all, ks_list, k_search, batch_size,
+                             queries_in_gallery=True)
+
+
+def retrieval_scores_query_gallery(
+    query_emb: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_emb: np.ndarray,
+    gallery_labels: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    batch_size: int = 4096,
+) -> dict[str, float]:
+    """Exact cosine retrieval metrics of a query set against a separate gallery (Musgrave et al. 2020).
+
+    Same definitions as :func:`retrieval_scores`, without self-removal: every query is ranked
+    against all ``G`` gallery items by cosine similarity (``faiss.IndexFlatIP`` on L2-normalised
+    float32 vectors, queries in batches). ``rel(i) = 1`` if the ``i``-th retrieved gallery item has
+    the query's label and ``R`` = number of gallery items with the query's label; queries with
+    ``R = 0`` (label absent from the gallery, "lone" queries) are excluded and counted. Per query:
+
+    * ``precision_at_1 = rel(1)``
+    * ``recall_at_k = 1[Σ_{i≤k} rel(i) ≥ 1]``
+    * ``r_precision = (1/R) Σ_{i≤R} rel(i)``
+    * ``map_at_r = (1/R) Σ_{i≤R} P(i)·rel(i)`` with ``P(i) = (1/i) Σ_{j≤i} rel(j)``
+
+    averaged over the included queries. The search retrieves
+    ``k_search = max(max(ks), max R over included queries)`` neighbours, so MAP@R and R-precision
+    are exact. Memory is ``O(G·d + batch·k_search)``; no ``Q × G`` matrix is formed.
+
+    References:
+        Musgrave, Belongie & Lim 2020, "A Metric Learning Reality Check" (ECCV), §3.2;
+        pytorch-metric-learning ``AccuracyCalculator`` (``ref_includes_query=False``).
+
+    Args:
+        query_emb: ``(Q, d)`` query embeddings.
+        query_labels: ``(Q,)`` query class ids.
+        gallery_emb: ``(G, d)`` gallery (reference) embeddings.
+        gallery_labels: ``(G,)`` gallery class ids.
+        ks: Cut-offs for ``recall_at_k``; each must satisfy ``1 <= k <= G``.
+        batch_size: Number of queries searched at once.
+
+    Returns:
+        ``{"precision_at_1", "recall_at_<k>" for each k, "r_precision", "map_at_r", "n_queries",
+        "n_queries_excluded"}``; the two counts are whole numbers stored as floats.
+
+    Raises:
+        StrataError: On invalid embeddings/labels, a query/gallery dimension mismatch, an empty
+            ``ks`` or a ``k`` outside ``[1, G]``, ``batch_size`` < 1, all-zero rows, or if no query
+            label occurs in the gallery.
+    """
+    xq = check_embeddings(query_emb, "query_emb")
+    yq = check_labels(query_labels, xq.shape[0], "query_labels")
+    xg = check_embeddings(gallery_emb, "gallery_emb")
+    yg = check_labels(gallery_labels, xg.shape[0], "gallery_labels")
+    if xq.shape[1] != xg.shape[1]:
+        raise StrataError(
+            f"query_emb has dimension {xq.shape[1]} but gallery_emb has {xg.shape[1]}.",
+            where="query_emb",
+            fix="Embed queries and gallery with the same model and layer.",
+        )
+    ks_list = _check_ks(ks, xg.shape[0], "gallery items")
+    batch_size = _check_int(batch_size, "batch_size", 1)
+
+    g_classes, g_idx, g_counts = np.unique(yg, return_inverse=True, return_counts=True)
+    pos = np.minimum(np.searchsorted(g_classes, yq), g_classes.size - 1)
+    found = g_classes[pos] == yq
+    q_idx = np.where(found, pos, -1)
+    r_all = np.where(found, g_counts[pos], 0)
+    if not found.any():
+        raise StrataError(
+            "none of the query labels occurs in gallery_labels, so no query has a relevant item to retrieve.",
+            where="query_labels",
+            fix="Use a gallery that contains the query classes (same label encoding for both sets).",
+        )
+    k_search = max(max(ks_list), int(r_all.max()))
+    xgn = _l2_normalize(xg, "gallery_emb")
+    xqn = _l2_normalize(xq, "query_emb")
+    return _ranked_retrieval(_flat_ip_index(xgn), xqn, q_idx, g_idx, r_all, ks_list, k_search, batch_size,
+                             queries_in_gallery=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -692,3 +897,169 @@ def rankme(embeddings: np.ndarray, eps: float = 1e-7) -> float:
     p = sigma / total + eps
     p = p[p > 0]  # only reachable with eps = 0; uses the limit 0·log 0 = 0
     return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def _check_real(value: object, name: str, *, positive: bool, fix: str) -> float:
+    """Return ``value`` as float if it is a finite real (and > 0 when ``positive``), else raise StrataError."""
+    ok = not isinstance(value, bool) and isinstance(value, Real) and np.isfinite(value)
+    if ok and positive:
+        ok = float(value) > 0
+    if not ok:
+        kind = "a positive finite number" if positive else "a finite number"
+        raise StrataError(f"{name} must be {kind}, got {value!r}.", where=name, fix=fix)
+    return float(value)
+
+
+def _subsample_rows(x: np.ndarray, max_points: int | None, seed: int, minimum: int) -> np.ndarray:
+    """Rows of ``x``, or ``max_points`` of them drawn without replacement (seeded, original order kept)."""
+    if max_points is None:
+        return x
+    max_points = _check_int(max_points, "max_points", minimum)
+    if x.shape[0] <= max_points:
+        return x
+    rng = np.random.default_rng(seed)
+    return x[np.sort(rng.choice(x.shape[0], size=max_points, replace=False))]
+
+
+def alignment(z1: np.ndarray, z2: np.ndarray, alpha: float = 2.0) -> float:
+    """Alignment of positive pairs on the hypersphere (Wang & Isola 2020).
+
+    With ``f(x) = x / ‖x‖₂`` applied to every row and ``(z1_i, z2_i)`` the ``i``-th positive pair
+    (e.g. two augmented views of the same sample):
+
+        L_align = (1/N) Σ_i ‖f(z1_i) − f(z2_i)‖₂^α
+
+    which is the empirical ``E_{(x,y)~p_pos} ‖f(x) − f(y)‖₂^α`` of the paper (``align_loss`` of
+    ``SsnL/align_uniform``). Lower is better; it lies in ``[0, 2^α]`` and is 0 for identical views.
+    Computed in float64.
+
+    References:
+        Wang & Isola 2020, "Understanding Contrastive Representation Learning through Alignment and
+        Uniformity on the Hypersphere" (ICML).
+
+    Args:
+        z1: ``(N, d)`` embeddings of the first views.
+        z2: ``(N, d)`` embeddings of the second views (row ``i`` pairs with row ``i`` of ``z1``).
+        alpha: Exponent ``α > 0`` (paper default 2).
+
+    Returns:
+        ``L_align`` as a float.
+
+    Raises:
+        StrataError: On invalid embeddings (NaN/inf, empty, not 2-D), different shapes, all-zero
+            rows, or a non-positive ``alpha``.
+    """
+    a = check_embeddings(z1, "z1")
+    b = check_embeddings(z2, "z2")
+    if a.shape != b.shape:
+        raise StrataError(
+            f"z2 has shape {b.shape} but z1 has shape {a.shape}; alignment needs one positive pair per row.",
+            where="z2",
+            fix="Pass the two views of the same samples, in the same order and from the same model.",
+        )
+    alpha = _check_real(alpha, "alpha", positive=True, fix="Use alpha=2 (the paper's default).")
+    diff = _l2_normalize(a, "z1", np.float64) - _l2_normalize(b, "z2", np.float64)
+    dist = np.sqrt(np.add.reduce(diff * diff, axis=1))
+    return float(np.mean(dist**alpha))
+
+
+def uniformity(z: np.ndarray, t: float = 2.0, max_points: int | None = None, seed: int = 0) -> float:
+    """Uniformity of embeddings on the hypersphere (Wang & Isola 2020).
+
+    With ``f(x) = x / ‖x‖₂`` applied to every row, this is the log of the average Gaussian-potential
+    over all **distinct unordered pairs** ``i < j`` (the ``torch.pdist`` variant of the reference code
+    ``SsnL/align_uniform``, i.e. without the ``i = j`` terms):
+
+        L_unif = log( (2 / (N(N−1))) Σ_{i<j} exp(−t ‖f(z_i) − f(z_j)‖₂²) )
+
+    Lower (more negative) is more uniform; it lies in ``[−4t, 0]``. Squared distances are computed
+    as ``2 − 2 f(z_i)·f(z_j)`` (clipped at 0) in float64, in row blocks of at most
+    ``_PAIR_BLOCK_ENTRIES`` pairs, so no ``N × N`` matrix is formed for large ``N``; the sum is a
+    running log-sum-exp, so it cannot underflow for large ``t``. With ``max_points``, a uniformly
+    random subset of that many rows (``numpy.random.default_rng(seed)``, without replacement) is
+    used; the cost is ``O(M² d)`` for ``M`` rows used.
+
+    References:
+        Wang & Isola 2020, "Understanding Contrastive Representation Learning through Alignment and
+        Uniformity on the Hypersphere" (ICML), Eq. (uniformity loss) with t = 2.
+
+    Args:
+        z: ``(N, d)`` embeddings, ``N >= 2``.
+        t: Temperature ``t > 0`` of the Gaussian potential (paper default 2; lightly uses 1).
+        max_points: Optional cap ``M >= 2`` on the number of rows used (random subsample).
+        seed: Seed of the subsample.
+
+    Returns:
+        ``L_unif`` as a float.
+
+    Raises:
+        StrataError: On invalid embeddings, fewer than 2 rows, all-zero rows, a non-positive ``t``
+            or ``max_points`` < 2.
+    """
+    x = check_embeddings(z, "z")
+    t = _check_real(t, "t", positive=True, fix="Use t=2 (the paper's default).")
+    x = _subsample_rows(x, max_points, seed, 2)
+    n = x.shape[0]
+    if n < 2:
+        raise StrataError(f"uniformity needs at least 2 points, got {n}.", where="z",
+                          fix="Evaluate on more samples.")
+    xn = _l2_normalize(x, "z", np.float64)
+    block = max(1, min(n, _PAIR_BLOCK_ENTRIES // n))
+    log_total = -np.inf
+    for start in range(0, n - 1, block):
+        stop = min(start + block, n - 1)
+        # Pairs (i, j) with start <= i < stop and j > i: columns start+1.. of rows start..stop-1.
+        gram = xn[start:stop] @ xn[start + 1:].T  # (b, n - start - 1)
+        logits = -t * np.maximum(2.0 - 2.0 * gram, 0.0)
+        # Row r (i = start + r) keeps columns c with j = start + 1 + c > i, i.e. c >= r.
+        mask = np.arange(gram.shape[1])[None, :] >= np.arange(stop - start)[:, None]
+        vals = logits[mask]
+        peak = float(vals.max())
+        log_block = peak + float(np.log(np.sum(np.exp(vals - peak))))
+        log_total = np.logaddexp(log_total, log_block)
+    n_pairs = n * (n - 1) / 2.0
+    return float(log_total - np.log(n_pairs))
+
+
+def vendi_score(x: np.ndarray, max_points: int | None = None, seed: int = 0) -> float:
+    """Vendi score with the cosine-similarity kernel (Friedman & Dieng 2023).
+
+    Rows are L2-normalised to ``x̂_i`` so that ``K_ij = x̂_i·x̂_j`` has unit diagonal. With
+    ``λ_1..λ_n`` the eigenvalues of ``K / n`` (they are ≥ 0 and sum to 1):
+
+        VS = exp(−Σ_i λ_i log λ_i),   0 log 0 = 0
+
+    the exponential of the Shannon entropy of the eigenvalues (order ``q = 1``). The non-zero
+    eigenvalues of ``K/n = X̂X̂ᵀ/n`` equal those of the ``d × d`` matrix ``X̂ᵀX̂/n`` (dual form,
+    ``score_dual`` of ``vertaix/Vendi-Score``), which is what is computed: accumulated in float64 over
+    row blocks, then ``numpy.linalg.eigvalsh``; round-off negatives are clipped to 0. VS lies in
+    ``[1, min(n, d)]``: 1 when all rows point the same way, ``n`` for ``n`` orthogonal rows. With
+    ``max_points``, a uniformly random subset of that many rows (``numpy.random.default_rng(seed)``)
+    is used.
+
+    References:
+        Friedman & Dieng 2023, "The Vendi Score: A Diversity Evaluation Metric for Machine Learning"
+        (TMLR).
+
+    Args:
+        x: ``(n, d)`` embeddings.
+        max_points: Optional cap ``>= 1`` on the number of rows used (random subsample).
+        seed: Seed of the subsample.
+
+    Returns:
+        The Vendi score as a float.
+
+    Raises:
+        StrataError: On invalid embeddings, all-zero rows or ``max_points`` < 1.
+    """
+    arr = check_embeddings(x, "x")
+    arr = _subsample_rows(arr, max_points, seed, 1)
+    n, d = arr.shape
+    norms = _row_norms(arr, "x")
+    cov = np.zeros((d, d), dtype=np.float64)
+    for start in range(0, n, _ROW_BLOCK):
+        block = arr[start:start + _ROW_BLOCK] / norms[start:start + _ROW_BLOCK, None]
+        cov += block.T @ block
+    lam = np.clip(np.linalg.eigvalsh(cov / n), 0.0, None)
+    lam = lam[lam > 0]
+    return float(np.exp(-np.sum(lam * np.log(lam))))
