@@ -109,7 +109,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                            args.gpus, args.ray_address, args.work_root)
     record = _record("pretrain", {**params, "seed": args.seed, "threads": args.threads, "gpus": args.gpus},
                      [args.pool, args.selection], [args.encoder, args.history])
-    record.series = [(k, row[k], int(row["step"])) for row in history for k in ("loss", "lr", "samples_per_s")]
+    # Every loss term, the learning rate, throughput and the collapse monitors, per logged step.
+    record.series = [(k, v, int(row["step"])) for row in history for k, v in row.items()
+                     if k not in ("step", "epoch") and v == v]
     record.metrics = {"final_loss": history[-1]["loss"], "seconds": time.perf_counter() - start}
     log_stage(_tracking(args), record)
 

@@ -44,6 +44,7 @@ RAY_TRAIN_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # otherwise every worker line reaches the log twice
 }
 
 

@@ -1,12 +1,18 @@
-"""Stage ``pretrain``: SimCLR on Ray Train (``TorchTrainer``, DDP; gloo on CPU, nccl on GPU).
+"""Stage ``pretrain``: self-supervised pretraining on Ray Train (``TorchTrainer``, DDP; gloo on CPU, nccl on GPU).
 
 Training length is a number of optimisation steps, identical for every curation, so that variants are
-compared at equal compute (the curated subsets differ in size). Each rank draws its slice of the same
-global batch; the NT-Xent loss gathers the projections of all ranks (global negatives, exact gradients).
+compared at equal compute (the curated subsets differ in size). Each rank takes its slice of the same global
+batch; losses that need batch statistics gather them over all ranks with exact gradients.
+
+Checkpoints go to ``<work-root>/pretrain-<job>/`` every ``checkpoint_every`` epochs: model, optimiser, EMA
+target, step, history, and every rank's random state. That folder is not a Snakemake output (Snakemake deletes
+a failed job's outputs), so a re-run of a killed job resumes from its last checkpoint and, on CPU with the
+same seed, ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,6 +26,8 @@ import numpy as np
 from workflow.errors import StrataError
 from workflow.tables import atomic_path, read_metadata, read_table, write_table
 
+FAIL_AT_STEP_ENV = "STRATA_TEST_FAIL_AT_STEP"  # tests only: raise after the checkpoint at this step
+
 
 def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
     """Linear warm-up to ``peak`` then cosine decay to 0 (Loshchilov & Hutter 2017; Goyal et al. 2017)."""
@@ -30,47 +38,79 @@ def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def effective_rank(z: np.ndarray, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values."""
+    s = np.linalg.svd(np.asarray(z, dtype=np.float64), compute_uv=False)
+    p = s / max(s.sum(), 1e-12) + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def train_worker(cfg: dict[str, Any]) -> None:
     """The per-worker training loop (runs inside Ray Train)."""
     import ray.train
     import ray.train.torch
     import torch
+    import torch.distributed as dist
 
     from workflow.pretrain.augment import build_augment
-    from workflow.pretrain.losses import NTXentLoss
-    from workflow.pretrain.models import EncoderWithProjector, ProjectionHead, build_encoder, save_encoder
+    from workflow.pretrain.methods import Method
+    from workflow.pretrain.models import build_encoder, save_encoder
+    from workflow.pretrain.optim import build_optimizer
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg["threads_per_worker"])
     device = ray.train.torch.get_device()
     params, spec, seed = cfg["params"], cfg["spec"], cfg["seed"]
+    work = Path(cfg["work_dir"])
 
     x_all = torch.from_numpy(np.array(read_table(cfg["input"]).vectors)).to(device)
+    pairs = torch.from_numpy(np.load(cfg["pairs"])).to(device) if cfg.get("pairs") else None
     n = x_all.shape[0]
     global_batch = cfg["global_batch"]
     local_batch = global_batch // world
     steps_per_epoch = n // global_batch
 
     torch.manual_seed(seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
-    encoder = build_encoder(spec)
-    projector = ProjectionHead(spec["embedding_dim"], 256, params["projection_dim"])
-    model = ray.train.torch.prepare_model(EncoderWithProjector(encoder, projector))
-    module = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
-    criterion = NTXentLoss(temperature=params["temperature"], gather_distributed=True)
+    method = Method(build_encoder(spec), params, spec["embedding_dim"]).to(device)
+    model = ray.train.torch.prepare_model(method.module)
+    optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
+                                params["weight_decay"], params["momentum"])
     augment = build_augment(spec["input_kind"])
     gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
     order_rng = np.random.default_rng(seed)  # identical on every rank: they slice the same global batch
+    monitor = torch.from_numpy(np.array(read_table(cfg["input"]).vectors[:512])).to(device)  # fixed held-out view
     use_amp = device.type == "cuda"
 
     total = params["steps"]
-    log_every = max(1, total // 60)
-    # ray.train.report synchronises all workers with the controller (about a second each on a small
-    # machine), so it runs a few times per run; the full history goes to a file written by rank 0.
-    report_every = max(log_every, total // 5)
-    history: list[dict[str, float]] = []
-    step, epoch, window_loss, window_n, t0 = 0, 0, 0.0, 0, time.perf_counter()
+    step, epoch, history = 0, 0, []
+    ckpt = work / "checkpoint"
+    if (ckpt / "done.json").exists():  # resume
+        state = torch.load(ckpt / "model.pt", map_location=device, weights_only=True)
+        method.module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        if method.target is not None:
+            method.target.load_state_dict(state["target"])
+        rng_state = torch.load(ckpt / f"rng{rank}.pt", weights_only=False)
+        gen.set_state(rng_state["gen"])
+        order_rng.bit_generator.state = rng_state["order"]
+        meta = json.loads((ckpt / "done.json").read_text())
+        step, epoch, history = meta["step"], meta["epoch"], meta["history"]
+        if rank == 0:
+            print(f"pretrain: resuming from the checkpoint at step {step} (epoch {epoch})", flush=True)
+
+    log_every = max(1, min(steps_per_epoch, total // 50))
+    report_every_epochs = max(1, (total // steps_per_epoch) // 5)  # ray.train.report syncs all workers: a few
+    window: dict[str, float] = {}
+    window_n, t0 = 0, time.perf_counter()
     model.train()
     while step < total:
         perm = torch.from_numpy(order_rng.permutation(n)).to(device)
@@ -78,36 +118,81 @@ def train_worker(cfg: dict[str, Any]) -> None:
             if step >= total:
                 break
             idx = perm[b * global_batch + rank * local_batch: b * global_batch + (rank + 1) * local_batch]
-            batch = x_all[idx]
             lr = lr_at(step, total, params["lr"], params["warmup_fraction"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            method.before_step(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                v0, v1 = augment(batch, gen), augment(batch, gen)
-                z = model(torch.cat([v0, v1]))
-                loss = criterion(z[:local_batch].float(), z[local_batch:].float())
+                if method.uses_augmentation:
+                    batch = x_all[idx]
+                    v0, v1 = augment(batch, gen), augment(batch, gen)
+                else:  # TLDR: an item and one of its nearest neighbours in the input space
+                    assert pairs is not None
+                    v0, v1 = x_all[idx], x_all[pairs[idx]]
+                out = method.step_loss(model, v0, v1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            out.loss.backward()
+            method.before_optimizer_step(step)
             optimizer.step()
+            method.after_step(step, total)
             step += 1
-            window_loss += float(loss.detach())
+            for k, v in out.scalars().items():
+                window[k] = window.get(k, 0.0) + v
             window_n += 1
             if step % log_every == 0 or step == total:
                 elapsed = time.perf_counter() - t0
-                row = {"step": step, "epoch": epoch + (b + 1) / steps_per_epoch, "loss": window_loss / window_n,
-                       "lr": lr, "samples_per_s": window_n * global_batch / max(elapsed, 1e-9)}
+                row = {"step": step, "epoch": epoch + (b + 1) / steps_per_epoch, "lr": lr,
+                       "samples_per_s": window_n * global_batch / max(elapsed, 1e-9),
+                       **{k: v / window_n for k, v in window.items()}}
                 history.append(row)
-                if step % report_every == 0 or step == total:
-                    ray.train.report(row)
                 if rank == 0:
-                    print(f"pretrain: step {step}/{total} epoch {row['epoch']:.1f} loss {row['loss']:.4f} "
+                    terms = " ".join(f"{k} {v:.4f}" for k, v in window.items() if k != "loss")
+                    print(f"pretrain: step {step}/{total} epoch {row['epoch']:.1f} loss {row['loss']:.4f} {terms} "
                           f"lr {lr:.2e} {row['samples_per_s']:.0f} samples/s", flush=True)
-                window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+                window, window_n, t0 = {}, 0, time.perf_counter()
         epoch += 1
+        # Collapse monitors on a fixed batch: std of the L2-normalised embeddings (1/sqrt(d) when healthy,
+        # 0 when collapsed; Chen & He 2021) and RankMe.
+        model.eval()
+        with torch.no_grad():
+            emb = method.module.encoder(monitor).float()
+            std = float(torch.nn.functional.normalize(emb, dim=1).std(dim=0).mean())
+            rank_me = effective_rank(emb.cpu().numpy())
+        model.train()
+        if history:
+            history[-1].update({"embedding_std": std, "rankme": rank_me})
+        if epoch % params["checkpoint_every"] == 0 or step >= total:
+            _checkpoint(ckpt, rank, method, optimizer, gen, order_rng, step, epoch, history, dist)
+            if os.environ.get(FAIL_AT_STEP_ENV) and step >= int(os.environ[FAIL_AT_STEP_ENV]) and step < total:
+                raise RuntimeError(f"{FAIL_AT_STEP_ENV}: simulated crash after the checkpoint at step {step}")
+        if epoch % report_every_epochs == 0 or step >= total:
+            ray.train.report({"step": step, "loss": history[-1]["loss"] if history else float("nan")})
     if rank == 0:
-        work = Path(cfg["work_dir"])
-        save_encoder(module.encoder, spec, str(work / "encoder.safetensors"))
+        save_encoder(method.module.encoder, spec, str(work / "encoder.safetensors"))
         (work / "history.json").write_text(json.dumps(history))
+
+
+def _checkpoint(ckpt: Path, rank: int, method: Any, optimizer: Any, gen: Any, order_rng: np.random.Generator,
+                step: int, epoch: int, history: list[dict[str, float]], dist: Any) -> None:
+    """All ranks save their random state; rank 0 saves the model and marks the checkpoint complete last."""
+    ckpt.mkdir(parents=True, exist_ok=True)
+    distributed = dist.is_available() and dist.is_initialized()
+    if rank == 0 and (ckpt / "done.json").exists():
+        (ckpt / "done.json").unlink()  # incomplete until every file of this step is written
+    if distributed:
+        dist.barrier()
+    _save_torch({"gen": gen.get_state(), "order": order_rng.bit_generator.state}, ckpt / f"rng{rank}.pt")
+    if rank == 0:
+        state = {"module": method.module.state_dict(), "optimizer": optimizer.state_dict()}
+        if method.target is not None:
+            state["target"] = method.target.state_dict()
+        _save_torch(state, ckpt / "model.pt")
+    if distributed:
+        dist.barrier()
+    if rank == 0:
+        tmp = ckpt / "done.json.tmp"
+        tmp.write_text(json.dumps({"step": step, "epoch": epoch, "history": history}))
+        os.replace(tmp, ckpt / "done.json")
 
 
 def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history_path: str, params: dict[str, Any],
@@ -115,18 +200,19 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
                  work_root: str = "results/.work") -> list[dict[str, float]]:
     """Train an encoder on the selected rows of the pool and write its weights and training history.
 
-    The Ray Train run directory lives under ``work_root`` (not a declared Snakemake output, which
-    Snakemake would delete when a job fails). Returns the history rows.
+    The Ray Train run and the checkpoints live under ``work_root`` (not a declared Snakemake output).
+    A checkpoint of the same job, data and parameters is resumed. Returns the history rows.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from workflow.distributed import ray_session
-
-    if params["method"] != "simclr":
-        raise StrataError(f"unknown ssl method {params['method']!r}", where="ssl.method", fix="use simclr.")
     from workflow.curate.stage import read_selection
+    from workflow.distributed import ray_session
+    from workflow.pretrain.losses import knn_pairs
+    from workflow.pretrain.methods import METHODS, resolved
 
+    if params["method"] not in METHODS:
+        raise StrataError(f"unknown ssl method {params['method']!r}", where="ssl.method", fix=f"use one of {METHODS}.")
     pool = read_table(pool_path)
     selected = read_selection(selection_path)
     rows = np.flatnonzero(np.isin(pool.ids, selected))
@@ -134,8 +220,8 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
         raise StrataError(f"{len(selected) - len(rows)} selected ids are not in the pool", where=str(selection_path),
                           fix="re-run the curate stage on this pool.")
     table = pool.take(rows)
-    meta = read_metadata(pool_path)
-    input_kind = meta.get("input_kind", "vector")
+    params = resolved(params, len(table))
+    input_kind = read_metadata(pool_path).get("input_kind", "vector")
     workers = params.get("num_workers") or max(1, threads)
     global_batch = min(params["batch_size"], len(table))
     global_batch -= global_batch % workers
@@ -143,16 +229,26 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
         raise StrataError(f"the training table has {len(table)} rows, too few for {workers} workers",
                           where=str(selection_path), fix="curate a larger subset (target_size) or use fewer workers.")
     spec = {"input_kind": input_kind, "input_dim": table.dim, "embedding_dim": params["embedding_dim"]}
-    work_dir = Path(work_root).resolve() / f"pretrain-{Path(encoder_path).parent.as_posix().replace('/', '_')}"
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True)
+    fingerprint = hashlib.sha256(json.dumps(
+        {"params": params, "seed": seed, "workers": workers, "batch": global_batch, "spec": spec,
+         "ids": hashlib.sha256(table.ids.tobytes()).hexdigest()}, sort_keys=True).encode()).hexdigest()[:16]
+    job = Path(encoder_path).resolve().parent.as_posix().replace("/", "_").strip("_")
+    work_dir = Path(work_root).resolve() / f"pretrain-{job}"
+    if (work_dir / "fingerprint").exists() and (work_dir / "fingerprint").read_text() != fingerprint:
+        shutil.rmtree(work_dir)  # a checkpoint of other data or parameters: start afresh
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "fingerprint").write_text(fingerprint)
     write_table(table, work_dir / "train.parquet")
+    pairs_path = None
+    if params["method"] == "tldr":
+        pairs_path = work_dir / "pairs.npy"
+        np.save(pairs_path, knn_pairs(table.vectors, k=params["tldr_k"], seed=seed))
     print(f"pretrain: {params['method']} on {len(table)} rows ({input_kind}, dim {table.dim}), {workers} worker(s), "
           f"global batch {global_batch}, {params['steps']} steps, seed {seed}", flush=True)
     loop_config = {"params": params, "spec": spec, "seed": seed, "input": str(work_dir / "train.parquet"),
-                   "global_batch": global_batch, "work_dir": str(work_dir),
-                   "threads_per_worker": max(1, threads // workers)}
+                   "pairs": str(pairs_path) if pairs_path else None, "global_batch": global_batch,
+                   "work_dir": str(work_dir), "threads_per_worker": max(1, threads // workers)}
+    shutil.rmtree(work_dir / "ray", ignore_errors=True)  # Strata keeps its own checkpoints, not Ray's
     with ray_session(num_cpus=max(threads, workers), num_gpus=gpus, address=ray_address):
         trainer = TorchTrainer(
             train_worker, train_loop_config=loop_config,
@@ -174,6 +270,7 @@ def _write_history(rows: list[dict[str, float]], path: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows)
+    keys = list(dict.fromkeys(k for row in rows for k in row))  # monitors exist only at epoch ends
+    table = pa.Table.from_pylist([{k: row.get(k, float("nan")) for k in keys} for row in rows])
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

@@ -1,0 +1,55 @@
+"""Optimisers: AdamW and SGD from torch, and LARS.
+
+LARS (You et al. 2017, "Large Batch Training of Convolutional Networks"), as in the official Barlow Twins
+and VICReg code: SGD with momentum where each weight matrix's update is scaled by the trust ratio
+eta * ||w|| / ||g + wd * w||; biases and normalisation parameters (1-D tensors) get neither weight decay
+nor the adaptation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling on top of SGD with momentum."""
+
+    def __init__(self, params: Iterable[Any], lr: float, weight_decay: float = 1e-6, momentum: float = 0.9,
+                 eta: float = 0.001) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "eta": eta})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if p.ndim > 1:  # weights: decay and trust ratio; biases and norms: plain SGD
+                    g = g.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.norm(p), torch.norm(g)
+                    ratio = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                        torch.ones_like(w_norm))
+                    g = g.mul(ratio)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(g)
+                p.add_(mu, alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float,
+                    momentum: float = 0.9) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    if name == "lars":
+        return LARS(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(f"unknown optimizer {name!r}")
