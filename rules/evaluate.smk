@@ -33,8 +33,12 @@ rule summarize:
     output:
         csv=f"{RESULTS}/summary.csv",
         md=f"{RESULTS}/summary.md",
+        stats=f"{RESULTS}/summary_stats.csv",
+        png=f"{RESULTS}/summary.png",
     params:
         baseline=config["summary"]["baseline"],
+        tracking_uri=TRACKING_URI,
+        experiment=config["study"],
     log:
         f"{RESULTS}/logs/summarize.log",
     benchmark:
@@ -45,4 +49,5 @@ rule summarize:
         runtime=10,
     shell:
         "strata summarize --metrics {input} --csv {output.csv} --md {output.md}"
-        " --baseline {params.baseline} > {log} 2>&1"
+        " --stats {output.stats} --png {output.png} --baseline {params.baseline}"
+        " --tracking-uri {params.tracking_uri:q} --experiment {params.experiment:q} > {log} 2>&1"

@@ -157,11 +157,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
-    from workflow.summarize import summarize
+    import pandas as pd
 
-    df = summarize(args.metrics, args.csv, args.md, args.baseline)
+    from workflow.summarize import log_summary_to_mlflow, summarize
+
+    df = summarize(args.metrics, args.csv, args.md, args.baseline, png_path=args.png, stats_path=args.stats)
     print(f"summarize: {len(df)} variants -> {args.csv}, {args.md}", flush=True)
     print(Path(args.md).read_text(), flush=True)
+    if args.tracking_uri:
+        files = [f for f in (args.csv, args.md, args.png, args.stats) if f and Path(f).is_file()]
+        log_summary_to_mlflow(args.tracking_uri, args.experiment, pd.read_csv(args.stats), files,
+                              baseline=args.baseline)
 
 
 def cmd_attach(args: argparse.Namespace) -> None:
@@ -230,11 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curation-stats", help="the variant's curation stats.json (copied into the record)")
     p.add_argument("--output", required=True, help="output: metrics (JSON)")
 
-    p = stage("summarize", cmd_summarize, "Aggregate metrics over variants and seeds.", ["csv", "md"], params=False)
+    p = stage("summarize", cmd_summarize, "Aggregate metrics over variants and seeds.",
+              ["csv", "md", "png", "stats"], params=False)
     p.add_argument("--metrics", nargs="+", required=True)
-    p.add_argument("--csv", required=True)
-    p.add_argument("--md", required=True)
+    p.add_argument("--csv", required=True, help="output: one row per variant")
+    p.add_argument("--md", required=True, help="output: the summary as Markdown tables")
+    p.add_argument("--stats", required=True, help="output: mean, sd, 95%% CI and paired differences (CSV)")
+    p.add_argument("--png", help="output: bar chart with 95%% CI error bars")
     p.add_argument("--baseline", default="random")
+    p.add_argument("--tracking-uri", help="log the summary to this MLflow store (study run + variant runs)")
+    p.add_argument("--experiment", default="strata")
 
     p = sub.add_parser("attach-files", help="Attach Snakemake logs/benchmarks to MLflow stage runs.")
     p.set_defaults(func=cmd_attach, outputs=[])

@@ -1,7 +1,9 @@
 """Stage ``evaluate``: clustering, retrieval and classification metrics of one variant's embeddings.
 
-Clustering (k-means, K = #classes) and leave-one-out retrieval run on ``probe_test``; the weighted
-kNN classifier and the linear probe train on ``probe_train`` and test on ``probe_test``.
+Clustering (k-means, K = #classes, plus optional over-clustering K values) and leave-one-out retrieval run
+on ``probe_test``; query/gallery retrieval uses ``probe_test`` queries against the ``probe_train`` gallery;
+the weighted kNN classifier and the linear probe train on ``probe_train`` and test on ``probe_test``.
+Label-free: RankMe and uniformity (Wang & Isola 2020, t = 2) of the ``probe_test`` embeddings.
 """
 
 from __future__ import annotations
@@ -24,7 +26,18 @@ def evaluate(probe_train_path: str, probe_test_path: str, params: dict[str, Any]
                                                          seed=seed)
     retrieval = m.retrieval_scores(test.vectors, test.labels, ks=params["recall_ks"])
     out.update({k: v for k, v in retrieval.items() if not k.startswith("n_")})
-    clusters = m.cluster_scores(test.vectors, test.labels, seed=seed, n_init=params["cluster_n_init"])
+    out["retrieval_queries_excluded"] = retrieval["n_queries_excluded"]
+    if params["query_gallery"]:  # probe_test queries against the probe_train gallery
+        qg = m.retrieval_scores_query_gallery(test.vectors, test.labels, train.vectors, train.labels,
+                                              ks=params["recall_ks"])
+        out.update({f"gallery_{k}": v for k, v in qg.items() if not k.startswith("n_")})
+    clusters = m.cluster_scores(test.vectors, test.labels, seed=seed, n_init=params["cluster_n_init"],
+                                backend=params["cluster_backend"])
     out.update({f"cluster_{k}": v for k, v in clusters.items()})
+    for k in params["cluster_extra_k"]:  # over-clustering: ACC with a many-to-one Hungarian matching is capped
+        extra = m.cluster_scores(test.vectors, test.labels, n_clusters=k, seed=seed, n_init=params["cluster_n_init"],
+                                 backend=params["cluster_backend"])
+        out.update({f"cluster_k{k}_{name}": v for name, v in extra.items()})
     out["rankme"] = m.rankme(test.vectors)
+    out["uniformity"] = m.uniformity(test.vectors, t=2.0, max_points=5000, seed=seed)
     return out

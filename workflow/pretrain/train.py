@@ -153,14 +153,22 @@ def train_worker(cfg: dict[str, Any]) -> None:
         epoch += 1
         # Collapse monitors on a fixed batch: std of the L2-normalised embeddings (1/sqrt(d) when healthy,
         # 0 when collapsed; Chen & He 2021) and RankMe.
+        # Alignment and uniformity (Wang & Isola 2020, alpha = 2, t = 2) on two augmentations of the same batch.
         model.eval()
         with torch.no_grad():
             emb = method.module.encoder(monitor).float()
             std = float(torch.nn.functional.normalize(emb, dim=1).std(dim=0).mean())
             rank_me = effective_rank(emb.cpu().numpy())
+            monitors = {"embedding_std": std, "rankme": rank_me}
+            if method.uses_augmentation:
+                mon_gen = torch.Generator(device=device).manual_seed(seed)  # same views at every epoch
+                e0 = torch.nn.functional.normalize(method.module.encoder(augment(monitor, mon_gen)).float(), dim=1)
+                e1 = torch.nn.functional.normalize(method.module.encoder(augment(monitor, mon_gen)).float(), dim=1)
+                monitors["alignment"] = float((e0 - e1).norm(dim=1).pow(2).mean())
+                monitors["uniformity"] = float(torch.pdist(e0).pow(2).mul(-2).exp().mean().log())
         model.train()
         if history:
-            history[-1].update({"embedding_std": std, "rankme": rank_me})
+            history[-1].update(monitors)
         if epoch % params["checkpoint_every"] == 0 or step >= total:
             _checkpoint(ckpt, rank, method, optimizer, gen, order_rng, step, epoch, history, dist)
             if os.environ.get(FAIL_AT_STEP_ENV) and step >= int(os.environ[FAIL_AT_STEP_ENV]) and step < total:
