@@ -108,7 +108,9 @@ def train_worker(cfg: dict[str, Any]) -> None:
             print(f"pretrain: resuming from the checkpoint at step {step} (epoch {epoch})", flush=True)
 
     log_every = max(1, min(steps_per_epoch, total // 50))
-    report_every_epochs = max(1, (total // steps_per_epoch) // 5)  # ray.train.report syncs all workers: a few
+    total_epochs = math.ceil(total / steps_per_epoch)
+    # Checkpoints and monitors cost a save and a few forward passes: about ten per run unless configured.
+    checkpoint_every = params["checkpoint_every"] or max(1, round(total_epochs / 10))
     window: dict[str, float] = {}
     window_n, t0 = 0, time.perf_counter()
     model.train()
@@ -146,14 +148,16 @@ def train_worker(cfg: dict[str, Any]) -> None:
                        **{k: v / window_n for k, v in window.items()}}
                 history.append(row)
                 if rank == 0:
-                    terms = " ".join(f"{k} {v:.4f}" for k, v in window.items() if k != "loss")
+                    terms = " ".join(f"{k} {row[k]:.4f}" for k in window if k != "loss")
                     print(f"pretrain: step {step}/{total} epoch {row['epoch']:.1f} loss {row['loss']:.4f} {terms} "
                           f"lr {lr:.2e} {row['samples_per_s']:.0f} samples/s", flush=True)
                 window, window_n, t0 = {}, 0, time.perf_counter()
         epoch += 1
+        if epoch % checkpoint_every and step < total:
+            continue
         # Collapse monitors on a fixed batch: std of the L2-normalised embeddings (1/sqrt(d) when healthy,
-        # 0 when collapsed; Chen & He 2021) and RankMe.
-        # Alignment and uniformity (Wang & Isola 2020, alpha = 2, t = 2) on two augmentations of the same batch.
+        # 0 when collapsed; Chen & He 2021) and RankMe; alignment and uniformity (Wang & Isola 2020,
+        # alpha = 2, t = 2) on two augmentations of the same batch.
         model.eval()
         with torch.no_grad():
             emb = method.module.encoder(monitor).float()
@@ -169,12 +173,11 @@ def train_worker(cfg: dict[str, Any]) -> None:
         model.train()
         if history:
             history[-1].update(monitors)
-        if epoch % params["checkpoint_every"] == 0 or step >= total:
-            _checkpoint(ckpt, rank, method, optimizer, gen, order_rng, step, epoch, history, dist)
-            if os.environ.get(FAIL_AT_STEP_ENV) and step >= int(os.environ[FAIL_AT_STEP_ENV]) and step < total:
-                raise RuntimeError(f"{FAIL_AT_STEP_ENV}: simulated crash after the checkpoint at step {step}")
-        if epoch % report_every_epochs == 0 or step >= total:
-            ray.train.report({"step": step, "loss": history[-1]["loss"] if history else float("nan")})
+        _checkpoint(ckpt, rank, method, optimizer, gen, order_rng, step, epoch, history, dist)
+        if os.environ.get(FAIL_AT_STEP_ENV) and step >= int(os.environ[FAIL_AT_STEP_ENV]) and step < total:
+            raise RuntimeError(f"{FAIL_AT_STEP_ENV}: simulated crash after the checkpoint at step {step}")
+        # ray.train.report synchronises every worker with the controller, so only at checkpoints.
+        ray.train.report({"step": step, "loss": history[-1]["loss"] if history else float("nan")})
     if rank == 0:
         save_encoder(method.module.encoder, spec, str(work / "encoder.safetensors"))
         (work / "history.json").write_text(json.dumps(history))
