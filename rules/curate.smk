@@ -1,11 +1,12 @@
 rule curate:
-    """Select a subset of the pool: none (all), random, or hierarchical k-means + balanced sampling."""
+    """Select a subset of the pool: none, random, kmeans, hkmeans (Vo et al. 2024) or semdedup."""
     input:
         pool=f"{RESULTS}/{{dataset}}/data/pool.parquet",
         features=curation_features,
     output:
         selection=f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/selection.parquet",
         stats=f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/stats.json",
+        diagnostics=directory(f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/diagnostics"),
     params:
         cfg=lambda w: as_json(curation_config(w.curation)),
         tracking=tracking("curate", "dataset"),
@@ -20,4 +21,5 @@ rule curate:
     shell:
         "strata curate --params {params.cfg:q} --tracking {params.tracking:q} --seed {wildcards.seed}"
         " --pool {input.pool} --features {input.features}"
-        " --selection {output.selection} --stats {output.stats} > {log} 2>&1"
+        " --selection {output.selection} --stats {output.stats} --diagnostics {output.diagnostics}"
+        " --cache-dir {RESULTS}/.work/curate-cache --threads {threads} > {log} 2>&1"

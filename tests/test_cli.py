@@ -102,19 +102,25 @@ def test_data_unknown_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_curate_random_target_larger_than_pool(blobs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    n = len(read_table(blobs["pool"]))
+    # A target larger than the pool selects the whole pool, with a warning in the log and in stats.json.
+    pool = read_table(blobs["pool"])
+    n = len(pool)
     rc, selection, stats = _curate(blobs["pool"], tmp_path, {"method": "random", "target_size": n + 1})
-    assert rc == 2
-    line = _one_error_line(capsys.readouterr().err, "curate")
-    assert "target_size" in line and f"{n + 1}" in line and f"({n} items)" in line
-    assert not selection.exists() and not stats.exists()
-    assert list(tmp_path.iterdir()) == []
+    assert rc == 0
+    assert "warning" in capsys.readouterr().out
+    ids = pq.read_table(selection).column("id").to_numpy()
+    np.testing.assert_array_equal(ids, np.sort(pool.ids))
+    record = json.loads(stats.read_text())
+    assert record["selected_size"] == n
+    (warning,) = record["warnings"]
+    assert f"{n + 1}" in warning and f"({n} items)" in warning
 
-    # outputs of an earlier run are removed too, so a failed job never leaves stale results behind
+    # outputs of an earlier run are removed when a run fails, so a failed job never leaves stale results behind
     selection.write_text("stale")
     stats.write_text("stale")
-    rc, _, _ = _curate(blobs["pool"], tmp_path, {"method": "random", "target_size": n + 1})
+    rc, _, _ = _curate(blobs["pool"], tmp_path, {"method": "random", "target_size": 0})
     assert rc == 2 and not selection.exists() and not stats.exists()
+    _one_error_line(capsys.readouterr().err, "curate")
 
 
 def test_curate_random(blobs, tmp_path: Path) -> None:
@@ -191,7 +197,7 @@ def test_curate_unknown_method(blobs, tmp_path: Path, capsys: pytest.CaptureFixt
     assert rc == 2
     line = _one_error_line(capsys.readouterr().err, "curate")
     assert "curation: method" in line and "'dbscan' is not allowed" in line
-    assert "['none', 'random', 'hkmeans']" in line
+    assert "['none', 'random', 'kmeans', 'hkmeans', 'semdedup']" in line
     assert not selection.exists() and not stats.exists()
 
 
@@ -253,12 +259,11 @@ def test_evaluate_different_widths(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_console_script_exit_status_and_stderr(blobs, tmp_path: Path) -> None:
     script = shutil.which("strata", path=str(Path(sys.executable).parent))
     command = [script] if script else [sys.executable, "-m", "workflow"]
-    n = len(read_table(blobs["pool"]))
     selection, stats = tmp_path / "selection.parquet", tmp_path / "stats.json"
     proc = subprocess.run([*command, "curate", "--pool", str(blobs["pool"]), "--params",
-                           json.dumps({"method": "random", "target_size": 10 * n}), "--selection", str(selection),
+                           json.dumps({"method": "random", "target_size": 0}), "--selection", str(selection),
                            "--stats", str(stats)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     line = _one_error_line(proc.stderr, "curate")
-    assert "target_size" in line and f"({n} items)" in line and "Traceback" not in proc.stderr
+    assert "target_size" in line and "minimum" in line and "Traceback" not in proc.stderr
     assert not selection.exists() and not stats.exists()

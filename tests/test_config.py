@@ -103,18 +103,19 @@ def test_unknown_key_in_ssl_entry() -> None:
 
 def test_unknown_ssl_method() -> None:
     config = _minimal()
-    config["ssl"]["simclr"]["method"] = "byol"
+    config["ssl"]["simclr"]["method"] = "dino"
     err = _error(config)
     assert err.where == f"{SOURCE}: ssl.simclr.method"
-    assert "'byol' is not allowed" in err.message and "['simclr']" in err.message
+    assert "'dino' is not allowed" in err.message
+    assert "['simclr', 'byol', 'barlowtwins', 'vicreg', 'swav', 'tldr']" in err.message
 
 
 def test_unknown_curation_method_lists_allowed_values() -> None:
     config = _minimal()
-    config["curations"]["random"]["method"] = "kmeans"
+    config["curations"]["random"]["method"] = "dbscan"
     err = _error(config)
     assert err.where == f"{SOURCE}: curations.random.method"
-    assert "['none', 'random', 'hkmeans']" in err.message
+    assert "['none', 'random', 'kmeans', 'hkmeans', 'semdedup']" in err.message
 
 
 def test_random_curation_without_target_size() -> None:

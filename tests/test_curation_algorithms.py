@@ -211,6 +211,27 @@ def test_kmeans_tol_and_zero_iterations() -> None:
         np.testing.assert_array_equal(res.assignment, d.argmin(1))
 
 
+def test_kmeans_init_options_and_device_fallback() -> None:
+    x = blobs(n=900, k=5, seed=3)
+    rand = kmeans(x, 5, n_iters=0, seed=1, init_method="random")
+    assert all((x == c).all(1).any() for c in rand.centroids)  # k distinct data points
+    assert len({tuple(c) for c in rand.centroids.tolist()}) == 5
+    # k-means++ on a seeded sample of 200 points: reproducible, seeds are points of x
+    a = kmeans(x, 5, n_iters=10, seed=2, init_max_points=200)
+    b = kmeans(x, 5, n_iters=10, seed=2, init_max_points=200)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    assert all((x == c).all(1).any() for c in kmeans(x, 5, n_iters=0, seed=2, init_max_points=200).centroids)
+    ref = KMeans(n_clusters=5, n_init=5, random_state=0).fit(x)
+    assert a.inertia <= 1.01 * ref.inertia_
+    with pytest.raises(StrataError):
+        kmeans(x, 5, init_method="furthest")
+    if not torch.cuda.is_available():
+        messages: list[str] = []
+        c = kmeans(x, 5, n_iters=10, seed=2, device="cuda", progress=messages.append)
+        assert messages[0].startswith("warning:") and "CUDA is not available" in messages[0]
+        np.testing.assert_array_equal(c.centroids, kmeans(x, 5, n_iters=10, seed=2).centroids)
+
+
 def test_update_keeps_empty_cluster_centroid() -> None:
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [12.0, 10.0]])
     old = torch.tensor([[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]])

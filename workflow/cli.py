@@ -82,9 +82,15 @@ def cmd_curate(args: argparse.Namespace) -> None:
     params = parse_params(args.params, args.params_file, "curation", "curation")
     start = time.perf_counter()
     pool = read_table(args.pool)
-    features = pool if args.features in (None, args.pool) else read_table(args.features)
+    # An embedding table is read through a float32 memmap (converted once into the cache folder).
+    features = pool if args.features in (None, args.pool) else args.features
+    if args.diagnostics:
+        Path(args.diagnostics).mkdir(parents=True, exist_ok=True)
     rows, levels_ids, stats = curate(pool, features, params, args.seed,
-                                     progress=lambda msg: print(f"curate: {msg}", flush=True))
+                                     progress=lambda msg: print(f"curate: {msg}", flush=True),
+                                     workers=args.threads, ray_address=args.ray_address,
+                                     diagnostics_dir=args.diagnostics, cache_dir=args.cache_dir,
+                                     threads=args.threads)
     stats["seconds"] = time.perf_counter() - start
     write_selection(pool, rows, levels_ids, args.selection)
     write_json(stats, args.stats)
@@ -95,6 +101,15 @@ def cmd_curate(args: argparse.Namespace) -> None:
     for when in ("before", "after"):
         if f"labels_{when}" in stats:
             record.metrics[f"label_entropy_{when}"] = stats[f"labels_{when}"]["normalized_entropy"]
+    for level, (entropy, gini) in enumerate(zip(stats.get("cluster_size_entropy", []),
+                                                stats.get("cluster_size_gini", []), strict=True), start=1):
+        record.metrics[f"level{level}_size_entropy"] = entropy
+        record.metrics[f"level{level}_size_gini"] = gini
+    for which in ("selected", "pool"):
+        if stats.get("vendi", {}).get(which) is not None:
+            record.metrics[f"vendi_{which}"] = stats["vendi"][which]
+    if args.diagnostics:
+        record.artifacts += [str(p) for p in sorted(Path(args.diagnostics).glob("*.png"))]
     log_stage(_tracking(args), record)
 
 
@@ -198,17 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--pool", "--probe-train", "--probe-test", "--info"):
         p.add_argument(flag, required=True)
 
+    def compute(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=int, default=1, help="CPU cores of the job")
+        p.add_argument("--gpus", type=int, default=0, help="GPUs of the job")
+        p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
+
     p = stage("curate", cmd_curate, "Select a subset of the pool.", ["selection", "stats"])
     p.add_argument("--pool", required=True, help="pool table (Parquet)")
     p.add_argument("--features", help="feature table with the pool's ids (default: the pool's own vectors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--selection", required=True, help="output: selected ids (Parquet)")
     p.add_argument("--stats", required=True, help="output: statistics (JSON)")
-
-    def compute(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--threads", type=int, default=1, help="CPU cores of the job")
-        p.add_argument("--gpus", type=int, default=0, help="GPUs of the job")
-        p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--diagnostics", help="output folder for the diagnostic pictures (PNG)")
+    p.add_argument("--cache-dir", default="results/.work/curate-cache",
+                   help="scratch folder for the features' float32 memmap")
+    compute(p)
 
     p = stage("pretrain", cmd_pretrain, "Pretrain an encoder with self-supervised learning on Ray Train.",
               ["encoder", "history"])

@@ -88,7 +88,7 @@ def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any
     validate(config, None, source)
     for name, cur in config["curations"].items():
         where = f"{source}: curations.{name}"
-        if cur["method"] != "none" and "target_size" not in cur:
+        if cur["method"] not in ("none", "semdedup") and "target_size" not in cur:
             raise StrataError(f"method {cur['method']!r} needs `target_size`", where=where,
                               fix="add target_size: <number of pool items to keep>.")
         if cur["method"] == "none" and name != "none":
@@ -173,6 +173,14 @@ def code_version() -> str:
 _RELEVANT = {
     ("curation", "none"): ["method"],
     ("curation", "random"): ["method", "target_size"],
+    ("curation", "kmeans"): ["method", "target_size", "features", "n_clusters", "sample_sizes", "n_resamples",
+                             "sample_strategy", "leaf_strategy", "n_iters", "tol", "normalize", "init_method",
+                             "init_max_points"],
+    ("curation", "hkmeans"): ["method", "target_size", "features", "n_clusters", "sample_sizes", "n_resamples",
+                              "sample_strategy", "leaf_strategy", "n_iters", "tol", "normalize", "init_method",
+                              "init_max_points"],
+    ("curation", "semdedup"): ["method", "target_size", "features", "n_clusters", "n_iters", "tol",
+                               "semdedup_epsilon", "init_method", "init_max_points"],
     ("dataset", "mnist1d-lt"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",
                                 "probe_train_per_class", "probe_test_per_class", "input_kind"],
     ("dataset", "digits"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",

@@ -11,7 +11,11 @@ Data Curation for Self-Supervised Learning: A Clustering-Based Approach", arXiv:
   subset and reassign *all* inputs of the level to the new centroids. This flattens the density of
   centroids (dense regions get fewer centroids);
 * clusters are plain int64 arrays (no object arrays), so equal-size clusters and k ≥ n work;
-* every random choice derives from one integer seed via ``numpy.random.SeedSequence``.
+* every random choice derives from one integer seed via ``numpy.random.SeedSequence``;
+* level 1 may be a ``numpy.memmap`` (read chunk by chunk) and its full-data passes (the first
+  k-means and the reassignment of all points after every re-fit) may run on Ray actors
+  (``workers > 1``); the re-fits themselves run in process on the resampled subset (k_t · r_t rows),
+  as do levels t > 1, whose inputs are the k_{t−1} centroids.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workflow.curate.kmeans import as_float_tensor, assign, kmeans
+from workflow.curate.kmeans import DataSource, kmeans, lloyd_engine, resolve_device
 from workflow.errors import StrataError
 
 SAMPLE_STRATEGIES = ("closest", "random")
@@ -178,7 +182,10 @@ def resample_indices(assignment: np.ndarray, sq_dist: np.ndarray, k: int, r: int
 def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
                         sample_sizes: Sequence[int] | None = None, n_resamples: int = 10,
                         sample_strategy: str = "closest", n_iters: int = 50, seed: int = 0,
-                        device: str = "cpu", progress: Callable[[str], None] | None = None) -> list[Level]:
+                        device: str = "cpu", progress: Callable[[str], None] | None = None, *,
+                        tol: float | None = None, chunk_size: int | None = None,
+                        init_max_points: int | None = None, init_method: str = "kmeans++", workers: int = 1,
+                        ray_address: str | None = None) -> list[Level]:
     """Bottom-up hierarchical k-means with resampling (Vo et al. 2024, arXiv:2405.15613, spec 1.2-1.3).
 
     For t = 1..T with inputs X_1 = data and X_t = C_{t−1}:
@@ -187,17 +194,23 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
     L = assign(X_t, C). Level t stores C and L.
 
     Args:
-        x: ``(n, d)`` data points.
+        x: ``(n, d)`` data points (array, tensor, ``numpy.memmap`` or path to a ``.npy`` file).
         n_clusters: k_t per level (each ≥ 1; need not be decreasing). A k_t larger than the
             level's inputs is capped (reported through ``progress``).
         sample_sizes: r_t per level (each ≥ 1; r_t = 1 disables resampling at that level).
             Default r_t = max(2, round(0.5 · n_inputs_t / k_t)), about half the mean cluster size.
         n_resamples: Number of resampling re-fits per level (≥ 0).
         sample_strategy: ``"closest"`` (reference default) or ``"random"``.
-        n_iters: Maximum Lloyd iterations of every k-means run.
+        n_iters: Lloyd iterations of every k-means run (reference 50).
         seed: One integer seed; level/step seeds derive from it.
-        device: Torch device.
+        device: Torch device (``cpu``, ``cuda`` or ``auto``; ``cuda`` falls back to CPU).
         progress: Optional callback receiving one-line status messages and warnings.
+        tol: Optional centroid-shift tolerance of every k-means (see :func:`kmeans`).
+        chunk_size: Rows per distance block (default: automatic).
+        init_max_points: Seed k-means++ on at most this many sampled points (default: all).
+        init_method: ``"kmeans++"`` (reference default) or ``"random"`` seeding of every k-means.
+        workers: Ray actors for the level-1 full-data passes (1 = in process).
+        ray_address: Ray cluster to join when ``workers > 1`` (see :func:`kmeans`).
 
     Returns:
         List of :class:`Level`, level 1 first.
@@ -228,7 +241,8 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
                 raise StrataError(f"every sample_sizes entry must be an integer >= 1, got {r!r}.",
                                   where=f"{where}: sample_sizes",
                                   fix="Use e.g. [15, 2]; 1 disables resampling.")
-    for name, value, minimum in (("n_resamples", n_resamples, 0), ("n_iters", n_iters, 0), ("seed", seed, 0)):
+    for name, value, minimum in (("n_resamples", n_resamples, 0), ("n_iters", n_iters, 0), ("seed", seed, 0),
+                                 ("workers", workers, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
             raise StrataError(f"{name} must be an integer >= {minimum}, got {value!r}.",
                               where=f"{where}: {name}", fix=f"Pass an integer {name} >= {minimum}.")
@@ -237,30 +251,35 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
         if progress is not None:
             progress(msg)
 
-    inputs = as_float_tensor(x, device, where)
+    dev = resolve_device(device, progress)
+    common = dict(n_iters=n_iters, tol=tol, chunk_size=chunk_size, init_max_points=init_max_points,
+                  init_method=init_method, device=str(dev))
+    source = DataSource(x, dev, where)
     levels: list[Level] = []
     for t, k_req in enumerate(ks, start=1):
-        n_in = inputs.shape[0]
+        n_in = source.n
         k = int(k_req)
         if k > n_in:
             say(f"warning: level {t} asks for {k} clusters but has only {n_in} inputs; using k={n_in}.")
             k = n_in
         r = int(rs[t - 1]) if rs is not None else max(2, round(0.5 * n_in / k))
         say(f"level {t}: clustering {n_in} inputs into {k} clusters (r={r}, resamples={n_resamples})")
-        res = kmeans(inputs, k, n_iters=n_iters, seed=derive_seed(seed, t, 0), device=device)
-        centroids = torch.from_numpy(res.centroids).to(inputs.device)
-        index, sq_dist = assign(inputs, centroids)
-        if r > 1:
-            for step in range(1, n_resamples + 1):
-                rng = np.random.default_rng(derive_seed(seed, t, step, 1))
-                subset = resample_indices(index.cpu().numpy(), sq_dist.cpu().numpy(), centroids.shape[0],
-                                          r, sample_strategy, rng)
-                sub = inputs[torch.from_numpy(subset).to(inputs.device)]
-                res = kmeans(sub, k, n_iters=n_iters, seed=derive_seed(seed, t, step), device=device)
-                centroids = torch.from_numpy(res.centroids).to(inputs.device)
-                index, sq_dist = assign(inputs, centroids)
-                say(f"level {t}: resample {step}/{n_resamples} on {subset.shape[0]} inputs")
-        level = Level(centroids=centroids.cpu().numpy(), assignment=index.cpu().numpy())
+        with lloyd_engine(source, k, workers if t == 1 else 1, ray_address, chunk_size, str(dev)) as engine:
+            res = kmeans(source, k, seed=derive_seed(seed, t, 0), progress=progress, engine=engine,
+                         label=f"level {t} k-means", **common)
+            centroids = torch.from_numpy(res.centroids).to(dev)
+            index, sq_dist = res.assignment, res.distances
+            if r > 1:
+                for step in range(1, n_resamples + 1):
+                    rng = np.random.default_rng(derive_seed(seed, t, step, 1))
+                    subset = resample_indices(index, sq_dist, centroids.shape[0], r, sample_strategy, rng)
+                    res = kmeans(source.rows(subset), k, seed=derive_seed(seed, t, step), **common)
+                    centroids = torch.from_numpy(res.centroids).to(dev)
+                    idx_t, dist_t = engine.finalize(centroids)
+                    index, sq_dist = idx_t.cpu().numpy(), dist_t.cpu().numpy()
+                    say(f"level {t}: resample {step}/{n_resamples} on {subset.shape[0]} inputs, "
+                        f"inertia {float(sq_dist.sum()):.6g}")
+        level = Level(centroids=centroids.cpu().numpy(), assignment=index)
         levels.append(level)
-        inputs = centroids
+        source = DataSource(centroids, dev, where, check=False)
     return levels

@@ -67,6 +67,16 @@ def water_fill(sizes: np.ndarray, budget: int, rng: np.random.Generator) -> np.n
     return alloc
 
 
+def _leaf_sq_dist(points: np.ndarray, centroids: np.ndarray, leaf: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Squared distance (float64) of every point to its leaf centroid, chunk by chunk (memmap friendly)."""
+    c64 = np.asarray(centroids, dtype=np.float64)
+    key = np.empty(leaf.shape[0], dtype=np.float64)
+    for start in range(0, leaf.shape[0], chunk):
+        diff = np.asarray(points[start:start + chunk], dtype=np.float64) - c64[leaf[start:start + chunk]]
+        key[start:start + chunk] = np.einsum("ij,ij->i", diff, diff)
+    return key
+
+
 def balanced_hierarchical_sample(levels: Sequence[Level], target_size: int, seed: int = 0,
                                  strategy: str = "random", points: np.ndarray | None = None) -> np.ndarray:
     """Balanced top-down selection of ``target_size`` data points from a cluster tree.
@@ -83,7 +93,7 @@ def balanced_hierarchical_sample(levels: Sequence[Level], target_size: int, seed
             points are returned (the caller should warn).
         seed: Integer seed of the only random generator used.
         strategy: Leaf rule, ``"random"`` (reference default) or ``"closest"``.
-        points: ``(n, d)`` data points; required for ``closest``.
+        points: ``(n, d)`` data points (array or memmap, read in chunks); required for ``closest``.
 
     Returns:
         Sorted unique int64 indices of the selected data points; exactly ``min(target_size, n)``.
@@ -105,9 +115,9 @@ def balanced_hierarchical_sample(levels: Sequence[Level], target_size: int, seed
         if points is None:
             raise StrataError("strategy 'closest' needs the data points.", where=f"{where}: points",
                               fix="Pass points=embeddings, or use strategy='random'.")
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.shape != (n, levels[0].centroids.shape[1]):
-            raise StrataError(f"points has shape {pts.shape}, expected {(n, levels[0].centroids.shape[1])}.",
+        shape = tuple(np.shape(points))
+        if shape != (n, levels[0].centroids.shape[1]):
+            raise StrataError(f"points has shape {shape}, expected {(n, levels[0].centroids.shape[1])}.",
                               where=f"{where}: points", fix="Pass the embeddings the tree was built on.")
     rng = np.random.default_rng(seed)
     sizes = flat_sizes(levels)
@@ -124,8 +134,7 @@ def balanced_hierarchical_sample(levels: Sequence[Level], target_size: int, seed
     if strategy == "random":
         key = rng.random(n)
     else:
-        diff = pts - levels[0].centroids.astype(np.float64)[leaf]
-        key = np.einsum("ij,ij->i", diff, diff)
+        key = _leaf_sq_dist(points, levels[0].centroids, leaf)
     order = np.lexsort((key, leaf))
     starts = np.concatenate(([0], np.cumsum(sizes[0])[:-1]))
     rank = np.arange(n) - starts[leaf[order]]

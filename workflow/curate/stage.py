@@ -1,12 +1,32 @@
-"""Stage ``curate``: choose a subset of the pool (``none``, ``random`` or ``hkmeans``).
+"""Stage ``curate``: choose a subset of the pool.
+
+Methods (``curations.<name>.method``):
+
+* ``none``: the whole pool;
+* ``random``: ``target_size`` rows uniformly without replacement;
+* ``kmeans``: one k-means level with ``n_clusters[0]`` clusters and balanced (water-filling) sampling,
+  no resampling unless ``sample_sizes`` is given (a flat baseline of Vo et al. 2024);
+* ``hkmeans``: hierarchical k-means with resampling and balanced hierarchical sampling (Vo et al. 2024,
+  arXiv:2405.15613);
+* ``semdedup``: SemDeDup (Abbas et al. 2023, arXiv:2303.09540): k-means on L2-normalised features,
+  then near-duplicates (cosine similarity > 1 − ``semdedup_epsilon``) are removed inside each cluster;
+  ``target_size`` is optional (a seeded random subset of the survivors when smaller).
+
+A ``target_size`` larger than the pool (random, kmeans, hkmeans), or larger than the SemDeDup survivors,
+selects everything available and records a warning (``progress`` and ``stats["warnings"]``).
 
 Output table ``selection.parquet``: ``id`` (int64, pool ids, ascending), ``label`` (int64, nullable),
-and for ``hkmeans`` one ``cluster_level{t}`` (int64) column per level with the item's cluster at level t.
-Statistics go to ``stats.json``.
+and for ``kmeans``, ``hkmeans`` and ``semdedup`` one ``cluster_level{t}`` (int64) column per level with
+the item's cluster at level t. Statistics go to ``stats.json``; pictures to ``diagnostics_dir``
+(see :mod:`workflow.curate.diagnostics`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,6 +35,8 @@ import pyarrow.parquet as pq
 
 from workflow.errors import StrataError
 from workflow.tables import VectorTable, atomic_path
+
+METHODS = ("none", "random", "kmeans", "hkmeans", "semdedup")
 
 
 def label_stats(labels: np.ndarray | None, n_classes: int | None = None) -> dict[str, Any]:
@@ -33,51 +55,173 @@ def label_stats(labels: np.ndarray | None, n_classes: int | None = None) -> dict
             "normalized_entropy": entropy / np.log(k) if k > 1 else 0.0}
 
 
-def curate(pool: VectorTable, features: VectorTable, params: dict[str, Any], seed: int,
-           progress: Any = print) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Select pool rows. Returns (selected row indices ascending, cluster ids per level or None, stats)."""
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise StrataError("feature table has all-zero rows, which cannot be L2-normalised",
+                          where="curate --features", fix="set normalize: false or drop those rows.")
+    return (x / norms).astype(np.float32, copy=False)
+
+
+def _features(pool: VectorTable, features: VectorTable | str | os.PathLike[str], normalize: bool,
+              cache_dir: str | None) -> np.ndarray:
+    """The curated-on ``(n, d)`` matrix (in memory, or a memmap for a feature path), normalised if asked."""
+    n = len(pool)
+    if isinstance(features, VectorTable):
+        if len(features) != n or not np.array_equal(features.ids, pool.ids):
+            raise StrataError(f"feature table has {len(features)} rows / ids that differ from the pool's {n}",
+                              where="curate --features", fix="embed the same pool table that is curated.")
+        return _normalised(features.vectors) if normalize else features.vectors
+    from workflow.curate.features import load_features_memmap, read_feature_ids
+
+    ids = read_feature_ids(features)
+    x = load_features_memmap(features, cache_dir, normalize=normalize)
+    if x.shape[0] != n or (ids is not None and not np.array_equal(ids, pool.ids)):
+        raise StrataError(f"feature table has {x.shape[0]} rows / ids that differ from the pool's {n}",
+                          where=f"curate --features {features}", fix="embed the same pool table that is curated.")
+    return x
+
+
+def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], params: dict[str, Any], seed: int,
+           progress: Callable[[str], None] = print, *, workers: int = 1, ray_address: str | None = None,
+           diagnostics_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
+           threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Select pool rows.
+
+    Args:
+        pool: The pool table (ids and labels are used; its vectors only when ``features`` is it).
+        features: Feature table with the pool's ids in the pool's order: a :class:`VectorTable`, or the
+            path of a Parquet table / ``.npy`` matrix read through a float32 memmap
+            (:func:`workflow.curate.features.load_features_memmap`, converted once into ``cache_dir``).
+        params: The ``curation`` config entry (validated here against ``$defs.curation``; defaults filled).
+        seed: The one seed of every random choice.
+        progress: Receives one-line messages and warnings.
+        workers: The job's CPU cores: Ray actors for the k-means passes when ``params["num_workers"]`` is
+            null (1 = no Ray).
+        ray_address: Ray cluster to join when more than one worker is used (default ``$RAY_ADDRESS``,
+            else a private local Ray).
+        diagnostics_dir: When given, ``cluster_sizes.png``, ``labels.png`` and ``map.png`` are written there
+            (their names go to ``stats["diagnostics"]``).
+        cache_dir: Folder of the memmap conversion of a feature path (default: ``.strata-cache`` next to it).
+        threads: Torch intra-op threads during the stage (default: leave torch's setting).
+
+    Returns:
+        ``(selected row indices ascending, cluster ids per level (n, T) or None, stats)``.
+
+    Raises:
+        StrataError: bad parameters, mismatched features, missing ``target_size``.
+    """
+    from workflow.config import validate
+
+    params = validate(copy.deepcopy(dict(params)), "curation", "curation")
     method = params["method"]
     n = len(pool)
-    if len(features) != n or not np.array_equal(features.ids, pool.ids):
-        raise StrataError(f"feature table has {len(features)} rows / ids that differ from the pool's {n}",
-                          where="curate --features", fix="embed the same pool table that is curated.")
-    stats: dict[str, Any] = {"method": method, "pool_size": n, "seed": seed}
-    levels_ids = None
-    if method == "none":
-        rows = np.arange(n)
-    else:
-        target = int(params["target_size"])
-        if target > n:
-            raise StrataError(f"target_size {target} is larger than the pool ({n} items)",
-                              where="curations.<name>.target_size", fix=f"choose a target_size of at most {n}.")
-        if method == "random":
-            rows = np.sort(np.random.default_rng(seed).choice(n, size=target, replace=False))
-        elif method == "hkmeans":
-            from workflow.curate.hierarchical import flat_sizes, hierarchical_kmeans
-            from workflow.curate.sampling import balanced_hierarchical_sample, cluster_ids_per_level
+    stats: dict[str, Any] = {"method": method, "pool_size": n, "seed": seed, "warnings": []}
 
-            x = features.vectors
-            if params["normalize"]:
-                norms = np.linalg.norm(x, axis=1, keepdims=True)
-                if (norms == 0).any():
-                    raise StrataError("feature table has all-zero rows, which cannot be L2-normalised",
-                                      where="curate --features", fix="set normalize: false or drop those rows.")
-                x = x / norms
-            levels = hierarchical_kmeans(x, params["n_clusters"], sample_sizes=params["sample_sizes"],
-                                         n_resamples=params["n_resamples"], sample_strategy=params["sample_strategy"],
-                                         n_iters=params["n_iters"], seed=seed, progress=progress)
-            rows = balanced_hierarchical_sample(levels, target, seed=seed, strategy=params["leaf_strategy"], points=x)
-            levels_ids = cluster_ids_per_level(levels)
-            stats["cluster_sizes"] = [np.asarray(s).tolist() for s in flat_sizes(levels)]
-            stats["n_clusters"] = [len(s) for s in stats["cluster_sizes"]]
-        else:
-            raise StrataError(f"unknown curation method {method!r}", where="curations.<name>.method",
-                              fix="use none, random or hkmeans.")
-    stats["selected_size"] = len(rows)
-    if pool.labels is not None and (pool.labels >= 0).all():
-        stats["labels_before"] = label_stats(pool.labels)
-        stats["labels_after"] = label_stats(pool.labels[rows], n_classes=len(np.unique(pool.labels)))
+    def warn(message: str) -> None:
+        stats["warnings"].append(message)
+        progress(f"warning: {message}")
+
+    needs_norm = method == "semdedup" or (method in ("kmeans", "hkmeans") and params["normalize"])
+    with _torch_threads(threads):
+        x = _features(pool, features, needs_norm, cache_dir)
+        rows, levels_ids, level_sizes = _select(x, n, params, seed, stats, warn, progress,
+                                                workers if params["num_workers"] is None else params["num_workers"],
+                                                ray_address)
+        stats["selected_size"] = len(rows)
+        if level_sizes is not None:
+            from workflow.curate.diagnostics import size_summary
+
+            stats.update(size_summary(level_sizes))
+        if pool.labels is not None and (pool.labels >= 0).all():
+            stats["labels_before"] = label_stats(pool.labels)
+            stats["labels_after"] = label_stats(pool.labels[rows], n_classes=len(np.unique(pool.labels)))
+        from workflow.curate.diagnostics import vendi_summary, write_diagnostics
+
+        stats["vendi"] = vendi_summary(x, rows, seed, params["vendi_sample_size"])
+        if diagnostics_dir is not None:
+            files = write_diagnostics(diagnostics_dir, x, rows, pool.labels, level_sizes, seed,
+                                      params["map_sample_size"], method)
+            stats["diagnostics"] = [os.path.basename(f) for f in files]
+            progress(f"diagnostics: wrote {', '.join(files)}")
     return rows, levels_ids, stats
+
+
+def _select(x: np.ndarray, n: int, params: dict[str, Any], seed: int, stats: dict[str, Any],
+            warn: Callable[[str], None], progress: Callable[[str], None], workers: int, ray_address: str | None
+            ) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray] | None]:
+    method = params["method"]
+    if method == "none":
+        return np.arange(n), None, None
+    target = params.get("target_size")
+    if target is None and method != "semdedup":
+        raise StrataError(f"method {method!r} needs `target_size`", where="curation: target_size",
+                          fix="add target_size: <number of pool items to keep>.")
+    if target is not None and target > n and method != "semdedup":
+        warn(f"target_size {target} is larger than the pool ({n} items); selecting the whole pool.")
+        target = n
+    kwargs = dict(n_iters=params["n_iters"], tol=params["tol"], device=params["device"],
+                  chunk_size=params["chunk_size"], init_max_points=params["init_max_points"],
+                  init_method=params["init_method"],
+                  workers=int(workers), ray_address=ray_address)
+    if method == "random":
+        return np.sort(np.random.default_rng(seed).choice(n, size=target, replace=False)), None, None
+    if method in ("kmeans", "hkmeans"):
+        from workflow.curate.hierarchical import flat_sizes, hierarchical_kmeans
+        from workflow.curate.sampling import balanced_hierarchical_sample, cluster_ids_per_level
+
+        ks, rs = list(params["n_clusters"]), params["sample_sizes"]
+        if method == "kmeans":
+            ks = ks[:1]
+            rs = [1] if rs is None else list(rs)[:1]  # no resampling unless sample sizes are given
+        levels = hierarchical_kmeans(x, ks, sample_sizes=rs, n_resamples=params["n_resamples"],
+                                     sample_strategy=params["sample_strategy"], seed=seed, progress=progress,
+                                     **kwargs)
+        rows = balanced_hierarchical_sample(levels, target, seed=seed, strategy=params["leaf_strategy"], points=x)
+        sizes = flat_sizes(levels)
+        stats["cluster_sizes"] = [np.asarray(s).tolist() for s in sizes]
+        stats["n_clusters"] = [len(s) for s in sizes]
+        return rows, cluster_ids_per_level(levels), sizes
+    if method == "semdedup":
+        from workflow.curate.kmeans import kmeans, resolve_device
+        from workflow.curate.semdedup import semdedup_keep
+
+        k = int(params["n_clusters"][0])
+        if k > n:
+            warn(f"semdedup asks for {k} clusters but the pool has {n} items; using k={n}.")
+        res = kmeans(x, k, seed=seed, progress=progress, label="semdedup k-means", **kwargs)
+        survivors = semdedup_keep(x, res.assignment, res.distances, params["semdedup_epsilon"],
+                                  device=resolve_device(params["device"]))
+        progress(f"semdedup: {len(survivors)} of {n} items survive (epsilon {params['semdedup_epsilon']})")
+        stats["semdedup"] = {"epsilon": params["semdedup_epsilon"], "survivors": len(survivors),
+                             "removed": int(n - len(survivors))}
+        rows = survivors
+        if target is not None and target < len(survivors):
+            rows = np.sort(np.random.default_rng(seed).choice(survivors, size=target, replace=False))
+        elif target is not None and target > len(survivors):
+            warn(f"target_size {target} is larger than the {len(survivors)} items left after semdedup; "
+                 "selecting all of them.")
+        sizes = [np.bincount(res.assignment, minlength=res.centroids.shape[0]).astype(np.int64)]
+        stats["cluster_sizes"] = [sizes[0].tolist()]
+        stats["n_clusters"] = [len(sizes[0])]
+        return rows.astype(np.int64), res.assignment[:, None], sizes
+    raise StrataError(f"unknown curation method {method!r}", where="curations.<name>.method",
+                      fix=f"use one of {', '.join(METHODS)}.")
 
 
 def write_selection(pool: VectorTable, rows: np.ndarray, levels_ids: np.ndarray | None, path: str) -> None:

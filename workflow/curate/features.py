@@ -1,0 +1,175 @@
+"""Feature matrices for curation, memory-mapped from disk.
+
+A Parquet feature table (the ``vector`` or ``embedding`` column of :mod:`workflow.tables`) is converted
+once into a float32 ``.npy`` file in a cache folder, streaming one record batch at a time
+(``pyarrow.parquet.ParquetFile.iter_batches``; the whole table is never held in memory), and then opened
+with ``numpy.load(..., mmap_mode="r")``. The k-means of :mod:`workflow.curate.kmeans` reads such a
+memmap chunk by chunk, and Ray actors open the same file for their own row range.
+
+The cache file name holds a key of the source's absolute path, size, modification time, vector
+column and normalisation, so a changed input is converted again; the file is written to a temporary
+name and renamed, so an interrupted conversion never leaves a truncated cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workflow.errors import StrataError
+
+#: Rows per record batch read from Parquet during the conversion.
+BATCH_ROWS = 65536
+
+
+def _cache_key(path: Path, column: str | None, normalize: bool) -> str:
+    st = path.stat()
+    text = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{column}|{int(normalize)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _vector_column(schema: pa.Schema, path: Path, column: str | None) -> str:
+    from workflow.tables import _vector_column as find
+
+    return find(schema, path, column)
+
+
+def _normalise_rows(block: np.ndarray, where: str, first_row: int) -> np.ndarray:
+    norms = np.linalg.norm(block, axis=1, keepdims=True)
+    zero = np.flatnonzero(norms[:, 0] == 0)
+    if zero.size:
+        raise StrataError(f"row {first_row + int(zero[0])} of the features is all zeros and cannot be "
+                          "L2-normalised", where=where, fix="set normalize: false or drop those rows.")
+    return block / norms
+
+
+def _check_finite(block: np.ndarray, where: str, first_row: int) -> None:
+    bad = ~np.isfinite(block).all(axis=1)
+    if bad.any():
+        raise StrataError(f"{int(bad.sum())} feature rows hold NaN or infinite values (first row "
+                          f"{first_row + int(np.argmax(bad))})", where=where,
+                          fix="clean or drop those rows before curating.")
+
+
+def _batch_matrix(batch: pa.RecordBatch, name: str, dim: int | None, where: str) -> np.ndarray:
+    col = batch.column(0)
+    if col.null_count:
+        raise StrataError(f"column {name!r} has {col.null_count} null vectors", where=where,
+                          fix="drop or fill the rows without a vector.")
+    if pa.types.is_fixed_size_list(col.type):
+        width = col.type.list_size
+    else:
+        lengths = np.unique(np.asarray(col.value_lengths()))
+        if len(lengths) > 1 or (dim is not None and len(lengths) == 1 and int(lengths[0]) != dim):
+            raise StrataError(f"vectors in {name!r} have different lengths", where=where,
+                              fix="every vector must have the same dimension.")
+        width = int(lengths[0]) if len(lengths) else (dim or 0)
+    values = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return values.reshape(len(col), width)
+
+
+def load_features_memmap(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, *,
+                         column: str | None = None, normalize: bool = False) -> np.ndarray:
+    """Open a feature matrix as a read-only float32 memmap, converting it once if needed.
+
+    Args:
+        path: Parquet vector table, or a ``(n, d)`` ``.npy`` file.
+        cache_dir: Folder of the converted ``.npy`` files (created if missing). Default: a
+            ``.strata-cache`` folder next to ``path``.
+        column: Vector column of a Parquet table (default: its only list-typed column).
+        normalize: L2-normalise every row during the conversion (cosine geometry); an all-zero
+            row is an error.
+
+    Returns:
+        ``(n, d)`` float32 ``numpy.memmap`` opened with ``mmap_mode="r"``. A float32 ``.npy`` input
+        that needs no normalisation is mapped directly, without a copy.
+
+    Raises:
+        StrataError: missing/unreadable file, no or ambiguous vector column, ragged or null vectors,
+            NaN/inf values, all-zero rows with ``normalize``.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.exists():
+        raise StrataError("feature file not found", where=where, fix="check the path, or run the stage that makes it.")
+    cache = Path(cache_dir) if cache_dir is not None else path.parent / ".strata-cache"
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise StrataError(f"not a readable .npy file ({err})", where=where,
+                              fix="save the matrix with numpy.save.") from err
+        if arr.ndim != 2 or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.number):
+            raise StrataError(f"expected a non-empty numeric (n, d) matrix, got {arr.dtype} {arr.shape}",
+                              where=where, fix="save the features as an (n_points, dim) float array.")
+        if arr.dtype == np.float32 and not normalize:
+            return arr
+        n, dim = arr.shape
+        batches = ((start, np.asarray(arr[start:start + BATCH_ROWS], dtype=np.float32))
+                   for start in range(0, n, BATCH_ROWS))
+    else:
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise StrataError(f"not a readable Parquet file ({err})", where=where,
+                              fix="regenerate the file; Strata tables are Parquet written by pyarrow.") from err
+        name = _vector_column(pf.schema_arrow, path, column)
+        n = pf.metadata.num_rows
+        if n == 0:
+            raise StrataError("table is empty", where=where, fix="provide at least one row.")
+        ftype = pf.schema_arrow.field(name).type
+        dim = ftype.list_size if pa.types.is_fixed_size_list(ftype) else None
+        if dim is None:  # variable-length lists: the width of the first vector
+            first = next(pf.iter_batches(batch_size=1, columns=[name]))
+            dim = _batch_matrix(first, name, None, where).shape[1]
+
+        def parquet_batches():
+            start = 0
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[name]):
+                block = _batch_matrix(batch, name, dim, where)
+                yield start, block
+                start += block.shape[0]
+
+        batches = parquet_batches()
+    target = cache / f"{path.stem}.{_cache_key(path, column, normalize)}.f32{'-l2' if normalize else ''}.npy"
+    if target.exists():
+        return np.load(target, mmap_mode="r")
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        for start, block in batches:
+            if block.shape[1] != dim:
+                raise StrataError(f"vectors have width {block.shape[1]}, expected {dim}", where=where,
+                                  fix="every vector must have the same dimension.")
+            _check_finite(block, where, start)
+            if normalize:
+                block = _normalise_rows(block, where, start)
+            out[start:start + block.shape[0]] = block
+        out.flush()
+        del out
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return np.load(target, mmap_mode="r")
+
+
+def read_feature_ids(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The ``id`` column of a Parquet feature table (int64), or None for a ``.npy`` matrix (row order)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return None
+    try:
+        table = pq.read_table(path, columns=["id"])
+    except (pa.ArrowInvalid, OSError, KeyError) as err:
+        raise StrataError(f"cannot read column `id` ({err})", where=str(path),
+                          fix="feature tables need the unique int64 `id` column of the pool.") from err
+    return table.column("id").to_numpy().astype(np.int64)
