@@ -6,7 +6,7 @@ CORES ?= 2
 CONFIG ?= configs/default.yaml
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test lint ui clean
+.PHONY: setup run test report lint ui clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+report: setup
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
+	@echo "report: results/report.html"
 
 lint: setup
 	$(BIN)/ruff check .

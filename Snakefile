@@ -5,6 +5,10 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
+
+report: "report/workflow.rst"
+
+
 # A --configfile given on the command line is the whole study (no merging with the default study).
 if not workflow.overwrite_configfiles:
 

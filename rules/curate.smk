@@ -6,7 +6,13 @@ rule curate:
     output:
         selection=f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/selection.parquet",
         stats=f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/stats.json",
-        diagnostics=directory(f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/diagnostics"),
+        diagnostics=report(
+            directory(f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/diagnostics"),
+            patterns=["{name}.png"],
+            caption="../report/curation.rst",
+            category="Curation",
+            subcategory="{curation} seed {seed}",
+        ),
     params:
         cfg=lambda w: as_json(curation_config(w.curation)),
         tracking=tracking("curate", "dataset"),

@@ -33,8 +33,8 @@ rule summarize:
     output:
         csv=f"{RESULTS}/summary.csv",
         md=f"{RESULTS}/summary.md",
-        stats=f"{RESULTS}/summary_stats.csv",
-        png=f"{RESULTS}/summary.png",
+        stats=report(f"{RESULTS}/summary_stats.csv", caption="../report/summary_csv.rst", category="Summary"),
+        png=report(f"{RESULTS}/summary.png", caption="../report/summary_png.rst", category="Summary"),
     params:
         baseline=config["summary"]["baseline"],
         tracking_uri=TRACKING_URI,
