@@ -46,7 +46,7 @@ def _record(stage: str, params: dict[str, Any], inputs: list[str], outputs: list
     return record
 
 
-def cmd_data(args: argparse.Namespace) -> list[str]:
+def cmd_data(args: argparse.Namespace) -> None:
     from workflow.config import code_version, config_hash, parse_params
     from workflow.curate.stage import label_stats
     from workflow.data import build_dataset
@@ -70,7 +70,6 @@ def cmd_data(args: argparse.Namespace) -> list[str]:
     record.metrics = {"pool_size": len(splits.pool), "probe_train_size": len(splits.probe_train),
                       "probe_test_size": len(splits.probe_test), "seconds": time.perf_counter() - start}
     log_stage(_tracking(args), record)
-    return []
 
 
 def cmd_curate(args: argparse.Namespace) -> None:
