@@ -32,8 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import print_table, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-RING_SIZES = [20000, 200, 1000, 500, 8000]
-RING_CENTRES = [(-2.2, 1.0), (0.0, 1.0), (2.2, 1.0), (-1.2, 0.2), (1.2, 0.2)]
 
 
 class Clock:
@@ -130,18 +128,6 @@ def run_blobs(args: argparse.Namespace) -> None:
     write_results("curation", {**config, "quality": quality}, rows)
 
 
-def rings(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The reference README toy: five rings (radius 0.7-1.0) of 20000/200/1000/500/8000 points."""
-    rng = np.random.default_rng(seed)
-    pts, labels = [], []
-    for i, (n, (cx, cy)) in enumerate(zip(RING_SIZES, RING_CENTRES, strict=True)):
-        angle = rng.uniform(0.0, 2 * np.pi, n)
-        radius = rng.uniform(0.7, 1.0, n)
-        pts.append(np.c_[cx + radius * np.cos(angle), cy + radius * np.sin(angle)])
-        labels.append(np.full(n, i))
-    return np.concatenate(pts).astype(np.float32), np.concatenate(labels)
-
-
 def run_rings(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -151,9 +137,10 @@ def run_rings(args: argparse.Namespace) -> None:
 
     from workflow.curate.hierarchical import hierarchical_kmeans
     from workflow.curate.sampling import balanced_hierarchical_sample
+    from workflow.data.builtin import RING_SIZES, make_rings
 
     torch.set_num_threads(args.threads)
-    x, ring = rings(0)
+    x, ring = make_rings(0)
     clock = Clock(args.verbose)
     start = time.perf_counter()
     levels = hierarchical_kmeans(x, [1000, 300], sample_sizes=[15, 2], n_resamples=10, n_iters=50, seed=0,

@@ -21,6 +21,7 @@ from workflow.curate.hierarchical import (
 )
 from workflow.curate.kmeans import assign, kmeans, kmeans_plusplus, update_centroids
 from workflow.curate.sampling import balanced_hierarchical_sample, water_fill
+from workflow.data.builtin import RING_SIZES, make_rings
 from workflow.errors import StrataError
 
 # ---------------------------------------------------------------------------------------------
@@ -369,23 +370,8 @@ def test_hierarchical_validation() -> None:
 # fidelity: the reference README toy example (five rings)
 
 
-RING_SIZES = [20000, 200, 1000, 500, 8000]
-RING_CENTRES = [(-2.2, 1.0), (0.0, 1.0), (2.2, 1.0), (-1.2, 0.2), (1.2, 0.2)]
-
-
-def rings(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    pts, labels = [], []
-    for i, (n, (cx, cy)) in enumerate(zip(RING_SIZES, RING_CENTRES, strict=True)):
-        angle = rng.uniform(0.0, 2 * np.pi, n)
-        radius = rng.uniform(0.7, 1.0, n)
-        pts.append(np.c_[cx + radius * np.cos(angle), cy + radius * np.sin(angle)])
-        labels.append(np.full(n, i))
-    return np.concatenate(pts).astype(np.float32), np.concatenate(labels)
-
-
 def test_fidelity_rings_balanced_vs_random() -> None:
-    x, ring = rings(0)
+    x, ring = make_rings(0)
     levels = hierarchical_kmeans(x, [1000, 300], sample_sizes=[15, 2], n_resamples=10, n_iters=20, seed=0)
     sel = balanced_hierarchical_sample(levels, 1000, seed=0)
     assert len(sel) == 1000 and len(np.unique(sel)) == 1000

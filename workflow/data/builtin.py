@@ -171,3 +171,20 @@ def make_blobs(cfg: dict[str, Any], name: str) -> DataSplits:
     return DataSplits(_table(xp, yp, POOL_ID_OFFSET), _table(xtr[ptr], ytr[ptr], PROBE_TRAIN_ID_OFFSET),
                       _table(xte[pte], yte[pte], PROBE_TEST_ID_OFFSET), "vector",
                       {"class_counts": counts.tolist(), "n_duplicates": int((dup_of >= 0).sum())})
+
+
+RING_SIZES = [20000, 200, 1000, 500, 8000]
+RING_CENTRES = [(-2.2, 1.0), (0.0, 1.0), (2.2, 1.0), (-1.2, 0.2), (1.2, 0.2)]
+
+
+def make_rings(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The reference curation README's toy (Vo et al. 2024): five overlapping 2-D rings (radius 0.7-1.0) of
+    20000/200/1000/500/8000 points. Returns float32 points and the ring index of each."""
+    rng = np.random.default_rng(seed)
+    pts, labels = [], []
+    for i, (n, (cx, cy)) in enumerate(zip(RING_SIZES, RING_CENTRES, strict=True)):
+        angle = rng.uniform(0.0, 2 * np.pi, n)
+        radius = rng.uniform(0.7, 1.0, n)
+        pts.append(np.c_[cx + radius * np.cos(angle), cy + radius * np.sin(angle)])
+        labels.append(np.full(n, i))
+    return np.concatenate(pts).astype(np.float32), np.concatenate(labels)
