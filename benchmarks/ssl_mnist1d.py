@@ -73,20 +73,13 @@ def main() -> None:
         for b in range(len(x) // batch):
             if step >= total:
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, params["lr"], params["warmup_fraction"])
             idx = perm[b * batch:(b + 1) * batch]
-            method.before_step(step)
             if method.uses_augmentation:
                 v0, v1 = augment(x[idx], gen), augment(x[idx], gen)
             else:
                 v0, v1 = x[idx], x[pairs[idx]]
-            out = method.step_loss(method.module, v0, v1)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            method.before_optimizer_step(step)
-            optimizer.step()
-            method.after_step(step, total)
+            method.train_step(method.module, optimizer, v0, v1, step, total,
+                              lr_at(step, total, params["lr"], params["warmup_fraction"]))
             step += 1
     train_s = time.perf_counter() - start
     method.module.eval()

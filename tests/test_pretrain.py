@@ -33,14 +33,8 @@ def test_each_method_trains_in_process(name: str) -> None:
     x = torch.randn(64, 40, generator=gen)
     first = None
     for step in range(6):
-        method.before_step(step)
         v0, v1 = (augment(x, gen), augment(x, gen)) if method.uses_augmentation else (x, x.roll(1, 0))
-        out = method.step_loss(method.module, v0, v1)
-        opt.zero_grad()
-        out.loss.backward()
-        method.before_optimizer_step(step)
-        opt.step()
-        method.after_step(step, 20)
+        out = method.train_step(method.module, opt, v0, v1, step, 20, 1e-3)
         scalars = out.scalars()
         assert all(np.isfinite(v) for v in scalars.values())
         first = scalars if first is None else first

@@ -135,12 +135,10 @@ def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: di
     """
     if spec is None:
         return
-    import mlflow
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     with file_lock(_lock_path(spec.uri)):
-        mlflow.set_tracking_uri(spec.uri)
         client = MlflowClient(spec.uri)
         exp_id = _experiment_id(client, spec)
         parent_id = _parent_run(client, exp_id, spec)

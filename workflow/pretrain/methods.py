@@ -129,6 +129,21 @@ class Method:
             tau = L.byol_tau(step, total, self.params["byol_tau_base"])
             L.ema_update(nn.Sequential(self.module.encoder, self.module.projector), self.target, tau)
 
+    def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, v0: torch.Tensor, v1: torch.Tensor,
+                   step: int, total: int, lr: float, use_amp: bool = False) -> L.LossTerms:
+        """One optimisation step on a batch's two views, with the method's hooks in their places."""
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        self.before_step(step)
+        with torch.autocast(v0.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = self.step_loss(model, v0, v1)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.before_optimizer_step(step)
+        optimizer.step()
+        self.after_step(step, total)
+        return out
+
     def step_loss(self, model: nn.Module, v0: torch.Tensor, v1: torch.Tensor) -> L.LossTerms:
         """The loss of one batch given its two views (``model`` is the possibly DDP-wrapped ``module``)."""
         n = v0.shape[0]

@@ -87,7 +87,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     augment = build_augment(spec["input_kind"])
     gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
     order_rng = np.random.default_rng(seed)  # identical on every rank: they slice the same global batch
-    monitor = torch.from_numpy(np.array(read_table(cfg["input"]).vectors[:512])).to(device)  # fixed held-out view
+    monitor = x_all[:512]  # a fixed batch of training rows for the collapse monitors
     use_amp = device.type == "cuda"
 
     total = params["steps"]
@@ -121,22 +121,13 @@ def train_worker(cfg: dict[str, Any]) -> None:
                 break
             idx = perm[b * global_batch + rank * local_batch: b * global_batch + (rank + 1) * local_batch]
             lr = lr_at(step, total, params["lr"], params["warmup_fraction"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            method.before_step(step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                if method.uses_augmentation:
-                    batch = x_all[idx]
-                    v0, v1 = augment(batch, gen), augment(batch, gen)
-                else:  # TLDR: an item and one of its nearest neighbours in the input space
-                    assert pairs is not None
-                    v0, v1 = x_all[idx], x_all[pairs[idx]]
-                out = method.step_loss(model, v0, v1)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            method.before_optimizer_step(step)
-            optimizer.step()
-            method.after_step(step, total)
+            if method.uses_augmentation:
+                batch = x_all[idx]
+                v0, v1 = augment(batch, gen), augment(batch, gen)
+            else:  # TLDR: an item and one of its nearest neighbours in the input space
+                assert pairs is not None
+                v0, v1 = x_all[idx], x_all[pairs[idx]]
+            out = method.train_step(model, optimizer, v0, v1, step, total, lr, use_amp)
             step += 1
             for k, v in out.scalars().items():
                 window[k] = window.get(k, 0.0) + v
