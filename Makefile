@@ -4,9 +4,10 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 CORES ?= 2
 CONFIG ?= configs/default.yaml
+UI_PORT ?= 5000
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test report lint ui clean
+.PHONY: setup run test report lint ui screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -33,8 +34,10 @@ lint: setup
 	$(BIN)/ruff check .
 
 ui: setup
-	@echo "MLflow UI on http://127.0.0.1:5000 (Ctrl-C to stop)"
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath results)/mlflow.db
+	$(BIN)/python -m workflow.ui --tracking-uri sqlite:///$(abspath results)/mlflow.db --port $(UI_PORT)
+
+screenshots: setup
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf results .snakemake

@@ -21,6 +21,7 @@ include: "rules/curate.smk"
 include: "rules/pretrain.smk"
 include: "rules/embed.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -28,6 +29,7 @@ rule all:
     input:
         "results/summary.md",
         "results/summary.csv",
+        all_figures(),
 
 
 onsuccess:

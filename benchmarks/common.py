@@ -34,7 +34,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]],
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Write ``results/<name>.json`` (config, machine, rows and optional ``extra`` details)."""
     import torch
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,8 @@ def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]])
     machine = {"python": platform.python_version(), "machine": platform.machine(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads()}
     record = {"benchmark": name, "config": config, "machine": machine, "rows": rows}
+    if extra is not None:
+        record["extra"] = extra
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow.config import check_study, config_hash, relevant  # noqa: E402
+from workflow.config import check_study, config_hash, relevant, ssl_for_dataset  # noqa: E402
 from workflow.errors import StrataError  # noqa: E402
 from workflow.tracking import resolve_tracking_uri  # noqa: E402
 
@@ -51,10 +51,36 @@ def dataset_config(name):
     return relevant("dataset", config["datasets"][name])
 
 
+def ssl_config(ssl, dataset):
+    """An SSL method's settings as they apply to a data set (image-only keys dropped for other data)."""
+    return ssl_for_dataset(config["ssl"][ssl], config["datasets"][dataset])
+
+
+def dataset_files(wildcards):
+    """A user data set's files or image folders (kinds `file`, `image-folder`): changing them reruns its data job.
+
+    A folder counts as changed when files are added, removed or renamed in it (its mtime), not when a file is
+    edited in place; `snakemake --forcerun data` rebuilds it then.
+    """
+    cfg = config["datasets"][wildcards.dataset]
+    return [cfg[key] for key in ("path", "labels_path", "probe_train_path", "probe_test_path") if cfg.get(key)]
+
+
 def all_metrics():
     return [
         f"{RESULTS}/{d}/evaluate/{c}/{s}/seed{seed}/metrics.json"
         for d, c, s, seed in variants()
+    ]
+
+
+def all_figures():
+    """Each variant's training curves and embedding map (the report's per-variant figures)."""
+    if not config["report"]["figures"]:
+        return []
+    return [
+        f"{RESULTS}/{d}/figures/{c}/{s}/seed{seed}/{name}.png"
+        for d, c, s, seed in variants()
+        for name in ("training", "embeddings")
     ]
 
 
@@ -80,7 +106,7 @@ def variant_parent(dataset, curation, ssl, seed):
     params = {
         "dataset": {"name": dataset, **dataset_config(dataset)},
         "curation": {"name": curation, **curation_config(curation)},
-        "ssl": {"name": ssl, **config["ssl"][ssl]},
+        "ssl": {"name": ssl, **ssl_config(ssl, dataset)},
         "evaluation": config["evaluation"],
         "seed": int(seed),
     }

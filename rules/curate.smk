@@ -22,7 +22,7 @@ rule curate:
         f"{RESULTS}/benchmarks/curate/{{dataset}}/{{curation}}/seed{{seed}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wc, attempt: 4000 * attempt,  # memory-bound: more on each retry
         runtime=60,
     shell:
         "strata curate --params {params.cfg:q} --tracking {params.tracking:q} --seed {wildcards.seed}"

@@ -1,5 +1,7 @@
 rule data:
     """Build a data set's uncurated pool and its balanced labelled probe splits."""
+    input:
+        dataset_files,
     output:
         pool=f"{RESULTS}/{{dataset}}/data/pool.parquet",
         probe_train=f"{RESULTS}/{{dataset}}/data/probe_train.parquet",

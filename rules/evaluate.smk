@@ -18,7 +18,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{curation}}/{{ssl}}/seed{{seed}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wc, attempt: 4000 * attempt,  # memory-bound: more on each retry
         runtime=30,
     shell:
         "strata evaluate --params {params.cfg:q} --tracking {params.tracking:q} --seed {wildcards.seed}"

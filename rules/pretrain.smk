@@ -7,7 +7,7 @@ rule pretrain:
         encoder=f"{RESULTS}/{{dataset}}/pretrain/{{curation}}/{{ssl}}/seed{{seed}}/encoder.safetensors",
         history=f"{RESULTS}/{{dataset}}/pretrain/{{curation}}/{{ssl}}/seed{{seed}}/history.parquet",
     params:
-        cfg=lambda w: as_json(config["ssl"][w.ssl]),
+        cfg=lambda w: as_json(ssl_config(w.ssl, w.dataset)),
         tracking=tracking("pretrain", "variant"),
         ray_address=config["ray"]["address"] or "",
     log:
@@ -16,7 +16,7 @@ rule pretrain:
         f"{RESULTS}/benchmarks/pretrain/{{dataset}}/{{curation}}/{{ssl}}/seed{{seed}}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wc, attempt: 4000 * attempt,  # memory-bound: more on each retry
         runtime=120,
         gpu=0,
         ray=1,

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, snakemake
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
-
-
-def snakemake(workdir: Path, *args: str,
-              configfile: Path = REPO / "configs" / "test.yaml") -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--configfile", str(configfile), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("study")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return workdir
 
 
 def test_summary_has_every_variant(study: Path) -> None:

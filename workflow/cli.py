@@ -49,26 +49,23 @@ def _record(stage: str, params: dict[str, Any], inputs: list[str], outputs: list
 def cmd_data(args: argparse.Namespace) -> None:
     from workflow.config import code_version, config_hash, parse_params
     from workflow.curate.stage import label_stats
-    from workflow.data import build_dataset
-    from workflow.tables import write_json, write_table
+    from workflow.data import write_dataset
+    from workflow.tables import write_json
     from workflow.tracking import log_stage
 
     params = parse_params(args.params, args.params_file, "dataset", f"datasets.{args.name}")
     start = time.perf_counter()
-    splits = build_dataset(params, args.name)
-    meta = {"dataset": args.name, "input_kind": splits.input_kind, "config_hash": config_hash(params)}
-    for table, path in ((splits.pool, args.pool), (splits.probe_train, args.probe_train),
-                        (splits.probe_test, args.probe_test)):
-        write_table(table, path, metadata=meta)
-        print(f"data: wrote {path} ({len(table)} rows, dim {table.dim})", flush=True)
-    info = {**meta, **splits.info, "params": params, "code_version": code_version(),
-            "sizes": {"pool": len(splits.pool), "probe_train": len(splits.probe_train),
-                      "probe_test": len(splits.probe_test)},
-            "pool_labels": label_stats(splits.pool.labels)}
+    outputs = {"pool": args.pool, "probe_train": args.probe_train, "probe_test": args.probe_test}
+    written = write_dataset(params, args.name, outputs, {"dataset": args.name, "config_hash": config_hash(params)},
+                            log=lambda msg: print(msg, flush=True))
+    info = {**written.meta, **written.info, "params": params, "code_version": code_version(),
+            "sizes": written.sizes, "pool_labels": label_stats(written.pool_labels)}
     write_json(info, args.info)
     record = _record("data", params, [], [args.pool, args.probe_train, args.probe_test, args.info])
-    record.metrics = {"pool_size": len(splits.pool), "probe_train_size": len(splits.probe_train),
-                      "probe_test_size": len(splits.probe_test), "seconds": time.perf_counter() - start}
+    record.metrics = {"pool_size": written.sizes["pool"], "probe_train_size": written.sizes["probe_train"],
+                      "probe_test_size": written.sizes["probe_test"], "seconds": time.perf_counter() - start}
+    if "n_skipped" in written.info:
+        record.metrics["skipped_files"] = written.info["n_skipped"]
     log_stage(_tracking(args), record)
 
 
@@ -184,6 +181,29 @@ def cmd_summarize(args: argparse.Namespace) -> None:
                               baseline=args.baseline)
 
 
+def cmd_plot_training(args: argparse.Namespace) -> None:
+    from workflow.figures import plot_training
+    from workflow.tracking import log_stage
+
+    series = plot_training(args.history, args.output, args.title)
+    print(f"plot-training: {len(series)} series ({', '.join(series)}) -> {args.output}", flush=True)
+    log_stage(_tracking(args), _record("plot_training", {"title": args.title}, [args.history], [args.output]))
+
+
+def cmd_plot_embeddings(args: argparse.Namespace) -> None:
+    from workflow.figures import plot_embedding_map
+    from workflow.tracking import log_stage
+
+    start = time.perf_counter()
+    info = plot_embedding_map(args.embeddings, args.output, args.seed, args.title, args.max_points)
+    print(f"plot-embeddings: t-SNE of {int(info['points'])} points in {time.perf_counter() - start:.1f} s, "
+          f"trustworthiness@5 {info['trustworthiness']:.3f} -> {args.output}", flush=True)
+    record = _record("plot_embeddings", {"title": args.title, "seed": args.seed, "max_points": args.max_points},
+                     [args.embeddings], [args.output])
+    record.metrics["map_trustworthiness"] = info["trustworthiness"]
+    log_stage(_tracking(args), record)
+
+
 def cmd_attach(args: argparse.Namespace) -> None:
     from workflow.tracking import attach_job_files
 
@@ -264,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="random")
     p.add_argument("--tracking-uri", help="log the summary to this MLflow store (study run + variant runs)")
     p.add_argument("--experiment", default="strata")
+
+    p = stage("plot-training", cmd_plot_training, "Draw a pretraining run's curves (every loss term, learning "
+              "rate, throughput, collapse monitors).", ["output"], params=False)
+    p.add_argument("--history", required=True, help="history.parquet of a pretrain job")
+    p.add_argument("--output", required=True, help="output: PNG")
+    p.add_argument("--title", default="")
+
+    p = stage("plot-embeddings", cmd_plot_embeddings, "Draw a t-SNE map of an embedding table coloured by label.",
+              ["output"], params=False)
+    p.add_argument("--embeddings", required=True, help="embedding table (Parquet), e.g. probe_test")
+    p.add_argument("--output", required=True, help="output: PNG")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--title", default="")
+    p.add_argument("--max-points", type=int, default=5000, help="seeded sample size above which points are drawn")
 
     p = sub.add_parser("attach-files", help="Attach Snakemake logs/benchmarks to MLflow stage runs.")
     p.set_defaults(func=cmd_attach, outputs=[])

@@ -109,6 +109,9 @@ def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any
         if ds["kind"] == "file" and not ds.get("path"):
             raise StrataError("a `file` dataset needs `path`", where=f"{source}: datasets.{name}",
                               fix="set path: to a Parquet or .npy file.")
+        if ds["kind"] == "image-folder" and not ds.get("path"):
+            raise StrataError("an `image-folder` dataset needs `path`", where=f"{source}: datasets.{name}",
+                              fix="set path: to the folder of images (one subfolder per class, or flat).")
     return config
 
 
@@ -190,7 +193,29 @@ _RELEVANT = {
                            "n_subclusters"],
     ("dataset", "file"): ["kind", "path", "vector_column", "labels_path", "probe_train_path", "probe_test_path",
                           "input_kind"],
+    ("dataset", "digits-images"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction",
+                                   "duplicate_noise", "probe_train_per_class", "probe_test_per_class", "input_kind",
+                                   "image_size", "image_mode"],
+    ("dataset", "image-folder"): ["kind", "seed", "path", "probe_train_path", "probe_test_path",
+                                  "probe_train_per_class", "probe_test_per_class", "input_kind", "image_size",
+                                  "image_mode", "resize", "on_corrupt", "extensions"],
 }
+
+
+#: SSL keys that only image data sets use (the ResNet backbone and its augmentations).
+IMAGE_SSL_KEYS = ("image_augment", "resnet_widths", "resnet_blocks")
+#: Data set kinds whose tables hold images.
+IMAGE_DATASET_KINDS = ("digits-images", "image-folder")
+
+
+def ssl_for_dataset(ssl_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> dict[str, Any]:
+    """An SSL entry without the image-only keys when the data set holds no images.
+
+    Keeps the parameters (a Snakemake rerun trigger), the config hash and the MLflow params of signal and vector
+    variants free of settings that cannot affect them.
+    """
+    is_image = dataset_cfg.get("kind") in IMAGE_DATASET_KINDS or dataset_cfg.get("input_kind") == "image"
+    return dict(ssl_cfg) if is_image else {k: v for k, v in ssl_cfg.items() if k not in IMAGE_SSL_KEYS}
 
 
 def relevant(section: str, cfg: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,11 @@ races: ray PR #45836, ray#53906). Strata therefore serialises *local* Ray instan
 an exclusive ``flock`` on ``/tmp/strata-ray-<uid>.lock`` (override with ``$STRATA_RAY_LOCK``); the
 default Snakemake profile also gives every Ray rule one unit of the ``ray`` resource with a global
 limit of 1, so Snakemake schedules other, non-Ray jobs on the free cores instead of blocking them.
+Under SLURM the lock serialises the local Rays of jobs that share a node.
+
+A local Ray keeps its sockets under a short temp dir derived from the job's ``$RAY_TMPDIR`` or
+``$TMPDIR`` (Snakemake's ``tmpdir`` resource, SLURM's job tmp): AF_UNIX paths are limited to 107
+bytes (ray#7724), so a long ``$TMPDIR`` falls back to ``/tmp/strata-ray-<uid>-<pid>``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -52,6 +58,35 @@ def ray_lock_path() -> str:
     return os.environ.get("STRATA_RAY_LOCK", f"/tmp/strata-ray-{os.getuid()}.lock")
 
 
+# Longest part of a Ray socket path below its temp dir:
+# "/session_<%Y-%m-%d_%H-%M-%S_%f>_<pid up to 7 digits>/sockets/plasma_store.<n>".
+RAY_SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.9")
+AF_UNIX_PATH_MAX = 107
+
+
+def ray_temp_dir() -> str:
+    """A new, short temp dir for a local Ray: under ``$RAY_TMPDIR`` / ``$TMPDIR`` when its socket paths fit.
+
+    The caller removes it. Falls back to ``/tmp/strata-ray-<uid>-<pid>`` when the job's temp dir is
+    too long for Ray's AF_UNIX sockets (or not writable).
+    """
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    # mkdtemp's name is "ray-" + 8 characters; check before creating anything.
+    if len(os.path.join(os.path.abspath(base), "ray-xxxxxxxx").encode()) + RAY_SOCKET_SUFFIX <= AF_UNIX_PATH_MAX:
+        with contextlib.suppress(OSError):
+            return tempfile.mkdtemp(prefix="ray-", dir=base)
+    fallback = f"/tmp/strata-ray-{os.getuid()}-{os.getpid()}"
+    os.makedirs(fallback, exist_ok=True)
+    return fallback
+
+
+def visible_gpus() -> int:
+    """GPUs this process can use (honours ``CUDA_VISIBLE_DEVICES``, which SLURM sets for ``--gpus``)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def resolve_address(address: str | None) -> str | None:
     """The Ray cluster to join: the explicit address, else ``$RAY_ADDRESS``, else None (start a local one)."""
     return address or os.environ.get("RAY_ADDRESS") or None
@@ -67,6 +102,12 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
     import ray
 
     address = resolve_address(address)
+    # A local Ray is told how many GPUs it has (num_gpus), so it would believe in GPUs that do not
+    # exist: check the devices before starting anything.
+    if address is None and num_gpus > 0 and visible_gpus() < num_gpus:
+        raise StrataError(f"this job asks for {num_gpus} GPU(s) but this machine shows {visible_gpus()} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+                          where="resources.gpu", fix=_GPU_FIX)
     lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if address is None:
         lock = file_lock(ray_lock_path(), "waiting for another local Ray job on this machine to finish ...")
@@ -76,21 +117,32 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
         # reconciler by default; for the short jobs of a study that adds ~7 s per job (measured here).
         for var, value in RAY_TRAIN_DEFAULTS.items():
             os.environ.setdefault(var, value)
+        temp_dir = None
         if address is None:
-            # Short temp dir: Ray's AF_UNIX socket paths must stay under 107 bytes (ray#7724).
-            temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+            temp_dir = ray_temp_dir()
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      _temp_dir=temp_dir, logging_level="WARNING", configure_logging=True)
         else:
             ray.init(address=address, logging_level="WARNING")
+        failed = True
         try:
             resources = ray.cluster_resources()
             print(f"ray: {'joined ' + address if address else 'started local Ray'} in {time.time() - start:.1f}s, "
-                  f"resources CPU={resources.get('CPU', 0):g} GPU={resources.get('GPU', 0):g}", flush=True)
-            if num_gpus > 0 and resources.get("GPU", 0) < 1:
-                raise StrataError(f"this job asks for {num_gpus} GPU(s) but Ray sees none", where="resources.gpu",
-                                  fix="run on a machine with GPUs, or set the rule's gpu resource to 0 "
-                                  "(e.g. --set-resources pretrain:gpu=0).")
+                  f"resources CPU={resources.get('CPU', 0):g} GPU={resources.get('GPU', 0):g}"
+                  + (f", temp dir {temp_dir}" if temp_dir else ""), flush=True)
+            if num_gpus > 0 and resources.get("GPU", 0) < num_gpus:
+                raise StrataError(f"this job asks for {num_gpus} GPU(s) but the Ray cluster at {address} has "
+                                  f"{resources.get('GPU', 0):g}", where="resources.gpu", fix=_GPU_FIX)
             yield resources
+            failed = False
         finally:
             ray.shutdown()
+            if temp_dir is not None:
+                if failed:  # keep Ray's session logs for the post-mortem
+                    print(f"ray: session logs kept in {temp_dir}", file=sys.stderr, flush=True)
+                else:
+                    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+_GPU_FIX = ("run on a machine (or SLURM partition) with GPUs, or set the rule's gpu resource to 0 "
+            "(e.g. --set-resources pretrain:gpu=0).")

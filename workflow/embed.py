@@ -4,6 +4,9 @@ Each actor loads the encoder once (eval mode, inference mode; one actor per GPU,
 The driver streams the input table in record batches (``pyarrow`` ``iter_batches``), hands them to the actors
 round-robin with a bounded number in flight, and writes every result, in submission order, straight to the
 output Parquet as a row group: memory stays bounded whatever the table size, and ids, labels and order are kept.
+
+Image tables need no special handling: their rows are flat (C*H*W) and the image encoder reshapes them with the
+image shape saved in its spec (checked against the table's ``image_shape`` metadata).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from workflow.errors import StrataError
-from workflow.tables import EMBEDDING_COLUMN, TableWriter, VectorTable, iter_table, table_rows
+from workflow.tables import EMBEDDING_COLUMN, TableWriter, VectorTable, iter_table, read_metadata, table_rows
 
 
 class EncoderActor:
@@ -104,8 +107,12 @@ def run_embed(encoder_path: str, pairs: list[tuple[str, str]], threads: int, gpu
     from workflow.pretrain.models import load_encoder
 
     _, spec = load_encoder(encoder_path)  # fail fast on a bad encoder file, before Ray starts
-    for inp, _ in pairs:  # and on a missing or unreadable input
+    for inp, _ in pairs:  # and on a missing or unreadable input, or images of another shape
         table_rows(inp)
+        shape = read_metadata(inp).get("image_shape")
+        if spec["input_kind"] == "image" and shape is not None and list(shape) != list(spec["image_shape"]):
+            raise StrataError(f"the table holds {shape} images but the encoder was trained on {spec['image_shape']}",
+                              where=str(inp), fix="embed tables of the data set the encoder was trained on.")
     stats: dict[str, Any] = {}
     with ray_session(num_cpus=max(1, threads), num_gpus=gpus, address=ray_address):
         actors = start_actors(encoder_path, threads, gpus)

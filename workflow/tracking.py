@@ -80,17 +80,28 @@ class TrackingSpec:
         return cls(**json.loads(text))
 
 
-def _experiment_id(client: Any, spec: TrackingSpec) -> str:
-    exp = client.get_experiment_by_name(spec.experiment)
+#: MLflow 3's UI opens an experiment in its GenAI (traces) view unless this tag says it holds training runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def experiment_id(client: Any, name: str, uri: str, artifact_root: str | None = None) -> str:
+    """The id of the study's experiment, created (tagged as model training) or restored when needed."""
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND[0] not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
-    root = spec.artifact_root
-    if root is None and spec.uri.startswith("sqlite:///"):
-        root = str(Path(spec.uri[len("sqlite:///"):]).parent / "mlartifacts")
+    root = artifact_root
+    if root is None and uri.startswith("sqlite:///"):
+        root = str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts")
     location = Path(root).resolve().as_uri() if root and "://" not in root else root
-    return client.create_experiment(spec.experiment, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+
+
+def _experiment_id(client: Any, spec: TrackingSpec) -> str:
+    return experiment_id(client, spec.experiment, spec.uri, spec.artifact_root)
 
 
 def _find_run(client: Any, exp_id: str, key: str) -> Any | None:

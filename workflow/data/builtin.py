@@ -26,8 +26,9 @@ class DataSplits:
     pool: VectorTable
     probe_train: VectorTable
     probe_test: VectorTable
-    input_kind: str  # "signal" (1-D CNN backbone) or "vector" (MLP backbone)
+    input_kind: str  # "signal" (1-D CNN backbone), "image" (ResNet) or "vector" (MLP backbone)
     info: dict[str, Any] = field(default_factory=dict)
+    table_meta: dict[str, Any] = field(default_factory=dict)  # extra `strata` metadata of the tables (image_shape)
 
 
 def long_tail_counts(n_max: int, imbalance_ratio: float, n_classes: int) -> np.ndarray:
@@ -128,6 +129,12 @@ def make_digits(cfg: dict[str, Any], name: str) -> DataSplits:
 
     digits = load_digits()
     x, y = digits.data.astype(np.float32) / 16.0, digits.target.astype(np.int64)
+    return digits_splits(x, y, cfg, name, "vector")
+
+
+def digits_splits(x: np.ndarray, y: np.ndarray, cfg: dict[str, Any], name: str, input_kind: str) -> DataSplits:
+    """The digits data sets' splits of ``x`` (one row per digit): balanced probe_test, then balanced probe_train
+    out of the rest, then a long-tailed pool with near-duplicates out of what is left."""
     rng = np.random.default_rng(cfg["seed"])
     n_te = cfg["probe_test_per_class"] or 30
     n_tr = cfg["probe_train_per_class"] or 50
@@ -139,7 +146,7 @@ def make_digits(cfg: dict[str, Any], name: str) -> DataSplits:
     xp, yp, dup_of = _long_tailed_pool(x[rest], y[rest], counts, cfg["duplicate_fraction"], cfg["duplicate_noise"],
                                        rng, name)
     return DataSplits(_table(xp, yp, POOL_ID_OFFSET), _table(xtr, ytr, PROBE_TRAIN_ID_OFFSET),
-                      _table(xte, yte, PROBE_TEST_ID_OFFSET), "vector",
+                      _table(xte, yte, PROBE_TEST_ID_OFFSET), input_kind,
                       {"class_counts": counts.tolist(), "n_duplicates": int((dup_of >= 0).sum())})
 
 

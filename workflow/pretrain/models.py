@@ -1,9 +1,14 @@
-"""Backbones and heads: a 1-D CNN for signals, an MLP for plain vectors."""
+"""Backbones and heads: a 1-D CNN for signals, a small ResNet for images, an MLP for plain vectors.
+
+Every backbone takes the flat float32 rows of a vector table (B, D) and returns (B, embedding_dim); the
+image backbone reshapes its rows to (B, C, H, W) with the image shape of its spec.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +35,65 @@ class Conv1dEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x.unsqueeze(1)).flatten(1))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016, fig. 2 left): two 3x3 convolutions with batch norm, plus the
+    identity shortcut, or a strided 1x1 convolution with batch norm where the shape changes (option B)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNetEncoder(nn.Module):
+    """A small ResNet for images (He et al. 2016), in its CIFAR form.
+
+    A 3x3 stem convolution (stride 1, no max pooling: the small-image variant of He et al. 2016 sec. 4.2,
+    also used by SimCLR on CIFAR-10, Chen et al. 2020 app. B.9), then one stage per entry of ``widths`` with
+    ``blocks[i]`` basic blocks, each stage after the first halving the resolution, global average pooling
+    and a linear map to the embedding. Input rows are flat (B, C*H*W) and reshaped to ``image_shape``.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int] | list[int], embedding_dim: int = 128,
+                 widths: tuple[int, ...] | list[int] = (32, 64, 128),
+                 blocks: tuple[int, ...] | list[int] = (1, 1, 1)) -> None:
+        super().__init__()
+        if len(widths) != len(blocks) or not widths:
+            raise ValueError(f"widths {list(widths)} and blocks {list(blocks)} must be non-empty and of equal length")
+        c, h, w = (int(v) for v in image_shape)
+        self.image_shape = (c, h, w)
+        self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, stride=1, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        in_ch = widths[0]
+        for i, (width, n_blocks) in enumerate(zip(widths, blocks, strict=True)):
+            for j in range(n_blocks):
+                layers.append(BasicBlock(in_ch, width, stride=2 if i > 0 and j == 0 else 1))
+                in_ch = width
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(in_ch, embedding_dim)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.reshape(x.shape[0], *self.image_shape)
+        return self.head(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
 class MLPEncoder(nn.Module):
@@ -72,7 +136,14 @@ class EncoderWithProjector(nn.Module):
 
 
 def build_encoder(spec: dict[str, Any]) -> nn.Module:
-    """The backbone described by ``spec`` (``input_kind``, ``input_dim``, ``embedding_dim``)."""
+    """The backbone described by ``spec`` (``input_kind``, ``input_dim``, ``embedding_dim``; for images also
+    ``image_shape`` [C, H, W] and optionally the ResNet's ``widths`` and ``blocks``)."""
+    if spec["input_kind"] == "image":
+        shape = spec["image_shape"]
+        if int(np.prod(shape)) != spec["input_dim"]:
+            raise ValueError(f"image shape {shape} does not hold {spec['input_dim']} values")
+        return ResNetEncoder(shape, spec["embedding_dim"], spec.get("widths", (32, 64, 128)),
+                             spec.get("blocks", (1, 1, 1)))
     if spec["input_kind"] == "signal":
         return Conv1dEncoder(spec["input_dim"], spec["embedding_dim"])
     if spec["input_kind"] == "vector":

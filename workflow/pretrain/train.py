@@ -84,7 +84,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(method.module)
     optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
                                 params["weight_decay"], params["momentum"])
-    augment = build_augment(spec["input_kind"])
+    augment = build_augment(spec["input_kind"], spec.get("image_shape"), cfg.get("augment"))
     gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
     order_rng = np.random.default_rng(seed)  # identical on every rank: they slice the same global batch
     monitor = x_all[:512]  # a fixed batch of training rows for the collapse monitors
@@ -223,7 +223,8 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
                           fix="re-run the curate stage on this pool.")
     table = pool.take(rows)
     params = resolved(params, len(table))
-    input_kind = read_metadata(pool_path).get("input_kind", "vector")
+    table_meta = read_metadata(pool_path)
+    input_kind = table_meta.get("input_kind", "vector")
     workers = params.get("num_workers") or max(1, threads)
     global_batch = min(params["batch_size"], len(table))
     global_batch -= global_batch % workers
@@ -231,8 +232,12 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
         raise StrataError(f"the training table has {len(table)} rows, too few for {workers} workers",
                           where=str(selection_path), fix="curate a larger subset (target_size) or use fewer workers.")
     spec = {"input_kind": input_kind, "input_dim": table.dim, "embedding_dim": params["embedding_dim"]}
+    augment = None
+    if input_kind == "image":
+        spec.update(_image_spec(table_meta, table.dim, params, pool_path))
+        augment = _image_augment_options(params, table_meta)
     fingerprint = hashlib.sha256(json.dumps(
-        {"params": params, "seed": seed, "workers": workers, "batch": global_batch, "spec": spec,
+        {"params": params, "seed": seed, "workers": workers, "batch": global_batch, "spec": spec, "augment": augment,
          "ids": hashlib.sha256(table.ids.tobytes()).hexdigest()}, sort_keys=True).encode()).hexdigest()[:16]
     job = Path(encoder_path).resolve().parent.as_posix().replace("/", "_").strip("_")
     work_dir = Path(work_root).resolve() / f"pretrain-{job}"
@@ -248,7 +253,7 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     print(f"pretrain: {params['method']} on {len(table)} rows ({input_kind}, dim {table.dim}), {workers} worker(s), "
           f"global batch {global_batch}, {params['steps']} steps, seed {seed}", flush=True)
     loop_config = {"params": params, "spec": spec, "seed": seed, "input": str(work_dir / "train.parquet"),
-                   "pairs": str(pairs_path) if pairs_path else None, "global_batch": global_batch,
+                   "pairs": str(pairs_path) if pairs_path else None, "global_batch": global_batch, "augment": augment,
                    "work_dir": str(work_dir), "threads_per_worker": max(1, threads // workers)}
     shutil.rmtree(work_dir / "ray", ignore_errors=True)  # Strata keeps its own checkpoints, not Ray's
     with ray_session(num_cpus=max(threads, workers), num_gpus=gpus, address=ray_address):
@@ -266,6 +271,36 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     os.replace(work_dir / "encoder.safetensors", encoder_path)
     shutil.rmtree(work_dir, ignore_errors=True)
     return history
+
+
+def _image_spec(meta: dict[str, Any], dim: int, params: dict[str, Any], pool_path: str) -> dict[str, Any]:
+    """The ResNet part of an image backbone's spec: the pool's image shape and the configured widths/blocks."""
+    shape = meta.get("image_shape")
+    if not shape or len(shape) != 3 or int(np.prod(shape)) != dim:
+        raise StrataError(f"the table is marked input_kind image but its image_shape {shape!r} does not describe its "
+                          f"{dim}-wide rows", where=str(pool_path),
+                          fix="re-run the data stage (image tables carry image_shape [C, H, W] in their metadata).")
+    if len(params["resnet_widths"]) != len(params["resnet_blocks"]):
+        raise StrataError(f"resnet_widths has {len(params['resnet_widths'])} stages but resnet_blocks "
+                          f"{len(params['resnet_blocks'])}", where="ssl.resnet_blocks",
+                          fix="give one number of blocks per entry of resnet_widths.")
+    return {"image_shape": [int(v) for v in shape], "widths": list(params["resnet_widths"]),
+            "blocks": list(params["resnet_blocks"])}
+
+
+def _image_augment_options(params: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """``ssl.image_augment`` with the data set's choices (table metadata ``augment``) where the config says null."""
+    options = dict(params.get("image_augment") or {})
+    for key, value in (meta.get("augment") or {}).items():
+        if options.get(key) is None:
+            options[key] = value
+    if options.get("horizontal_flip") is None:
+        options["horizontal_flip"] = 0.5
+    for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+        if key in options and options[key][0] > options[key][1]:
+            raise StrataError(f"{key} {options[key]} is not a range [low, high]", where=f"ssl.image_augment.{key}",
+                              fix="give the smaller value first.")
+    return options
 
 
 def _write_history(rows: list[dict[str, float]], path: str) -> None:

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real end-to-end study (one `snakemake --cores 2` run on configs/test.yaml per session)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def snakemake(workdir: Path, *args: str,
+              configfile: Path = REPO / "configs" / "test.yaml") -> subprocess.CompletedProcess:
+    """Run the real Snakemake on the repository's workflow in ``workdir`` (no MLflow/Ray from the environment)."""
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--configfile", str(configfile), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished study of configs/test.yaml (shared by the end-to-end and browser tests).
+
+    ``STRATA_E2E_STUDY=<dir>`` reuses a study directory (the workflow still runs there, doing only what is
+    missing), which saves minutes when iterating on the tests.
+    """
+    workdir = Path(os.environ.get("STRATA_E2E_STUDY") or tmp_path_factory.mktemp("study"))
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir

@@ -1,0 +1,185 @@
+"""Exact Lloyd assignment and its bound-based pruning (workflow/curate/lloyd.py).
+
+Pruning (Hamerly 2010; Yinyang k-means, Ding et al. 2015) must not change anything: the pruned and unpruned
+runs are compared *bitwise* (assignments, centroids, inertia and distances), on clustered data, uniform
+noise, duplicated points, exact ties and k close to n. The exact assignment rule itself is checked against a
+float64 brute force.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+
+from workflow.curate import lloyd
+from workflow.curate.kmeans import DataSource, LocalLloyd, _divide, kmeans, sum_block_rows
+
+
+def brute_argmin(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """First index of the smallest float64 squared distance (the exact rule, by brute force)."""
+    d = ((x.astype(np.float64)[:, None, :] - c.astype(np.float64)[None]) ** 2).sum(-1)
+    return d.argmin(1)
+
+
+def datasets() -> dict[str, tuple[np.ndarray, int]]:
+    rng = np.random.default_rng(0)
+    blobs, _ = make_blobs(n_samples=3000, centers=40, n_features=16, cluster_std=1.0, center_box=(-20, 20),
+                          random_state=0)
+    dup = np.repeat(rng.normal(size=(150, 8)), 8, axis=0)  # every point 8 times: exact ties everywhere
+    grid = np.stack(np.meshgrid(np.arange(12), np.arange(12)), -1).reshape(-1, 2)  # integer grid: symmetric ties
+    far = rng.normal(size=(2000, 32)) + 1000.0  # far from the origin: large float32 cancellation
+    return {
+        "blobs": (blobs.astype(np.float32), 64),
+        "uniform": (rng.random((2500, 24), dtype=np.float32), 48),
+        "duplicates": (dup.astype(np.float32), 40),
+        "grid_ties": (np.repeat(grid, 3, axis=0).astype(np.float32), 36),
+        "far_from_origin": (far.astype(np.float32), 32),
+        "k_close_to_n": (rng.normal(size=(70, 5)).astype(np.float32), 64),
+    }
+
+
+@pytest.mark.parametrize("name", list(datasets()))
+@pytest.mark.parametrize("init_method", ["kmeans++", "random"])
+def test_pruned_kmeans_is_bitwise_identical(name: str, init_method: str) -> None:
+    x, k = datasets()[name]
+    plain = kmeans(x, k, n_iters=15, seed=3, init_method=init_method, prune=False)
+    pruned = kmeans(x, k, n_iters=15, seed=3, init_method=init_method, prune=True)
+    np.testing.assert_array_equal(pruned.assignment, plain.assignment)
+    np.testing.assert_array_equal(pruned.centroids, plain.centroids)  # bitwise: same sums, same order
+    np.testing.assert_array_equal(pruned.distances, plain.distances)
+    assert pruned.inertia == plain.inertia and pruned.n_iters_run == plain.n_iters_run
+    # and the assignment is the exact (float64, first index on ties) nearest centroid
+    np.testing.assert_array_equal(plain.assignment, brute_argmin(x, plain.centroids))
+
+
+def run_passes(x: np.ndarray, c0: np.ndarray, n_passes: int, **engine_kwargs: object
+               ) -> tuple[list[torch.Tensor], list[dict | None], LocalLloyd]:
+    engine = LocalLloyd(DataSource(x), **engine_kwargs)
+    c = torch.from_numpy(c0)
+    assignments, stats = [], []
+    for _ in range(n_passes):
+        part = engine.accumulate(c)
+        assignments.append(engine.assignment.clone())
+        stats.append(part.stats)
+        c = _divide(part.sums, part.counts, c)
+    return assignments, stats, engine
+
+
+@pytest.mark.parametrize("groups", [1, 4, None])
+@pytest.mark.parametrize("chunk_size", [None, 37])
+def test_every_pass_exact_and_pruning_skips_rows(groups: int | None, chunk_size: int | None) -> None:
+    # Hamerly (G = 1), a few groups and the default Yinyang grouping; odd chunks exercise the block edges.
+    x, _ = make_blobs(n_samples=4000, centers=30, n_features=12, cluster_std=0.6, center_box=(-30, 30),
+                      random_state=1)
+    x = x.astype(np.float32)
+    c0 = x[np.random.default_rng(2).choice(len(x), 60, replace=False)]
+    plain, _, _ = run_passes(x, c0, 12, prune=False, chunk_size=chunk_size)
+    pruned, stats, engine = run_passes(x, c0, 12, prune=True, groups=groups, chunk_size=chunk_size)
+    c = torch.from_numpy(c0)
+    for a, b in zip(plain, pruned, strict=True):
+        assert torch.equal(a, b)
+    assert stats[0] is None  # the first pass is dense (it builds the bounds)
+    late = stats[-1]
+    skipped = late["global"] + late["tight"]
+    assert late["rows"] == len(x) and skipped > 0.5 * len(x)  # clustered data: most rows skipped
+    assert engine.bounds is not None and engine.bounds.n_groups == (groups or lloyd.default_groups(60, 12))
+    del c
+
+
+def test_bounds_are_valid() -> None:
+    # u ≥ ‖x − c_a‖ and l_g ≤ min_{j∈g, j≠a} ‖x − c_j‖ after every pass (true distances, float64)
+    x, _ = make_blobs(n_samples=1500, centers=15, n_features=6, cluster_std=1.5, random_state=4)
+    x = x.astype(np.float32)
+    c = torch.from_numpy(x[:40].copy())
+    engine = LocalLloyd(DataSource(x), prune=True, groups=5)
+    checked = 0
+    for _ in range(8):
+        part = engine.accumulate(c)
+        b = engine.bounds
+        if b.centres is None:  # backed off to plain passes (no bounds kept)
+            c = _divide(part.sums, part.counts, c)
+            continue
+        checked += 1
+        cc = b.centres.double().numpy()
+        d = np.sqrt(((x.astype(np.float64)[:, None, :] - cc[None]) ** 2).sum(-1))
+        a = engine.assignment.numpy()
+        rows = np.arange(len(x))
+        assert np.all(b.upper.numpy() >= d[rows, a])
+        d[rows, a] = np.inf
+        group = b.layout.group.numpy()
+        for g in range(b.n_groups):
+            assert np.all(b.lower[:, g].numpy() <= d[:, group == g].min(1))
+        c = _divide(part.sums, part.counts, c)
+    assert checked >= 6
+
+
+def test_dense_assign_resolves_near_ties_exactly() -> None:
+    # points exactly between two centres (far from the origin, where float32 GEMM values are ~1e6 and their
+    # rounding exceeds the gap) and duplicated centres: the float64 rule decides, first index on ties
+    rng = np.random.default_rng(5)
+    c = (rng.normal(size=(20, 10)) + 300).astype(np.float32)
+    c[7] = c[3]  # duplicate centre: index 3 must win
+    mid = ((c[:10].astype(np.float64) + c[10:].astype(np.float64)) / 2).astype(np.float32)
+    x = np.concatenate([mid, c, c[3:4] + 1e-3, rng.normal(size=(200, 10)).astype(np.float32) + 300])
+    cen = lloyd.Centres.build(torch.from_numpy(c), None)
+    xt = torch.from_numpy(x)
+    out = lloyd.dense_assign(xt, xt.double().norm(dim=1), cen, torch.empty(len(x), 20), torch.empty(len(x),
+                                                                                                   dtype=torch.int64))
+    np.testing.assert_array_equal(out.idx.numpy(), brute_argmin(x, c))
+    assert 7 not in out.idx.tolist()
+    # the reference value is computed the same way whatever the batch
+    f_all = lloyd.exact_sq(xt, xt.flip(0))
+    for s in (0, 3, 100):
+        np.testing.assert_array_equal(lloyd.exact_sq(xt[s:s + 17], xt.flip(0)[s:s + 17]).numpy(), f_all[s:s + 17])
+
+
+def test_float32_rounding_helpers() -> None:
+    v = torch.tensor([0.1, 1 / 3, 1e-30, 3.0, float("inf")], dtype=torch.float64)
+    up, down = lloyd.f32_up(v), lloyd.f32_down(v)
+    assert up.dtype == torch.float32 and bool((up.double() >= v).all()) and bool((down.double() <= v).all())
+    assert up[3] == 3.0 and down[3] == 3.0 and torch.isinf(up[4]) and torch.isinf(down[4])
+    assert lloyd.matmul_roundoff(torch.device("cpu")) == 2.0**-24
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")  # reduced-precision matmuls widen the error bound
+        assert lloyd.matmul_roundoff(torch.device("cpu")) == 2.0**-8
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_sum_blocks_and_memmap_with_pruning(tmp_path: object) -> None:
+    assert sum_block_rows(10, 4) == 4 and sum_block_rows(100000, 500) % 500 == 0
+    assert sum_block_rows(10**7, 300) <= 2**15 + 300
+    x, _ = make_blobs(n_samples=2500, centers=12, n_features=8, random_state=3)
+    x = x.astype(np.float32)
+    path = tmp_path / "x.npy"  # type: ignore[operator]
+    np.save(path, x)
+    mm = np.load(path, mmap_mode="r")
+    a = kmeans(x, 24, n_iters=10, seed=1, chunk_size=100, prune=False)
+    b = kmeans(mm, 24, n_iters=10, seed=1, chunk_size=100, prune=True)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    # threads change neither result
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        c = kmeans(x, 24, n_iters=10, seed=1, chunk_size=100, prune=True)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(a.centroids, c.centroids)
+
+
+def test_ray_pruned_equals_unpruned_and_local() -> None:
+    # Each actor keeps the bounds of its shard: pruned Ray == unpruned Ray bitwise, and == the local run
+    # (assignments exact; centroids up to the float64 summation order of the shard partials).
+    x, _ = make_blobs(n_samples=3000, centers=20, n_features=8, cluster_std=0.8, random_state=7)
+    x = x.astype(np.float32)
+    local = kmeans(x, 32, n_iters=10, seed=2, chunk_size=250)
+    ray_plain = kmeans(x, 32, n_iters=10, seed=2, chunk_size=250, workers=2, prune=False)
+    ray_pruned = kmeans(x, 32, n_iters=10, seed=2, chunk_size=250, workers=2, prune=True)
+    np.testing.assert_array_equal(ray_pruned.assignment, ray_plain.assignment)
+    np.testing.assert_array_equal(ray_pruned.centroids, ray_plain.centroids)
+    np.testing.assert_array_equal(ray_pruned.assignment, local.assignment)
+    np.testing.assert_allclose(ray_pruned.centroids, local.centroids, atol=1e-6, rtol=0)

@@ -1,0 +1,154 @@
+"""Per-variant figures for the report: training curves and a 2-D map of the ``probe_test`` embeddings.
+
+* ``plot_training``: one panel per logged series of a pretraining run (``history.parquet``): every loss
+  term, the learning rate, throughput, and the collapse monitors (embedding std, RankMe, alignment,
+  uniformity), which exist only at checkpoints and are drawn as points.
+* ``plot_embedding_map``: t-SNE (van der Maaten & Hinton 2008, "Visualizing Data using t-SNE", JMLR 9)
+  of the L2-normalised embeddings, through scikit-learn, seeded, PCA-initialised; points coloured by label.
+  The map's trustworthiness (Venna & Kaski 2001; ``sklearn.manifold.trustworthiness``, 1 = every
+  neighbour in the map is a neighbour in the embedding space) is printed in the title, so a misleading
+  map is visible as such.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workflow.errors import StrataError
+from workflow.tables import atomic_path
+
+#: History columns that are not plotted (the x axis and bookkeeping).
+_NOT_SERIES = ("step", "epoch")
+#: Collapse monitors, logged only at checkpoints.
+MONITORS = ("embedding_std", "rankme", "alignment", "uniformity")
+#: Largest number of points a map draws (a seeded sample above it); t-SNE is O(n log n) but slow past this.
+MAP_MAX_POINTS = 5000
+
+
+def _figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Any, np.ndarray]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    return fig, axes
+
+
+def _order(columns: list[str]) -> list[str]:
+    """Loss first, then its terms, then lr and throughput, then the monitors."""
+    tail = ["lr", "samples_per_s", *MONITORS]
+    head = ["loss"] if "loss" in columns else []
+    terms = [c for c in columns if c not in (*head, *tail, *_NOT_SERIES)]
+    return head + terms + [c for c in tail if c in columns]
+
+
+def plot_training(history_path: str, png_path: str, title: str = "") -> list[str]:
+    """Draw every series of a pretraining history; returns the series drawn.
+
+    Raises:
+        StrataError: If the history cannot be read or holds no rows.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        df = pq.read_table(history_path).to_pandas()
+    except Exception as err:
+        raise StrataError(f"cannot read the training history: {err}", where=history_path,
+                          fix="re-run the pretrain job that writes it.") from err
+    if df.empty or "step" not in df.columns:
+        raise StrataError("the training history has no rows (or no `step` column)", where=history_path,
+                          fix="re-run the pretrain job; it logs one row per logging interval.")
+    series = _order([c for c in df.columns if np.issubdtype(df[c].dtype, np.number)])
+    ncols = min(4, len(series))
+    nrows = math.ceil(len(series) / ncols)
+    fig, axes = _figure(nrows, ncols, 3.4 * ncols + 0.4, 2.6 * nrows + 0.6)
+    step = df["step"].to_numpy()
+    for ax, name in zip(axes, series, strict=False):
+        y = df[name].to_numpy(dtype=np.float64)
+        ok = np.isfinite(y)
+        if name in MONITORS:
+            ax.plot(step[ok], y[ok], marker="o", ms=3, lw=1, color="C3")
+        else:
+            ax.plot(step[ok], y[ok], lw=1, color="C0")
+        if name == "lr" or (name == "loss" and ok.any() and (y[ok] > 0).all() and y[ok].max() > 20 * y[ok].min()):
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(series):]:
+        ax.set_visible(False)
+    fig.suptitle(title or Path(history_path).parent.as_posix())
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return series
+
+
+def embedding_map(embeddings: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """t-SNE coordinates (n × 2) of L2-normalised embeddings; deterministic for a seed."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(embeddings, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = x.shape[0]
+    if n < 4:
+        raise ValueError(f"a map needs at least 4 points, got {n}")
+    # scikit-learn requires perplexity < n; ~n/3 keeps small probe sets meaningful.
+    perplexity = float(min(perplexity, max(1.0, (n - 1) / 3)))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="euclidean")
+    return tsne.fit_transform(x)
+
+
+def plot_embedding_map(embeddings_path: str, png_path: str, seed: int = 0, title: str = "",
+                       max_points: int = MAP_MAX_POINTS) -> dict[str, float]:
+    """Draw the t-SNE map of an embedding table coloured by label; returns ``{"trustworthiness", "points"}``.
+
+    Raises:
+        StrataError: If the table cannot be read (see ``read_table``: also NaN or infinite values) or has
+            fewer than 4 rows.
+    """
+    from sklearn.manifold import trustworthiness
+
+    from workflow.tables import read_table
+
+    table = read_table(embeddings_path)
+    x, labels = table.vectors, table.labels
+    if x.shape[0] < 4:
+        raise StrataError(f"{x.shape[0]} embeddings; a map needs at least 4", where=embeddings_path,
+                          fix="embed a larger probe_test split (datasets.<name>.probe_test_per_class).")
+    rng = np.random.default_rng(seed)
+    if x.shape[0] > max_points:
+        rows = np.sort(rng.choice(x.shape[0], size=max_points, replace=False))
+        x = x[rows]
+        labels = labels[rows] if labels is not None else None
+    xy = embedding_map(x, seed)
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    trust = float(trustworthiness(xn, xy, n_neighbors=min(5, (x.shape[0] - 1) // 2)))
+    fig, axes = _figure(1, 1, 6.0, 5.2)
+    ax = axes[0]
+    if labels is None or (labels < 0).all():
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, color="C0", alpha=0.7, linewidths=0)
+    else:
+        classes = np.unique(labels[labels >= 0])
+        cmap = "tab10" if classes.size <= 10 else "tab20"
+        from matplotlib import colormaps
+
+        colors = colormaps[cmap]
+        for i, c in enumerate(classes):
+            mask = labels == c
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=6, color=colors(i % colors.N), alpha=0.8, linewidths=0,
+                       label=str(int(c)))
+        ax.legend(title="label", fontsize=7, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{title or Path(embeddings_path).parent.as_posix()}\n"
+                 f"t-SNE of {x.shape[0]} embeddings, trustworthiness@5 {trust:.3f}", fontsize=9)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return {"trustworthiness": trust, "points": float(x.shape[0])}
