@@ -1,29 +1,288 @@
-"""k-means: Strata's torch Lloyd loop against faiss and scikit-learn, same data, same k and iterations.
+"""k-means: time per Lloyd iteration of Strata (pruned and unpruned) against faiss.Kmeans and scikit-learn KMeans.
 
-    python benchmarks/kmeans.py                 # small default (20k x 64, k=256, 20 iterations)
-    python benchmarks/kmeans.py --threads 2     # every implementation on 2 threads (default: 1)
-    python benchmarks/kmeans.py --n 1000000 --dim 128 --k 4096 --no-sklearn   # full size
+    python benchmarks/kmeans.py                        # small default: 20k x 64, k=256, 20 iterations, 2 threads
+    python benchmarks/kmeans.py --n 1000000 --dim 128 --k 1000 --iters 20 --repeats 1 --data blobs \
+        --sklearn-iters 5                            # issue 3 size (results/kmeans_1000000x128_k1000.json)
+    python benchmarks/kmeans.py --memory                # peak RSS of k-means on a memmapped pool (small default)
+    python benchmarks/kmeans.py --memory --memory-n 10000000 --memory-dim 64    # the 10M x 64 pool (2.56 GB file)
 
-Prints wall time (best of --repeats) and inertia (sum of squared distances, computed the same way for
-every result) per implementation, and ratios to faiss. All three run on the same number of threads
-(torch.set_num_threads, faiss.omp_set_num_threads, threadpoolctl for scikit-learn). Strata's time
-includes its greedy k-means++ seeding; faiss seeds with k random points (almost free), so Strata's
-seeding alone is reported too (``n_iters=0``: seeding + one assignment pass), and Strata with the same
-random seeding as faiss (``init_method="random"``) compares the Lloyd loops alone. faiss is told to use
-every point (``max_points_per_centroid`` = 1e9; its default would subsample 256 points per centroid).
+Method. Every implementation gets the same data, the same k initial centroids (k distinct random points, the
+way faiss seeds), the same number of iterations and the same number of threads (torch.set_num_threads,
+faiss.omp_set_num_threads, threadpoolctl for scikit-learn). The time per iteration is the wall time of the
+whole Lloyd run divided by the iterations it ran (scikit-learn and Strata stop early at a fixed point; faiss
+never does). Each round runs every implementation once, interleaved, and the best of ``--repeats`` rounds is
+kept (the machine is shared: noise only ever adds time). In the same rounds the machine's float32 matmul rate is
+measured: torch.mm of the Lloyd GEMM shape (8192 x d @ d x k), intra-op threaded and as independent
+single-threaded products on a thread pool (the way Strata runs its chunks); the better of the two is the
+reference. A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is that over the time per iteration (for the
+pruned run an *effective* rate: it skips most of those flops). Strata pruned and unpruned are checked to give
+bitwise identical centroids. faiss is told to use every point (``max_points_per_centroid`` = 1e9; its default
+would subsample 256 points per centroid).
+
+Pruning (Yinyang bounds, Ding et al. 2015) depends on cluster structure, so two data sets are reported:
+``blobs`` (k/4 Gaussian blobs, centres N(0, 4²), unit noise: points keep their cluster once the centres settle,
+most distance computations are skipped after a few iterations) and ``uniform`` (uniform noise in the unit cube:
+no structure, boundaries everywhere, little is skipped and the pruned run costs about as much as the plain one).
+Real embeddings sit in between. The first iteration is always a full pass (it builds the bounds).
+
+Seeding: Strata's greedy k-means++ (2 + ln k candidates drawn by D², the best kept) against scikit-learn's
+``kmeans_plusplus`` (the same algorithm) and faiss's whole run (which seeds randomly).
+
+``--memory`` runs k-means (random init, ``--memory-iters`` iterations) on a float32 ``.npy`` memmap in a fresh
+subprocess and reports its peak RSS (resource.getrusage) against the input size: the mapped pages the run
+touched count in RSS, so peak ≈ interpreter + input + working set (assignments, ‖x‖², bounds, chunk scratch).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import best_time, print_table, write_results
+from benchmarks.common import print_table, write_results
+
+#: scikit-learn's kmeans_plusplus is skipped above this n·d·k (it makes k full passes: ~30 min at 1M x 128, k=1000).
+SKLEARN_SEEDING_MAX = 2**34
+
+
+def make_data(kind: str, n: int, dim: int, k: int, seed: int = 0) -> np.ndarray:
+    """``blobs``: k/4 + 1 Gaussian blobs (centres N(0, 4²), noise N(0, 1)); ``uniform``: U[0, 1)^dim."""
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        return rng.random((n, dim), dtype=np.float32)
+    centres = rng.normal(0, 4, size=(k // 4 + 1, dim)).astype(np.float32)
+    x = centres[rng.integers(0, len(centres), n)]
+    x += rng.standard_normal((n, dim), dtype=np.float32)
+    return x
+
+
+def matmul_rate(dim: int, k: int, threads: int, seconds: float = 0.3) -> dict[str, float]:
+    """GFLOP/s of torch.mm on the Lloyd GEMM shape (8192 x dim) @ (dim x k): intra-op threaded, and as
+    ``threads`` independent single-threaded products on a thread pool."""
+    import torch
+
+    m = 8192
+    a = [torch.randn(m, dim) for _ in range(threads)]
+    b = torch.randn(dim, k)
+    out = [torch.empty(m, k) for _ in range(threads)]
+    flops = 2.0 * m * dim * k
+
+    def timed(fn: Any) -> float:
+        fn()
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            reps += 1
+        return reps / (time.perf_counter() - start)
+
+    torch.set_num_threads(threads)
+    intra = timed(lambda: torch.mm(a[0], b, out=out[0])) * flops / 1e9
+
+    def one(i: int) -> None:
+        torch.set_num_threads(1)
+        torch.mm(a[i], b, out=out[i])
+
+    with ThreadPoolExecutor(threads) as pool:
+        pooled = timed(lambda: list(pool.map(one, range(threads)))) * threads * flops / 1e9
+    torch.set_num_threads(threads)
+    return {"intra_op": intra, "pool": pooled, "best": max(intra, pooled)}
+
+
+def run_strata(x: np.ndarray, init: np.ndarray, iters: int, prune: bool) -> dict[str, Any]:
+    import torch
+
+    from workflow.curate.kmeans import DataSource, LocalLloyd, PassResult, lloyd_iterations
+
+    stamps: list[float] = []
+    stats: list[dict[str, int] | None] = []
+
+    def on_pass(part: PassResult) -> None:
+        stamps.append(time.perf_counter())
+        stats.append(part.stats)
+
+    start = time.perf_counter()
+    engine = LocalLloyd(DataSource(x, check=False), prune=prune)
+    centroids, n_run = lloyd_iterations(engine, torch.from_numpy(init.copy()), iters, on_pass=on_pass)
+    seconds = time.perf_counter() - start
+    per_pass = np.diff([start, *stamps]).tolist()
+    skipped = [0.0 if s is None else (s["global"] + s["tight"]) / s["rows"] for s in stats]
+    return {"seconds": seconds, "centroids": centroids.numpy(), "iters": n_run, "per_pass": per_pass,
+            "skipped": skipped}
+
+
+def run_faiss(x: np.ndarray, init: np.ndarray, iters: int) -> dict[str, Any]:
+    import faiss
+
+    start = time.perf_counter()
+    km = faiss.Kmeans(x.shape[1], init.shape[0], niter=iters, seed=0, max_points_per_centroid=10**9)
+    km.train(x, init_centroids=init.copy())
+    return {"seconds": time.perf_counter() - start, "centroids": km.centroids, "iters": iters}
+
+
+def run_sklearn(x: np.ndarray, init: np.ndarray, iters: int, threads: int) -> dict[str, Any]:
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads):
+        start = time.perf_counter()
+        km = KMeans(init.shape[0], init=init, n_init=1, max_iter=iters, tol=0, algorithm="lloyd").fit(x)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "centroids": km.cluster_centers_, "iters": int(km.n_iter_)}
+
+
+def inertia(x: np.ndarray, c: np.ndarray) -> float:
+    import faiss
+
+    index = faiss.IndexFlatL2(c.shape[1])
+    index.add(np.ascontiguousarray(c, dtype=np.float32))
+    d, _ = index.search(x, 1)
+    return float(d.astype(np.float64).sum())
+
+
+def bench_data(kind: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import torch
+
+    x = make_data(kind, args.n, args.dim, args.k)
+    init = x[np.sort(np.random.default_rng(1).choice(args.n, args.k, replace=False))].copy()
+    flops = 2.0 * args.n * args.k * args.dim
+    impls = ["strata (pruned)", "strata (unpruned)", "faiss.Kmeans"] + ([] if args.no_sklearn else ["sklearn KMeans"])
+    best: dict[str, dict[str, Any]] = {}
+    mm = {"intra_op": 0.0, "pool": 0.0, "best": 0.0}
+    for _ in range(args.repeats):
+        rate = matmul_rate(args.dim, args.k, args.threads)
+        mm = {key: max(mm[key], v) for key, v in rate.items()}
+        for impl in impls:
+            torch.set_num_threads(args.threads)
+            if impl.startswith("strata"):
+                res = run_strata(x, init, args.iters, prune=impl == "strata (pruned)")
+            elif impl.startswith("faiss"):
+                res = run_faiss(x, init, args.iters)
+            else:
+                res = run_sklearn(x, init, args.sklearn_iters or args.iters, args.threads)
+            if impl not in best or res["seconds"] < best[impl]["seconds"]:
+                best[impl] = res
+    identical = bool(np.array_equal(best["strata (pruned)"]["centroids"], best["strata (unpruned)"]["centroids"]))
+    faiss_iter = best["faiss.Kmeans"]["seconds"] / best["faiss.Kmeans"]["iters"]
+    ref_inertia = inertia(x, best["faiss.Kmeans"]["centroids"])
+    rows = []
+    for impl in impls:
+        res = best[impl]
+        per_iter = res["seconds"] / max(1, res["iters"])
+        gflops = flops / per_iter / 1e9
+        rows.append({"data": kind, "impl": impl, "s_per_iter": per_iter, "iters": res["iters"],
+                     "speedup_vs_faiss": faiss_iter / per_iter, "gflops": gflops,
+                     "pct_of_matmul": 100.0 * gflops / mm["best"],
+                     "inertia_vs_faiss": inertia(x, res["centroids"]) / ref_inertia})
+    pruned = best["strata (pruned)"]
+    detail = {"matmul_gflops": mm, "pruned_identical_to_unpruned": identical,
+              "pruned_per_pass_s": pruned["per_pass"], "pruned_skipped_fraction": pruned["skipped"],
+              "unpruned_per_pass_s": best["strata (unpruned)"]["per_pass"]}
+    if not args.no_seeding:
+        rows.extend(bench_seeding(x, args, best["faiss.Kmeans"]["seconds"], ref_inertia, kind))
+    return rows, detail
+
+
+def bench_seeding(x: np.ndarray, args: argparse.Namespace, faiss_run: float, ref_inertia: float,
+                  kind: str) -> list[dict[str, Any]]:
+    """Greedy k-means++ seeding alone: Strata against scikit-learn's kmeans_plusplus (same algorithm)."""
+    import torch
+    from sklearn.cluster import kmeans_plusplus
+    from threadpoolctl import threadpool_limits
+
+    from workflow.curate.kmeans import kmeans_plusplus as strata_kpp
+
+    out: dict[str, tuple[float, np.ndarray]] = {}
+    for _ in range(args.repeats):
+        torch.set_num_threads(args.threads)
+        start = time.perf_counter()
+        c = strata_kpp(torch.from_numpy(x), args.k, torch.Generator().manual_seed(0)).numpy()
+        t = time.perf_counter() - start
+        if "strata" not in out or t < out["strata"][0]:
+            out["strata"] = (t, c)
+        if args.no_sklearn or x.size * args.k > SKLEARN_SEEDING_MAX:
+            continue
+        with threadpool_limits(args.threads):
+            start = time.perf_counter()
+            c, _ = kmeans_plusplus(x, args.k, random_state=0)
+            t = time.perf_counter() - start
+        if "sklearn" not in out or t < out["sklearn"][0]:
+            out["sklearn"] = (t, c)
+    names = {"strata": "strata k-means++ seeding", "sklearn": "sklearn kmeans_plusplus"}
+    return [{"data": kind, "impl": names[key], "s_per_iter": t, "iters": 0, "speedup_vs_faiss": faiss_run / t,
+             "gflops": None, "pct_of_matmul": None, "inertia_vs_faiss": inertia(x, c) / ref_inertia}
+            for key, (t, c) in out.items()]
+
+
+# -------------------------------------------------------------------------------------------------
+# peak memory on a memmapped pool
+
+
+def memory_child(path: str, k: int, iters: int, prune: bool, threads: int) -> None:
+    """Run in a fresh interpreter: k-means on the memmap, print peak RSS figures as JSON."""
+    import resource
+
+    import torch
+
+    from workflow.curate.kmeans import kmeans
+
+    torch.set_num_threads(threads)
+    mm = np.load(path, mmap_mode="r")
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    res = kmeans(mm, k, n_iters=iters, seed=0, init_method="random", prune=prune)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"baseline_rss": base, "peak_rss": peak, "seconds": seconds, "iters": res.n_iters_run}))
+
+
+def bench_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
+    n, dim = args.memory_n, args.memory_dim
+    directory = Path(args.memory_dir or tempfile.gettempdir())
+    path = directory / f"strata_kmeans_memmap_{n}x{dim}.npy"
+    size = n * dim * 4
+    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+    if not path.exists():
+        if free < size * 1.2:
+            raise SystemExit(f"need {size / 1e9:.2f} GB free in {directory}, have {free / 1e9:.2f} GB")
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
+        step = max(1, 2**24 // dim)
+        rng = np.random.default_rng(0)
+        centres = rng.normal(0, 4, size=(args.memory_k // 4 + 1, dim)).astype(np.float32)
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            arr[s:e] = centres[rng.integers(0, len(centres), e - s)] + rng.standard_normal((e - s, dim),
+                                                                                          dtype=np.float32)
+        arr.flush()
+        del arr
+    rows = []
+    for prune in (True, False):
+        # drop the file's pages from the page cache where possible, so each run starts cold
+        with open(path, "rb") as fh:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        cmd = [sys.executable, __file__, "--memory-child", str(path), "--k", str(args.memory_k),
+               "--iters", str(args.memory_iters), "--threads", str(args.threads)] + ([] if prune else ["--no-prune"])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        rec = json.loads(out)
+        work = rec["peak_rss"] - rec["baseline_rss"] - size
+        rows.append({"impl": f"strata k-means on memmap ({'pruned' if prune else 'unpruned'})", "n": n, "dim": dim,
+                     "k": args.memory_k, "iters": rec["iters"], "seconds": rec["seconds"],
+                     "input_gb": size / 1e9, "baseline_rss_gb": rec["baseline_rss"] / 1e9,
+                     "peak_rss_gb": rec["peak_rss"] / 1e9, "working_set_gb": work / 1e9,
+                     "working_set_vs_input": work / size})
+    if not args.keep_memmap:
+        path.unlink()
+    return rows
 
 
 def main() -> None:
@@ -32,66 +291,60 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--k", type=int, default=256)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="threads of every implementation")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each is kept")
+    parser.add_argument("--threads", type=int, default=2, help="threads of every implementation")
+    parser.add_argument("--data", default="blobs,uniform", help="comma-separated: blobs, uniform")
     parser.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn (slow at full size)")
+    parser.add_argument("--sklearn-iters", type=int, default=None,
+                        help="iterations of scikit-learn's run (default --iters; its time is per iteration anyway)")
+    parser.add_argument("--no-seeding", action="store_true", help="skip the k-means++ seeding comparison")
+    parser.add_argument("--memory", action="store_true", help="only the peak-memory check on a memmapped pool")
+    parser.add_argument("--memory-n", type=int, default=1_000_000)
+    parser.add_argument("--memory-dim", type=int, default=64)
+    parser.add_argument("--memory-k", type=int, default=256)
+    parser.add_argument("--memory-iters", type=int, default=2)
+    parser.add_argument("--memory-dir", default=None, help="where to write the .npy (default: the temp dir)")
+    parser.add_argument("--keep-memmap", action="store_true")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-prune", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.memory_child:
+        memory_child(args.memory_child, args.k, args.iters, not args.no_prune, args.threads)
+        return
 
     import faiss
     import torch
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
-
-    from workflow.curate.kmeans import kmeans
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
+    if args.memory:
+        rows = bench_memory(args)
+        print(f"k-means peak memory on a memmapped {args.memory_n} x {args.memory_dim} float32 pool, "
+              f"k={args.memory_k}, threads={args.threads}")
+        print_table(rows)
+        write_results("kmeans_memory", vars(args), rows)
+        return
 
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 4, size=(args.k // 4 + 1, args.dim))
-    x = (centres[rng.integers(0, len(centres), args.n)] + rng.normal(0, 1, (args.n, args.dim))).astype(np.float32)
-
-    def inertia(c: np.ndarray) -> float:
-        index = faiss.IndexFlatL2(c.shape[1])
-        index.add(np.ascontiguousarray(c, dtype=np.float32))
-        d, _ = index.search(x, 1)
-        return float(d.sum())
-
-    rows = []
-    t, res = best_time(lambda: kmeans(x, args.k, n_iters=args.iters, seed=0), args.repeats)
-    rows.append({"impl": "strata (torch, k-means++)", "seconds": t, "inertia": inertia(res.centroids),
-                 "iters": res.n_iters_run})
-    t_init, res0 = best_time(lambda: kmeans(x, args.k, n_iters=0, seed=0), args.repeats)
-    t, res_r = best_time(lambda: kmeans(x, args.k, n_iters=args.iters, seed=0, init_method="random"), args.repeats)
-    rows.append({"impl": "strata (torch, random init)", "seconds": t, "inertia": inertia(res_r.centroids),
-                 "iters": res_r.n_iters_run})
-
-    def run_faiss() -> np.ndarray:
-        km = faiss.Kmeans(args.dim, args.k, niter=args.iters, seed=0, max_points_per_centroid=10**9)
-        km.train(x)
-        return km.centroids
-
-    t, cents = best_time(run_faiss, args.repeats)
-    rows.append({"impl": "faiss.Kmeans (random init)", "seconds": t, "inertia": inertia(cents), "iters": args.iters})
-    if not args.no_sklearn:
-        def run_sklearn() -> np.ndarray:
-            with threadpool_limits(args.threads):
-                return KMeans(args.k, n_init=1, max_iter=args.iters, tol=0, random_state=0,
-                              algorithm="lloyd").fit(x).cluster_centers_
-
-        t, cents = best_time(run_sklearn, args.repeats)
-        rows.append({"impl": "sklearn KMeans (k-means++)", "seconds": t, "inertia": inertia(cents),
-                     "iters": args.iters})
-    rows.append({"impl": "strata k-means++ seeding only", "seconds": t_init, "inertia": inertia(res0.centroids),
-                 "iters": 0})
-    ref = rows[2]
-    for r in rows:
-        r["time_vs_faiss"] = r["seconds"] / ref["seconds"]
-        r["inertia_vs_faiss"] = r["inertia"] / ref["inertia"]
-    print(f"k-means: n={args.n} dim={args.dim} k={args.k} iters={args.iters} threads={args.threads}")
+    rows: list[dict[str, Any]] = []
+    details: dict[str, Any] = {}
+    for kind in args.data.split(","):
+        r, detail = bench_data(kind.strip(), args)
+        rows.extend(r)
+        details[kind] = detail
+    print(f"k-means: n={args.n} dim={args.dim} k={args.k} iters={args.iters} threads={args.threads} "
+          f"(time per iteration, best of {args.repeats} interleaved rounds)")
     print_table(rows)
-    suffix = "" if args.threads == 1 else f"_t{args.threads}"
-    write_results(f"kmeans{suffix}", vars(args), rows)
+    for kind, detail in details.items():
+        mm = detail["matmul_gflops"]
+        skipped = detail["pruned_skipped_fraction"]
+        print(f"{kind}: fp32 matmul {mm['best']:.1f} GFLOP/s (intra-op {mm['intra_op']:.1f}, pool {mm['pool']:.1f}); "
+              f"pruned == unpruned bitwise: {detail['pruned_identical_to_unpruned']}; rows skipped per pass: "
+              f"first {skipped[0]:.2f}, mean {np.mean(skipped):.2f}, last {skipped[-1]:.2f}")
+    default = (args.n, args.dim, args.k) == (20000, 64, 256)
+    write_results("kmeans" if default else f"kmeans_{args.n}x{args.dim}_k{args.k}", vars(args), rows, extra=details)
+    if not all(d["pruned_identical_to_unpruned"] for d in details.values()):
+        raise SystemExit("pruned and unpruned Strata runs differ")
 
 
 if __name__ == "__main__":

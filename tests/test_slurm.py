@@ -142,8 +142,10 @@ def test_every_rule_ran_as_a_slurm_job(slurm_study: SlurmStudy) -> None:
         assert used == ({"cpu2"} if rule in RAY_RULES else {"cpu"}), (rule, used)
 
 
-def test_results_equal_the_local_run(slurm_study: SlurmStudy, study: Path) -> None:
+def test_results_equal_the_local_run(slurm_study: SlurmStudy, request: pytest.FixtureRequest) -> None:
     """Curated ids identical, every metric within 1e-6 of the local run's seed-0 variants."""
+    # Asked for here, not as an argument: a session fixture would be set up before the SLURM check skips.
+    study: Path = request.getfixturevalue("study")
     mine, local = slurm_study.workdir / "results" / "tiny", study / "results" / "tiny"
     for curation in CURATIONS:
         ids = pq.read_table(mine / "curate" / curation / "seed0" / "selection.parquet").column("id").to_pylist()

@@ -185,7 +185,7 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
                         device: str = "cpu", progress: Callable[[str], None] | None = None, *,
                         tol: float | None = None, chunk_size: int | None = None,
                         init_max_points: int | None = None, init_method: str = "kmeans++", workers: int = 1,
-                        ray_address: str | None = None) -> list[Level]:
+                        ray_address: str | None = None, prune: bool = True) -> list[Level]:
     """Bottom-up hierarchical k-means with resampling (Vo et al. 2024, arXiv:2405.15613, spec 1.2-1.3).
 
     For t = 1..T with inputs X_1 = data and X_t = C_{t−1}:
@@ -211,6 +211,7 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
         init_method: ``"kmeans++"`` (reference default) or ``"random"`` seeding of every k-means.
         workers: Ray actors for the level-1 full-data passes (1 = in process).
         ray_address: Ray cluster to join when ``workers > 1`` (see :func:`kmeans`).
+        prune: Exact bound-based pruning of the Lloyd passes (see :func:`kmeans`; same result either way).
 
     Returns:
         List of :class:`Level`, level 1 first.
@@ -253,7 +254,7 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
 
     dev = resolve_device(device, progress)
     common = dict(n_iters=n_iters, tol=tol, chunk_size=chunk_size, init_max_points=init_max_points,
-                  init_method=init_method, device=str(dev))
+                  init_method=init_method, device=str(dev), prune=prune)
     source = DataSource(x, dev, where)
     levels: list[Level] = []
     for t, k_req in enumerate(ks, start=1):
@@ -264,7 +265,7 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
             k = n_in
         r = int(rs[t - 1]) if rs is not None else max(2, round(0.5 * n_in / k))
         say(f"level {t}: clustering {n_in} inputs into {k} clusters (r={r}, resamples={n_resamples})")
-        with lloyd_engine(source, k, workers if t == 1 else 1, ray_address, chunk_size, str(dev)) as engine:
+        with lloyd_engine(source, k, workers if t == 1 else 1, ray_address, chunk_size, str(dev), prune) as engine:
             res = kmeans(source, k, seed=derive_seed(seed, t, 0), progress=progress, engine=engine,
                          label=f"level {t} k-means", **common)
             centroids = torch.from_numpy(res.centroids).to(dev)
