@@ -29,8 +29,9 @@ Seeding: Strata's greedy k-means++ (2 + ln k candidates drawn by D², the best k
 ``kmeans_plusplus`` (the same algorithm) and faiss's whole run (which seeds randomly).
 
 ``--memory`` runs k-means (random init, ``--memory-iters`` iterations) on a float32 ``.npy`` memmap in a fresh
-subprocess and reports its peak RSS (resource.getrusage) against the input size: the mapped pages the run
-touched count in RSS, so peak ≈ interpreter + input + working set (assignments, ‖x‖², bounds, chunk scratch).
+subprocess and reports its peak RSS (VmHWM; ``ru_maxrss`` would inherit the parent's peak across fork + exec)
+against the input size: the mapped pages the run touched count in RSS, so peak ≈ interpreter + input + working
+set (assignments, ‖x‖², bounds, chunk scratch).
 """
 
 from __future__ import annotations
@@ -228,22 +229,34 @@ def bench_seeding(x: np.ndarray, args: argparse.Namespace, faiss_run: float, ref
 # peak memory on a memmapped pool
 
 
-def memory_child(path: str, k: int, iters: int, prune: bool, threads: int) -> None:
-    """Run in a fresh interpreter: k-means on the memmap, print peak RSS figures as JSON."""
+def peak_rss() -> int:
+    """Peak resident set size of this process in bytes: VmHWM of /proc/self/status (per address space, so not
+    inherited across fork + exec, unlike ``ru_maxrss``), else ``resource.getrusage``."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_child(path: str, k: int, iters: int, prune: bool, threads: int) -> None:
+    """Run in a fresh interpreter: k-means on the memmap, print peak RSS figures as JSON."""
     import torch
 
     from workflow.curate.kmeans import kmeans
 
     torch.set_num_threads(threads)
     mm = np.load(path, mmap_mode="r")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = peak_rss()
     start = time.perf_counter()
     res = kmeans(mm, k, n_iters=iters, seed=0, init_method="random", prune=prune)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"baseline_rss": base, "peak_rss": peak, "seconds": seconds, "iters": res.n_iters_run}))
+    print(json.dumps({"baseline_rss": base, "peak_rss": peak_rss(), "seconds": seconds, "iters": res.n_iters_run}))
 
 
 def bench_memory(args: argparse.Namespace) -> list[dict[str, Any]]:

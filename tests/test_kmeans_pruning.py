@@ -185,3 +185,31 @@ def test_ray_pruned_equals_unpruned_and_local() -> None:
     np.testing.assert_array_equal(ray_pruned.centroids, ray_plain.centroids)
     np.testing.assert_array_equal(ray_pruned.assignment, local.assignment)
     np.testing.assert_allclose(ray_pruned.centroids, local.centroids, atol=1e-6, rtol=0)
+
+
+def test_backoff_to_plain_passes_on_unstructured_data() -> None:
+    # uniform noise: pruned passes compute most distances, so the engine backs off to plain passes (no bounds)
+    # and retries later; every pass still equals the plain engine's
+    x = np.random.default_rng(6).random((3000, 16), dtype=np.float32)
+    c0 = x[:128].copy()
+    plain, _, _ = run_passes(x, c0, 10, prune=False)
+    pruned, stats, _ = run_passes(x, c0, 10, prune=True)
+    for a, b in zip(plain, pruned, strict=True):
+        assert torch.equal(a, b)
+    assert stats[0] is None and any(s is None for s in stats[2:])  # plain passes after a pruned one
+
+
+def test_kmeans_plusplus_pruning_keeps_the_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The triangle-inequality skipping of k-means++ (rows no candidate can improve) leaves the seeds unchanged:
+    # same candidates, same choice (compared with the path that computes every row).
+    import workflow.curate.kmeans as km
+
+    x, _ = make_blobs(n_samples=6000, centers=60, n_features=16, cluster_std=1.0, center_box=(-40, 40),
+                      random_state=8)
+    xt = torch.from_numpy(x.astype(np.float32))
+    monkeypatch.setattr(km, "KMPP_PRUNE_MIN", 0)  # prune even this small input
+    pruned = [km.kmeans_plusplus(xt, 150, torch.Generator().manual_seed(s)) for s in range(3)]
+    monkeypatch.setattr(km, "KMPP_PRUNE_MIN", 2**62)  # every row, every step
+    full = [km.kmeans_plusplus(xt, 150, torch.Generator().manual_seed(s)) for s in range(3)]
+    for a, b in zip(pruned, full, strict=True):
+        assert torch.equal(a, b)

@@ -29,20 +29,25 @@ on the distance to its own centre a and, for each of G groups of centres, a lowe
 * rows with u < min_g l_g keep their centre, with no distance computed (the *global filter*);
 * the others get u tightened to ‖x − c_a‖ (one difference per row) and are tested again;
 * for the rows still failing, only the groups with l_g ≤ u can hold a closer centre (the *group filter*):
-  their distances come from one small GEMM per group over the rows that need it, and the own group is
-  always included. Rows whose best and runner-up are within 2E fall back to a full row with tie resolution.
-  When the group filter keeps too much work, the rows are computed densely (one GEMM against all centres).
+  their distances come from one small GEMM per group over the rows that need it (the own group is always
+  included). A row whose best value has no other value of its computed groups within 2E has its exact
+  argmin; near ties are settled in float64 over the candidates of the computed groups. When the group filter
+  keeps too much work (more than :data:`DENSE_SHARE` of a dense block), the block's rows are computed densely.
 
-The test u < l carries a relative margin (u (1 + 2⁻²⁰) < l, far above the float64 error of f), every bound is
-rounded outwards (u up, l down, with a slack σ for the float32 additions), and bounds derived from ê include
-±E. A pruned row therefore provably keeps the exact argmin, so the pruned and unpruned passes return
-identical assignments, hence identical float64 centroid sums (summed on the same chunk grid) and identical
-centroids: bitwise, as tested. Groups are formed once per full pass by a small k-means over the centroids
-(Ding et al. use G = k/10); G = 1 gives Hamerly's single lower bound.
+The test u < l carries a relative margin (u (1 + 2⁻²⁰) < l, far above the float64 error of f, which is
+relative to d²), every bound is rounded outwards (u up, l down, with a slack σ for the float32 additions),
+and bounds derived from ê include ±E. A skipped row or group therefore provably does not hold the exact
+argmin, so the pruned and unpruned passes return identical assignments, hence identical float64 centroid sums
+(summed over the same row blocks in the same order) and identical centroids: bitwise, as tested.
+
+Groups are formed at every full (dense) pass by a small k-means over the centroids, as Ding et al. (who use
+G = k/10), then balanced into slots of equal width (a multiple of 32, so that the group minima of a dense
+block are one vectorised ``amin``); G = 1 is Hamerly's single lower bound.
 
 How much is skipped depends on the data: well-separated clusters (after the first few iterations, when the
-centres move little) prune most rows; data without cluster structure (uniform noise) prune few, and then
-the pass costs a little more than a plain one (the bounds upkeep and a second pass for the sums).
+centres move little) skip most distances; data without cluster structure (uniform noise) skip few. The Lloyd
+engine (:class:`workflow.curate.kmeans.LocalLloyd`) then backs off to plain passes for a while (2, 8, 32, ...
+passes) before it rebuilds the bounds and tries again, so the cost there stays close to plain Lloyd.
 
 Memory: u (n float32), l (n × G float32), ‖x‖² (n float64) and per-block scratch; never n × k.
 """

@@ -225,7 +225,8 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     params = resolved(params, len(table))
     table_meta = read_metadata(pool_path)
     input_kind = table_meta.get("input_kind", "vector")
-    workers = params.get("num_workers") or max(1, threads)
+    # One DDP worker per GPU when the job has GPUs (each asks Ray for one), else one per core.
+    workers = params.get("num_workers") or (gpus if gpus > 0 else max(1, threads))
     global_batch = min(params["batch_size"], len(table))
     global_batch -= global_batch % workers
     if global_batch < 2 * workers:
