@@ -64,7 +64,14 @@ def test_mlflow_store(study: Path) -> None:
     for run in stages:
         by_stage.setdefault(run.data.tags["strata.stage"], []).append(run)
     counts = {k: len(v) for k, v in by_stage.items()}
-    assert counts == {"data": 1, "curate": 6, "pretrain": 6, "embed_pool": 2, "embed": 6, "evaluate": 6}
+    assert counts == {"data": 1, "curate": 6, "pretrain": 6, "embed_pool": 2, "embed": 6, "evaluate": 6,
+                      "plot_training": 6, "plot_embeddings": 6}
+    # The per-variant figures are artifacts of stage runs nested under their variant.
+    variant_ids = {r.info.run_id for r in variants}
+    for stage in ("plot_training", "plot_embeddings"):
+        for run in by_stage[stage]:
+            assert run.data.tags["mlflow.parentRunId"] in variant_ids
+            assert any(a.path.endswith(".png") for a in client.list_artifacts(run.info.run_id, "outputs"))
     pretrain = by_stage["pretrain"][0]
     assert len(client.get_metric_history(pretrain.info.run_id, "loss")) > 1
     job_files = [a.path for a in client.list_artifacts(pretrain.info.run_id, "job")]
