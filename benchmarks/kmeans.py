@@ -2,7 +2,7 @@
 
     python benchmarks/kmeans.py                        # small default: 20k x 64, k=256, 20 iterations, 2 threads
     python benchmarks/kmeans.py --n 1000000 --dim 128 --k 1000 --iters 20 --repeats 1 --data blobs \
-        --sklearn-iters 5                            # issue 3 size (results/kmeans_1000000x128_k1000.json)
+        --sklearn-iters 5                    # issue 3 size (results/kmeans_1000000x128_k1000_blobs.json)
     python benchmarks/kmeans.py --memory                # peak RSS of k-means on a memmapped pool (small default)
     python benchmarks/kmeans.py --memory --memory-n 10000000 --memory-dim 64    # the 10M x 64 pool (2.56 GB file)
 
@@ -19,7 +19,9 @@ pruned run an *effective* rate: it skips most of those flops). Strata pruned and
 bitwise identical centroids. faiss is told to use every point (``max_points_per_centroid`` = 1e9; its default
 would subsample 256 points per centroid).
 
-Pruning (Yinyang bounds, Ding et al. 2015) depends on cluster structure, so two data sets are reported:
+"strata (pruned)" forces the exact Yinyang pruning (``prune=True``), "strata (unpruned)" turns it off; Strata's
+default (``prune=None``) prunes only passes of at least 2^30 multiply-adds (n k d), so at the small default size
+it runs the unpruned path. Pruning (Ding et al. 2015) depends on cluster structure, so two data sets are reported:
 ``blobs`` (k/4 Gaussian blobs, centres N(0, 4²), unit noise: points keep their cluster once the centres settle,
 most distance computations are skipped after a few iterations) and ``uniform`` (uniform noise in the unit cube:
 no structure, boundaries everywhere, little is skipped and the pruned run costs about as much as the plain one).
@@ -354,8 +356,9 @@ def main() -> None:
         print(f"{kind}: fp32 matmul {mm['best']:.1f} GFLOP/s (intra-op {mm['intra_op']:.1f}, pool {mm['pool']:.1f}); "
               f"pruned == unpruned bitwise: {detail['pruned_identical_to_unpruned']}; rows skipped per pass: "
               f"first {skipped[0]:.2f}, mean {np.mean(skipped):.2f}, last {skipped[-1]:.2f}")
-    default = (args.n, args.dim, args.k) == (20000, 64, 256)
-    write_results("kmeans" if default else f"kmeans_{args.n}x{args.dim}_k{args.k}", vars(args), rows, extra=details)
+    default = (args.n, args.dim, args.k, args.data) == (20000, 64, 256, "blobs,uniform")
+    name = "kmeans" if default else f"kmeans_{args.n}x{args.dim}_k{args.k}_{args.data.replace(',', '+')}"
+    write_results(name, vars(args), rows, extra=details)
     if not all(d["pruned_identical_to_unpruned"] for d in details.values()):
         raise SystemExit("pruned and unpruned Strata runs differ")
 

@@ -185,7 +185,7 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
                         device: str = "cpu", progress: Callable[[str], None] | None = None, *,
                         tol: float | None = None, chunk_size: int | None = None,
                         init_max_points: int | None = None, init_method: str = "kmeans++", workers: int = 1,
-                        ray_address: str | None = None, prune: bool = True) -> list[Level]:
+                        ray_address: str | None = None, prune: bool | None = None) -> list[Level]:
     """Bottom-up hierarchical k-means with resampling (Vo et al. 2024, arXiv:2405.15613, spec 1.2-1.3).
 
     For t = 1..T with inputs X_1 = data and X_t = C_{t−1}:
@@ -211,7 +211,8 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
         init_method: ``"kmeans++"`` (reference default) or ``"random"`` seeding of every k-means.
         workers: Ray actors for the level-1 full-data passes (1 = in process).
         ray_address: Ray cluster to join when ``workers > 1`` (see :func:`kmeans`).
-        prune: Exact bound-based pruning of the Lloyd passes (see :func:`kmeans`; same result either way).
+        prune: Exact bound-based pruning of the Lloyd passes (see :func:`kmeans`; same result either way;
+            None = where it pays).
 
     Returns:
         List of :class:`Level`, level 1 first.

@@ -16,11 +16,12 @@ Curation for Self-Supervised Learning: A Clustering-Based Approach", arXiv:2405.
   fixed blocks of rows (:func:`sum_block_rows`), one partial per block, folded in block order; the driver
   divides. An empty cluster keeps its previous centroid. On CPU with several torch threads the blocks run
   on a pool of single-threaded Python threads (results independent of the thread count);
-* exact pruning (default on, ``prune=False`` turns it off): Yinyang bounds (Ding et al. 2015; Hamerly 2010)
-  skip the distance computations that cannot change an assignment, so a pass after the first few
-  iterations computes a few percent of the distances on clustered data. Because every assignment is
-  exact, the pruned and the plain passes give bitwise identical assignments, sums and centroids; on data
-  without structure the engine backs off to plain passes;
+* exact pruning (by default where it pays: passes of at least :data:`PRUNE_MIN_WORK` multiply-adds and
+  :data:`PRUNE_MIN_ITERS` iterations; ``prune=True`` forces it, ``prune=False`` turns it off): Yinyang
+  bounds (Ding et al. 2015; Hamerly 2010) skip the distance computations that cannot change an assignment,
+  so a pass after the first few iterations computes a few percent of the distances on clustered data.
+  Because every assignment is exact, the pruned and the plain passes give bitwise identical assignments,
+  sums and centroids; on data without structure the engine backs off to plain passes;
 * ``k`` is capped at the number of points;
 * every random choice comes from one integer seed (a ``torch.Generator``).
 
@@ -82,8 +83,17 @@ KMPP_PRUNE_MIN = 2**20
 #: A pruned pass that computes more than this share of a dense pass's distances does not pay (its overheads:
 #: bounds upkeep, u tightening, small GEMMs); the engine then backs off to plain passes.
 PRUNE_MAX_WORK = 0.25
+#: A pruned pass estimated to compute more than this share of a dense pass is skipped (see ``_hopeless``).
+PRUNE_SKIP_WORK = 0.5
+#: Fewest multiply-adds (rows × k × d) of a pass for which an engine prunes by default (measured break-even
+#: ~1e9 on 2 cores: 50k x 64, k=256 ran 0.9x, 100k x 64 1.1x, 50k x 128, k=1000 1.8x the plain speed).
+PRUNE_MIN_WORK = 2**30
+#: Fewest Lloyd iterations for which :func:`kmeans` prunes (the first pass, which builds the bounds, costs more).
+PRUNE_MIN_ITERS = 3
 #: Rows per block of a pruned assignment (bounds the per-thread scratch to ~rows × (d + G) floats).
 PRUNE_BLOCK_ROWS = 2**16
+#: Fewest multiply-adds of one partial-sum block (see :func:`sum_block_rows`).
+BLOCK_MIN_WORK = 2**27
 #: Upper bound on the rows of one float64 partial-sum block (see :func:`sum_block_rows`).
 SUM_BLOCK_ROWS = 2**14
 
@@ -581,18 +591,19 @@ class LocalLloyd:
 
     Keeps the current assignment of its rows (int64, ``stop − start`` entries) and their ‖x‖² (float64).
     Every assignment is exact (:mod:`workflow.curate.lloyd`: float32 GEMM with a certified error bound, near
-    ties settled in float64), so it does not depend on chunking or threads. With ``prune`` (the default) and
-    enough work (k ≥ :data:`PRUNE_MIN_K`), the engine also keeps Yinyang bounds (Ding et al. 2015; Hamerly 2010
+    ties settled in float64), so it does not depend on chunking or threads. With ``prune`` (``None``, the
+    default: when a pass has at least :data:`PRUNE_MIN_WORK` multiply-adds; ``True``: always) and
+    k ≥ :data:`PRUNE_MIN_K`, the engine also keeps Yinyang bounds (Ding et al. 2015; Hamerly 2010
     with one group) and skips the distance computations that provably cannot change an assignment: same
     assignments, sums and centroids as without, bitwise. Memory: ``(stop − start) × (G + 3)`` floats more.
     """
 
     def __init__(self, source: DataSource, chunk_size: int | None = None, start: int = 0,
-                 stop: int | None = None, prune: bool = True, groups: int | None = None) -> None:
+                 stop: int | None = None, prune: bool | None = None, groups: int | None = None) -> None:
         self.source = source
         self.start, self.stop = start, source.n if stop is None else stop
         self.chunk_size = chunk_size
-        self.prune = bool(prune)
+        self.prune = prune
         self.groups = groups
         self.assignment = torch.full((self.stop - self.start,), -1, dtype=torch.int64, device=source.device)
         self.bounds: lloyd.YinyangBounds | None = None
@@ -600,6 +611,7 @@ class LocalLloyd:
         # bounds: 2, then 8, 32, ... passes (x4 after every failed retry), then bounds are rebuilt and retried.
         self._plain_left = 0
         self._backoff = 2
+        self._check_next = True  # estimate the next pruned pass first (see _hopeless)
         self._row_sq: torch.Tensor | None = None  # ‖x‖² per row (float64), computed once
         self._row_norm: torch.Tensor | None = None  # ‖x‖ per row (float64)
         self._x_sq_total: float | None = None  # Σ‖x‖² of the rows (inertia for progress)
@@ -636,19 +648,59 @@ class LocalLloyd:
         return default_chunk_size(self.source.n, k) if self.chunk_size is None else self.chunk_size
 
     def pruning(self, k: int) -> bool:
-        """Whether passes with ``k`` centroids keep bounds: ``prune`` set and k ≥ :data:`PRUNE_MIN_K` (below,
-        a dense pass is cheap and the bounds upkeep would not pay)."""
-        return self.prune and k >= PRUNE_MIN_K
+        """Whether passes with ``k`` centroids keep bounds: k ≥ :data:`PRUNE_MIN_K`, and ``prune`` is True, or
+        None with a pass of at least :data:`PRUNE_MIN_WORK` multiply-adds (below, a plain pass takes a few
+        milliseconds and the bounds' Python work would not pay: measured break-even near 1e9)."""
+        if self.prune is False or k < PRUNE_MIN_K:
+            return False
+        return bool(self.prune) or (self.stop - self.start) * k * self.source.d >= PRUNE_MIN_WORK
 
     def _after_pruned(self, stats: dict[str, int], k: int) -> None:
         """Back off to plain passes when the pruned pass computed more than :data:`PRUNE_MAX_WORK` of a dense
         one (only the time depends on this: every path gives the same result)."""
-        if lloyd.work_fraction(stats, k) <= PRUNE_MAX_WORK:
+        work = lloyd.work_fraction(stats, k)
+        # the next pass is only estimated first when this one was not clearly worth it
+        self._check_next = work > PRUNE_MAX_WORK / 4
+        if work <= PRUNE_MAX_WORK:
             self._backoff = 2
             return
         self.bounds.centres = None
         self._plain_left = self._backoff
         self._backoff *= 4
+
+    def _hopeless(self, centroids: torch.Tensor) -> bool:
+        """Whether a pruned pass would compute more than :data:`PRUNE_SKIP_WORK` of a dense pass's distances,
+        estimated on a strided sample of at most 4096 rows (the global filter and the tightened u, then the groups
+        that remain; typically after large centroid moves, or without cluster structure). Then this pass runs
+        plain and the engine backs off (:meth:`_after_pruned`): a hopeless pruned pass costs ~2x a plain one."""
+        bounds, src = self.bounds, self.source
+        k = centroids.shape[0]
+        n_rows = self.stop - self.start
+        with threads_for(0):
+            idx = torch.arange(0, n_rows, max(1, n_rows // 4096), device=src.device)
+            a = self.assignment.index_select(0, idx)
+            move = (centroids.double() - bounds.centres.double()).pow_(2).sum(1).sqrt_()
+            gmove = torch.zeros(bounds.n_groups, dtype=torch.float64, device=src.device).scatter_reduce_(
+                0, bounds.layout.group, move, "amax")
+            up = bounds.upper.index_select(0, idx).double() + move.index_select(0, a)
+            low = bounds.lower.index_select(0, idx).double() - gmove
+            lmin = low.amin(1)
+            fail = torch.nonzero(lmin <= up)[:, 0]
+            if fail.numel() == 0:
+                return False
+            diff = src.rows(idx.index_select(0, fail) + self.start) - centroids.index_select(0, a.index_select(0, fail))
+            tight = diff.double().pow_(2).sum(1).sqrt_()
+            still = torch.nonzero(lmin.index_select(0, fail) <= tight)[:, 0]
+            need = low.index_select(0, fail.index_select(0, still)) <= tight.index_select(0, still).unsqueeze(1)
+            need.scatter_(1, bounds.layout.group.index_select(0, a.index_select(0, fail.index_select(0, still)))
+                          .unsqueeze(1), True)
+            work = float((need.double() @ bounds.layout.sizes.double()).sum().item()) / (idx.numel() * k)
+        if work <= PRUNE_SKIP_WORK:
+            return False
+        bounds.centres = None
+        self._plain_left = self._backoff
+        self._backoff *= 4
+        return True
 
     def accumulate(self, centroids: torch.Tensor) -> PassResult:
         """One pass: assign every row to its nearest centroid, return sums, counts, inertia, changes.
@@ -661,7 +713,7 @@ class LocalLloyd:
         src = self.source
         centroids = centroids.to(device=src.device, dtype=torch.float32).contiguous()
         k, d = centroids.shape
-        if self.pruning(k) and self._bounds_ready(centroids):
+        if self.pruning(k) and self._bounds_ready(centroids) and not (self._check_next and self._hopeless(centroids)):
             changed, stats = self._assign_pruned(centroids)
             self._after_pruned(stats, k)
             parts = _chunk_map(self._block_task(centroids, None, sums=True), self._blocks(k), self._block_work(k) // 8,
@@ -719,45 +771,51 @@ class LocalLloyd:
         k, d = centroids.shape
         chunk = self._chunk(k)
         row_sq = self.row_sq() if cen is not None else None
-        row_norm = self.row_norm() if cen is not None else None
+        two_e = 2.0 * cen.margin(self.row_norm()) if cen is not None else None  # tie margins 2E of the pass
         bounds = self.bounds if cen is not None and cen.layout is not None else None
 
         def task(s: int, e: int) -> Any:
+            min_sum, changed = 0.0, 0
+            if cen is not None:  # assign the block: GEMMs chunk by chunk, near ties settled once per block
+                r = slice(s - self.start, e - self.start)
+                block = lloyd.DenseBlock(e - s, cen, two_e[r])
+                for cs in range(s, e, chunk):
+                    ce = min(e, cs + chunk)
+                    block.add(cs - s, src.chunk(cs, ce), *_thread_buffers(ce - cs, cen.ct.shape[1], src.device))
+                out = block.finish(lambda index: src.rows(index + s))
+                prev = self.assignment[r]
+                changed = int(torch.count_nonzero(prev != out.idx).item())
+                prev.copy_(out.idx)
+                min_sum = out.min_sum
+                if bounds is not None:
+                    lloyd.store_dense(bounds, r, out, row_sq[r], cen)
             part = torch.zeros((k, d), dtype=torch.float64, device=src.device) if sums else None
             cnt = torch.zeros(k, dtype=torch.int64, device=src.device) if sums else None
-            min_sum, changed = 0.0, 0
             ws = lloyd.workspace()
-            for cs in range(s, e, chunk):
+            for cs in range(s, e, chunk):  # the block's rows again (a view; cache or page cache for a memmap)
                 ce = min(e, cs + chunk)
                 xb = src.chunk(cs, ce)
-                r = slice(cs - self.start, ce - self.start)
-                if cen is not None:
-                    buf, idxs = _thread_buffers(ce - cs, cen.ct.shape[1], src.device)
-                    out = lloyd.dense_assign(xb, row_norm[r], cen, buf, idxs)
-                    prev = self.assignment[r]
-                    changed += int((prev != out.idx).sum().item())
-                    prev.copy_(out.idx)
-                    min_sum += out.min_sum
-                    if bounds is not None:
-                        lloyd.store_dense(bounds, r, out, row_sq[r], cen)
-                idx = self.assignment[r]
+                idx = self.assignment[cs - self.start:ce - self.start]
                 if sums:
                     part.index_add_(0, idx, ws.get("xd", tuple(xb.shape), torch.float64, src.device).copy_(xb))
                     cnt += torch.bincount(idx, minlength=k)
                 if dist is not None:
                     diff = xb - centroids.index_select(0, idx)
-                    dist[r] = diff.pow_(2).sum(1, dtype=torch.float64)
+                    dist[cs - self.start:ce - self.start] = diff.pow_(2).sum(1, dtype=torch.float64)
             return part, cnt, min_sum, changed
 
         return task
 
+    def _block_rows(self, k: int) -> int:
+        return sum_block_rows(self.stop - self.start, self._chunk(k), k * self.source.d)
+
     def _blocks(self, k: int) -> list[tuple[int, int]]:
-        size = sum_block_rows(self.stop - self.start, self._chunk(k))
+        size = self._block_rows(k)
         return [(s, min(self.stop, s + size)) for s in range(self.start, self.stop, size)]
 
     def _block_work(self, k: int) -> int:
         """Multiply-adds of one dense block (decides whether blocks go to the thread pool)."""
-        return min(sum_block_rows(self.stop - self.start, self._chunk(k)), self.stop - self.start) * k * self.source.d
+        return min(self._block_rows(k), self.stop - self.start) * k * self.source.d
 
     # -- dense passes with pruning on also (re)build the bounds
 
@@ -781,6 +839,7 @@ class LocalLloyd:
     def _after_dense(self, centroids: torch.Tensor, cen: lloyd.Centres) -> None:
         if cen.layout is None or self.bounds is None:
             return
+        self._check_next = True  # the first pruned pass after a rebuild often follows large moves
         self.bounds.layout = cen.layout
         self.bounds.centres = centroids.clone()
         self.bounds.scale = (self._x_max() + cen.cmax) * (1 + 2.0**-20)
@@ -825,13 +884,16 @@ class LocalLloyd:
         return changed, stats
 
 
-def sum_block_rows(n: int, chunk: int) -> int:
+def sum_block_rows(n: int, chunk: int, row_work: int = 1) -> int:
     """Rows per float64 partial-sum block of a Lloyd pass over ``n`` rows: a multiple of ``chunk``, about
-    n/8 (so that blocks run in parallel) and at most about :data:`SUM_BLOCK_ROWS` (few partials to fold: one
-    (k, d) float64 partial per distance chunk cost as much as the sums themselves at k = 1000).
+    n/64 (many blocks balance the threads on a loaded machine) but at least :data:`BLOCK_MIN_WORK` / ``row_work``
+    rows (``row_work`` = k·d multiply-adds per row: the per-block Python work stays small next to the GEMMs) and
+    at most about :data:`SUM_BLOCK_ROWS` (few partials to fold: one (k, d) float64 partial per distance chunk
+    cost as much as the sums themselves at k = 1000).
 
-    It depends on ``n`` and ``chunk`` only, never on threads or pruning, so the sums are reproducible."""
-    target = min(SUM_BLOCK_ROWS, -(-max(1, n) // 64))
+    It depends on ``n``, ``chunk`` and ``row_work`` only, never on threads or pruning, so the sums are
+    reproducible."""
+    target = min(SUM_BLOCK_ROWS, max(-(-max(1, n) // 64), BLOCK_MIN_WORK // max(1, row_work)))
     return max(1, -(-target // chunk)) * chunk
 
 
@@ -912,7 +974,7 @@ class _ShardWorker:
     """Body of the Ray actor: a :class:`LocalLloyd` over one shard, loaded from a memmap path or an array."""
 
     def __init__(self, data: Any, start: int, stop: int, chunk_size: int | None, device: str,
-                 threads: int | None = None, prune: bool = True) -> None:
+                 threads: int | None = None, prune: bool | None = None) -> None:
         if threads is not None:  # inside a Ray actor: one CPU each
             torch.set_num_threads(threads)
         if isinstance(data, str):  # a .npy path: open the memmap and slice the shard (still a memmap)
@@ -942,7 +1004,7 @@ class RayLloyd:
     """
 
     def __init__(self, source: DataSource, workers: int, k: int, chunk_size: int | None = None,
-                 device: str = "cpu", prune: bool = True) -> None:
+                 device: str = "cpu", prune: bool | None = None) -> None:
         import ray
 
         self.source = source
@@ -1016,13 +1078,14 @@ def _memmap_path(source: DataSource) -> str | None:
 
 @contextlib.contextmanager
 def lloyd_engine(source: DataSource, k: int, workers: int = 1, ray_address: str | None = None,
-                 chunk_size: int | None = None, device: str = "cpu", prune: bool = True
+                 chunk_size: int | None = None, device: str = "cpu", prune: bool | None = None
                  ) -> Iterator[LocalLloyd | RayLloyd]:
     """A :class:`LocalLloyd` (``workers == 1``) or a :class:`RayLloyd` inside a Ray session.
 
     ``k`` (the number of clusters the engine will serve) only sets the default chunk grid to which the
     Ray shards are aligned, so that every shard processes the same row chunks as a single process.
-    ``prune``: keep Yinyang bounds and skip provably useless distances (exact, see :class:`LocalLloyd`)."""
+    ``prune``: keep Yinyang bounds and skip provably useless distances (exact; None = where it pays, see
+    :class:`LocalLloyd`)."""
     if workers <= 1:
         yield LocalLloyd(source, chunk_size, prune=prune)
         return
@@ -1093,11 +1156,20 @@ def lloyd_iterations(engine: LocalLloyd | RayLloyd, centroids: torch.Tensor, n_i
     return centroids, n_run
 
 
+def _prune_for(prune: bool | None, n_iters: int) -> bool | None:
+    """The engine's ``prune`` for a :func:`kmeans` run: by default off below :data:`PRUNE_MIN_ITERS` iterations
+    (the first pass, which builds the bounds, costs more than a plain one)."""
+    if prune is None and n_iters < PRUNE_MIN_ITERS:
+        return False
+    return prune
+
+
 def kmeans(x: Any, k: int, n_iters: int = 50, seed: int = 0, tol: float | None = None,
            chunk_size: int | None = None, device: str = "cpu",
            progress: Callable[[str], None] | None = None, *, workers: int = 1, ray_address: str | None = None,
            init_max_points: int | None = None, init_method: str = "kmeans++",
-           engine: LocalLloyd | RayLloyd | None = None, label: str = "k-means", prune: bool = True) -> KMeansResult:
+           engine: LocalLloyd | RayLloyd | None = None, label: str = "k-means", prune: bool | None = None
+           ) -> KMeansResult:
     """k-means (Lloyd) with greedy k-means++ seeding, squared L2, seeded and chunked.
 
     Minimises the inertia φ(C) = Σ_i min_j ‖x_i − c_j‖² by alternating assignment
@@ -1129,7 +1201,9 @@ def kmeans(x: Any, k: int, n_iters: int = 50, seed: int = 0, tol: float | None =
         label: Prefix of the progress messages.
         prune: Skip the distance computations that provably cannot change an assignment (Yinyang bounds,
             Ding et al. 2015; Hamerly 2010). Exact: the result is identical (bitwise) with and without; it only
-            changes the time. Ignored when ``engine`` is given (the engine's own setting applies).
+            changes the time. ``None`` (default): where it pays, i.e. from :data:`PRUNE_MIN_ITERS` iterations
+            and :data:`PRUNE_MIN_WORK` multiply-adds per pass; ``True``: always; ``False``: never. Ignored when
+            ``engine`` is given (the engine's own setting applies).
 
     Returns:
         :class:`KMeansResult` with float32 centroids, int64 assignment (consistent with the
@@ -1158,11 +1232,13 @@ def kmeans(x: Any, k: int, n_iters: int = 50, seed: int = 0, tol: float | None =
     else:
         src = x if isinstance(x, DataSource) else DataSource(x, resolve_device(device, progress), where)
     if engine is None and workers > 1:
-        with lloyd_engine(src, min(k, src.n), workers, ray_address, chunk_size, device, prune) as eng:
+        with lloyd_engine(src, min(k, src.n), workers, ray_address, chunk_size, device,
+                          _prune_for(prune, n_iters)) as eng:
             return kmeans(src, k, n_iters, seed, tol, chunk_size, device, progress,
                           init_max_points=init_max_points, init_method=init_method, engine=eng, label=label)
     if engine is None:
-        engine = LocalLloyd(src, chunk_size, prune=prune)
+        # the bounds cost a slower first pass and pay back from the second iteration on
+        engine = LocalLloyd(src, chunk_size, prune=_prune_for(prune, n_iters))
     n = src.n
     k = min(k, n)
     chunk = default_chunk_size(n, k) if chunk_size is None else chunk_size

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,8 @@ PRUNE_MARGIN = 2.0**-20
 #: A block's failing rows are computed densely when their group work exceeds this share of a dense pass (the
 #: small per-group GEMMs and gathers cost ~3x more per flop than one dense GEMM, measured).
 DENSE_SHARE = 0.33
+#: Failing rows × k up to which a block computes its failing rows densely (per-group work costs ~1 ms of Python).
+SMALL_DENSE = 2**18
 #: Upper bound on the groups of centres per row (bounds memory n × G floats, and Python work per group).
 MAX_GROUPS = 64
 #: Outward rounding factors of a float32 square root: (1 ± 2⁻²¹) covers the sqrt and the product (2⁻²⁴ each).
@@ -164,14 +166,14 @@ def resolve_ties(x_rows: torch.Tensor, centroids: torch.Tensor, pair_row: torch.
     Returns:
         ``(m,)`` int64 positions into the pair lists.
     """
-    f = exact_sq(x_rows[pair_row], centroids[pair_cand])
+    f = exact_sq(x_rows.index_select(0, pair_row), centroids.index_select(0, pair_cand))
     if f.device.type == "cpu":
         order = torch.from_numpy(np.lexsort((pair_cand.numpy(), f.numpy(), pair_row.numpy())))
     else:  # lexicographic (row, f, index) by successive stable sorts, least significant key first
         order = torch.sort(pair_cand, stable=True).indices
-        order = order[torch.sort(f[order], stable=True).indices]
-        order = order[torch.sort(pair_row[order], stable=True).indices]
-    rows = pair_row[order]
+        order = order.index_select(0, torch.sort(f.index_select(0, order), stable=True).indices)
+        order = order.index_select(0, torch.sort(pair_row.index_select(0, order), stable=True).indices)
+    rows = pair_row.index_select(0, order)
     first = torch.ones_like(rows, dtype=torch.bool)
     first[1:] = rows[1:] != rows[:-1]
     return order[first]
@@ -343,82 +345,123 @@ class DenseOut:
     min_sum: float
 
 
+class DenseBlock:
+    """Exact nearest centroids of a block of rows against all centroids, assigned chunk by chunk.
+
+    Every chunk gets its GEMM (into a cache-sized buffer), its float32 argmin and its near-tie detection (the
+    runner-up within 2E of the best, module doc); the near ties of the whole block are then settled in float64
+    in one call (:meth:`finish`), which costs less than one call per chunk. With a grouped layout the block also
+    keeps, per row and group, the minimum ê over the group's centroids other than the chosen one (the Yinyang
+    lower bounds).
+
+    Args:
+        m: Rows of the block.
+        cen: Centroids of the pass (columns grouped when ``cen.layout`` is set).
+        two_e: ``(m,)`` float64 tie margins 2E of the rows (:meth:`Centres.margin`, doubled).
+    """
+
+    def __init__(self, m: int, cen: Centres, two_e: torch.Tensor) -> None:
+        self.cen = cen
+        self.cpu = two_e.device.type == "cpu"
+        layout = cen.layout
+        dev = two_e.device
+        self.col = torch.empty(m, dtype=torch.int64, device=dev)  # column of the float32 winner
+        self.val = torch.empty(m, dtype=torch.float64, device=dev)  # its ê
+        self.gmin = (torch.empty((m, layout.n_groups), dtype=torch.float32, device=dev) if layout is not None
+                     else None)
+        self.two_e = two_e
+        if self.cpu:  # NumPy views of the same memory
+            self.col_np, self.val_np, self.two_e_np = self.col.numpy(), self.val.numpy(), two_e.numpy()
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # near-tie candidates
+
+    def add(self, r0: int, xb: torch.Tensor, buf: torch.Tensor, idxs: torch.Tensor) -> None:
+        """Assign the rows ``[r0, r0 + len(xb))`` of the block (``buf``/``idxs``: float32/int64 scratch)."""
+        cen, layout = self.cen, self.cen.layout
+        m = xb.shape[0]
+        r1 = r0 + m
+        d = torch.addmm(cen.c_sq, xb, cen.ct, alpha=-2.0, out=buf[:m])
+        if self.cpu:
+            # NumPy's SIMD argmin/min are ~8x faster than torch.min(dim=1) on CPU (k >= 256), on zero-copy
+            # views; the per-row work around them stays in NumPy (a torch call costs ~5-10 µs per chunk).
+            dn, col, val = d.numpy(), self.col_np[r0:r1], self.val_np[r0:r1]
+            np.argmin(dn, axis=1, out=col)
+            flat = _arange(m) * dn.shape[1] + col
+            best = dn.ravel()[flat]
+            dn.ravel()[flat] = np.inf
+            # torch's amin over rows is 2-5x faster than NumPy's min (measured), unlike its argmin
+            if layout is not None:
+                gmin = self.gmin[r0:r1]
+                torch.amin(d.view(m, layout.n_groups, layout.width), 2, out=gmin)
+                second = torch.amin(gmin, 1).numpy()
+            else:
+                second = torch.amin(d, 1).numpy()
+            val[:] = best
+            two_e = self.two_e_np[r0:r1]
+            amb = np.flatnonzero(second <= val + two_e)
+            if amb.size:
+                dn.ravel()[flat[amb]] = best[amb]
+                pr, pc = np.nonzero(dn[amb] <= (val[amb] + two_e[amb])[:, None])
+                self.pairs.append((torch.from_numpy(amb[pr] + r0), torch.from_numpy(pc),
+                                   torch.from_numpy(dn[amb[pr], pc].astype(np.float64))))
+            return
+        best, col = torch.min(d, 1)
+        d.scatter_(1, col.unsqueeze(1), math.inf)
+        if layout is not None:
+            gmin = d.view(m, layout.n_groups, layout.width).amin(2)
+            self.gmin[r0:r1] = gmin
+            second = gmin.min(1).values
+        else:
+            second = d.min(1).values
+        val = best.double()
+        two_e = self.two_e[r0:r1]
+        amb = torch.nonzero(second.double() <= val + two_e)[:, 0]
+        if amb.numel():
+            d[amb, col[amb]] = best[amb]
+            pr, pc = torch.nonzero(d[amb].double() <= (val[amb] + two_e[amb]).unsqueeze(1), as_tuple=True)
+            self.pairs.append((amb[pr] + r0, pc, d[amb[pr], pc].double()))
+        self.col[r0:r1] = col
+        self.val[r0:r1] = val
+
+    def finish(self, rows: Callable[[torch.Tensor], torch.Tensor]) -> DenseOut:
+        """Settle the near ties (``rows(index)`` returns the block's float32 rows ``index``) and return the
+        result of the block."""
+        cen, layout = self.cen, self.cen.layout
+        if self.pairs:
+            pr, pc, pv = (torch.cat(t) for t in zip(*self.pairs, strict=True))
+            amb, local = torch.unique(pr, return_inverse=True)
+            cand = pc if layout is None else layout.slots.index_select(0, pc)
+            win = resolve_ties(rows(amb), cen.c, local, cand)
+            new_col = pc.index_select(0, win)
+            old_col = self.col.index_select(0, amb)
+            if self.gmin is not None:
+                # the float32 winner is now an "other" centre: its group's minimum must include it
+                moved = torch.nonzero(new_col != old_col)[:, 0]
+                if moved.numel():
+                    r, g = amb.index_select(0, moved), old_col.index_select(0, moved) // layout.width
+                    old_val = self.val.index_select(0, r).float()
+                    self.gmin[r, g] = torch.minimum(self.gmin[r, g], old_val)
+            self.val.index_copy_(0, amb, pv.index_select(0, win))
+            self.col.index_copy_(0, amb, new_col)
+        idx = self.col if layout is None else layout.slots.index_select(0, self.col)
+        return DenseOut(idx=idx, val=self.val, gmin=self.gmin, min_sum=float(self.val.sum().item()))
+
+
 def dense_assign(xb: torch.Tensor, x_norm: torch.Tensor, cen: Centres, buf: torch.Tensor,
                  idxs: torch.Tensor) -> DenseOut:
-    """Exact nearest centroid of the rows of ``xb`` against all centroids (one GEMM, ties resolved in float64).
+    """Exact nearest centroid of the rows of ``xb`` against all centroids: a one-chunk :class:`DenseBlock`.
 
     Args:
         xb: ``(m, d)`` float32 rows.
         x_norm: ``(m,)`` float64 row norms.
         cen: Centroids of the pass (columns grouped when ``cen.layout`` is set).
-        buf: ``(≥ m, k)`` float32 scratch; ``idxs``: ``(≥ m,)`` int64 scratch.
+        buf: ``(≥ m, columns)`` float32 scratch; ``idxs``: ``(≥ m,)`` int64 scratch.
 
     Returns:
         :class:`DenseOut`.
     """
-    m = xb.shape[0]
-    d = torch.addmm(cen.c_sq, xb, cen.ct, alpha=-2.0, out=buf[:m])
-    layout = cen.layout
-    if d.device.type == "cpu":
-        # NumPy's SIMD argmin/min are ~8x faster than torch.min(dim=1) on CPU (k >= 256), on zero-copy views;
-        # the per-row work around them stays in NumPy (a torch call costs ~5-10 µs, here per chunk).
-        dn, col = d.numpy(), idxs[:m].numpy()
-        np.argmin(dn, axis=1, out=col)
-        rows = _arange(m)
-        best = dn[rows, col]
-        dn[rows, col] = np.inf
-        gmin_np = d.view(m, layout.n_groups, layout.width).amin(2).numpy() if layout is not None else None
-        second = gmin_np.min(1) if gmin_np is not None else dn.min(1)
-        xn = x_norm.numpy()
-        two_e = (2.0 * cen.kappa) * (xn + cen.cmax) ** 2
-        val = best.astype(np.float64)
-        amb = np.flatnonzero(second <= val + two_e)
-        if amb.size:
-            dn[amb, col[amb]] = best[amb]
-            thr = val[amb] + two_e[amb]
-            pr, pc = np.nonzero(dn[amb] <= thr[:, None])
-            pr_t, pc_t = torch.from_numpy(pr), torch.from_numpy(pc)
-            cand = pc_t if layout is None else layout.slots.index_select(0, pc_t)
-            win = resolve_ties(xb.index_select(0, torch.from_numpy(amb)), cen.c, pr_t, cand).numpy()
-            new_col = pc[win]
-            if gmin_np is not None:
-                # the float32 winner is now an "other" centre: its group's minimum must include it
-                moved = np.flatnonzero(new_col != col[amb])
-                if moved.size:
-                    r, g = amb[moved], col[amb][moved] // layout.width
-                    gmin_np[r, g] = np.minimum(gmin_np[r, g], best[r])
-            val[amb] = dn[amb, new_col]
-            col[amb] = new_col
-        idx = torch.from_numpy(col.copy()) if layout is None else layout.slots.index_select(0, torch.from_numpy(col))
-        gmin = torch.from_numpy(gmin_np) if gmin_np is not None else None
-        return DenseOut(idx=idx, val=torch.from_numpy(val), gmin=gmin, min_sum=float(val.sum()))
-    two_e = 2.0 * cen.margin(x_norm)
-    # other devices: the same steps in torch
-    best, col = torch.min(d, 1)
-    d.scatter_(1, col.unsqueeze(1), math.inf)
-    gmin = None
-    if layout is not None:
-        gmin = d.view(m, layout.n_groups, layout.width).amin(2)
-        second = gmin.min(1).values
-    else:
-        second = d.min(1).values
-    val = best.double()
-    amb = torch.nonzero(second.double() <= val + two_e)[:, 0]
-    if amb.numel():
-        d[amb, col[amb]] = best[amb]
-        pr, pc = torch.nonzero(d[amb].double() <= (val[amb] + two_e[amb]).unsqueeze(1), as_tuple=True)
-        cand = pc if layout is None else layout.slots[pc]
-        win = resolve_ties(xb[amb], cen.c, pr, cand)
-        new_col = pc[win]
-        if gmin is not None:
-            moved = torch.nonzero(new_col != col[amb])[:, 0]
-            if moved.numel():
-                r, g = amb[moved], col[amb][moved] // layout.width
-                gmin[r, g] = torch.minimum(gmin[r, g], best[r])
-        val[amb] = d[amb, new_col].double()
-        col[amb] = new_col
-    idx = col if layout is None else layout.slots[col]
-    return DenseOut(idx=idx, val=val, gmin=gmin, min_sum=float(val.sum().item()))
+    block = DenseBlock(xb.shape[0], cen, 2.0 * cen.margin(x_norm))
+    block.add(0, xb, buf, idxs)
+    return block.finish(lambda index: xb.index_select(0, index))
 
 
 _ARANGE = np.arange(0)
@@ -446,7 +489,6 @@ class YinyangBounds:
         self.centres: torch.Tensor | None = None
         self.layout: GroupLayout | None = None
         self.scale = 0.0
-        self.stats: dict[str, int] = {}
 
     def valid_for(self, centroids: torch.Tensor) -> bool:
         return (self.centres is not None and self.layout is not None
@@ -455,7 +497,7 @@ class YinyangBounds:
 
 def store_dense(bounds: YinyangBounds, rows: torch.Tensor | slice, out: DenseOut, x_sq: torch.Tensor,
                 cen: Centres) -> None:
-    """Write u and l of ``rows`` from a grouped :func:`dense_assign` result (bounds from ê ± E)."""
+    """Write u and l of ``rows`` from a grouped :class:`DenseBlock` result (bounds from ê ± E, float32)."""
     xs = x_sq.float()
     e32 = cen.margin32(x_sq.sqrt())
     up = upper_from(out.val.float(), xs, e32)
@@ -530,7 +572,9 @@ def pruned_rows(src: Any, offset: int, r0: int, r1: int, assignment: torch.Tenso
     gi, ri = torch.nonzero(need.T, as_tuple=True)  # (group, row) pairs, group-major: one GEMM per group
     xs = x_sq[r0:r1].index_select(0, rows)
     work = float(layout.sizes.index_select(0, gi).sum().item())
-    if work >= DENSE_SHARE * m * k:
+    # dense when the groups save little, or when the rows are so few that one small GEMM beats the Python work
+    # of a GEMM per group
+    if work >= DENSE_SHARE * m * k or m * k <= SMALL_DENSE:
         stats["dense"] = m
         _dense_rows(x, still, xs, rows, r0, a, bounds, cen, chunk)
         return int((a.index_select(0, rows) != old).sum().item()), stats

@@ -177,7 +177,7 @@ def _select(x: np.ndarray, n: int, params: dict[str, Any], seed: int, stats: dic
         target = n
     kwargs = dict(n_iters=params["n_iters"], tol=params["tol"], device=params["device"],
                   chunk_size=params["chunk_size"], init_max_points=params["init_max_points"],
-                  init_method=params["init_method"], prune=params.get("prune", True),
+                  init_method=params["init_method"], prune=None if params.get("prune", True) else False,
                   workers=int(workers), ray_address=ray_address)
     if method == "random":
         return np.sort(np.random.default_rng(seed).choice(n, size=target, replace=False)), None, None
