@@ -69,7 +69,7 @@ def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_killed_job_resumes_to_the_same_weights(tiny_pool: tuple[Path, Path], tmp_path: Path) -> None:
     pool, selection = tiny_pool
     params = validate({"method": "simclr", "steps": 24, "batch_size": 64, "embedding_dim": 16,
-                       "projector_hidden_dim": 32}, "ssl")
+                       "projector_hidden_dim": 32, "num_workers": 2}, "ssl")  # two DDP ranks resume
 
     def run(name: str, work: str) -> list[dict[str, float]]:
         return run_pretrain(str(pool), str(selection), str(tmp_path / name / "encoder.safetensors"),

@@ -46,11 +46,15 @@ def file_lock(path: str, message: str | None = None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-RAY_TRAIN_DEFAULTS = {
+RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # otherwise every worker line reaches the log twice
+    # Ray starts its workers at nice 15, so they lose the CPU to every other process of the node, other
+    # Snakemake jobs included, though the scheduler already gave them their cores: on 2 busy cores that cost
+    # the training loop 10-25% of its throughput (benchmarks/pretrain_throughput.py).
+    "RAY_worker_niceness": "0",
 }
 
 
@@ -115,7 +119,7 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
         start = time.time()
         # Ray Train's controller polls its workers every 2 s and runs a preemption watcher and a state
         # reconciler by default; for the short jobs of a study that adds ~7 s per job (measured here).
-        for var, value in RAY_TRAIN_DEFAULTS.items():
+        for var, value in RAY_ENV_DEFAULTS.items():
             os.environ.setdefault(var, value)
         temp_dir = None
         if address is None:
