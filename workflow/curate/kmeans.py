@@ -447,7 +447,8 @@ def _kmeans_plusplus(src: DataSource, k: int, generator: torch.Generator, trials
             xb, xs, cl = src.rows(idx), x_sq.index_select(0, idx), closest.index_select(0, idx)
         dist = torch.addmm(xs.unsqueeze(0), cand_rows, xb.T, alpha=-2.0, out=buf[:, s:e])
         dist.add_(cand_sq.unsqueeze(1)).clamp_(min=0.0)
-        return (cl.double().unsqueeze(0) - dist.double()).clamp_(min=0).sum(1)
+        # float32 differences (exact sign: a float32 a - b is > 0 only when a > b), float64 sums
+        return (cl.unsqueeze(0) - dist).clamp_(min=0).sum(1, dtype=torch.float64)
 
     all_bounds = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
     for _ in _chunk_map(init, all_bounds, trials * min(n, chunk) * d, device):
