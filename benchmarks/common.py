@@ -49,3 +49,41 @@ def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]],
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def bare_ssl_loop(method: Any, optimizer: Any, augment: Any, x: Any, params: dict[str, Any], seed: int,
+                  pairs: Any = None, gen_seed: int | None = None, use_amp: bool = False,
+                  after_step: Callable[[int, Any], None] | None = None) -> None:
+    """The SSL training loop as one would write it by hand: one process, no Ray, no DDP, no checkpoints.
+
+    Same batch order (a NumPy permutation per epoch from ``seed``), augmentations (a torch generator seeded
+    with ``gen_seed``, default ``seed``), schedule and optimisation step (``Method.train_step``) as the
+    stage's Ray Train loop. ``pairs`` (TLDR) replaces the two augmentations by each row and its neighbour.
+    ``after_step(step, out)`` is called after every step with the number of steps done and its loss terms.
+    """
+    import numpy as np
+    import torch
+
+    from workflow.pretrain.train import lr_at
+
+    gen = torch.Generator(device=x.device).manual_seed(seed if gen_seed is None else gen_seed)
+    order_rng = np.random.default_rng(seed)
+    n, total = len(x), params["steps"]
+    batch = min(params["batch_size"], n)
+    step = 0
+    method.module.train()
+    while step < total:
+        perm = torch.from_numpy(order_rng.permutation(n)).to(x.device)
+        for b in range(n // batch):
+            if step >= total:
+                break
+            idx = perm[b * batch:(b + 1) * batch]
+            if method.uses_augmentation:
+                v0, v1 = augment(x[idx], gen), augment(x[idx], gen)
+            else:
+                v0, v1 = x[idx], x[pairs[idx]]
+            out = method.train_step(method.module, optimizer, v0, v1, step, total,
+                                    lr_at(step, total, params["lr"], params["warmup_fraction"]), use_amp)
+            step += 1
+            if after_step is not None:
+                after_step(step, out)

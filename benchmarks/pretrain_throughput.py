@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import print_table, write_results
+from benchmarks.common import bare_ssl_loop, print_table, write_results
 
 DATASETS = {
     "mnist1d": {"kind": "mnist1d-lt"},
@@ -57,7 +57,7 @@ def bare_loop(pool_path: str, params: dict[str, Any], seed: int, threads: int, d
     from workflow.pretrain.methods import Method, resolved
     from workflow.pretrain.models import build_encoder
     from workflow.pretrain.optim import build_optimizer
-    from workflow.pretrain.train import _image_spec, lr_at
+    from workflow.pretrain.train import _image_spec
     from workflow.tables import read_metadata, read_table
 
     start = time.perf_counter()
@@ -78,37 +78,23 @@ def bare_loop(pool_path: str, params: dict[str, Any], seed: int, threads: int, d
     optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
                                 params["weight_decay"], params["momentum"])
     augment = build_augment(spec["input_kind"], spec.get("image_shape"), augment_options)
-    gen = torch.Generator(device=device).manual_seed(seed * 7919)
-    order_rng = np.random.default_rng(seed)
-    use_amp = device.type == "cuda"
-    n, batch, total = len(table), min(params["batch_size"], len(table)), params["steps"]
-    step, marks = 0, []
-    method.module.train()
-    while step < total:
-        perm = torch.from_numpy(order_rng.permutation(n)).to(device)
-        for b in range(n // batch):
-            if step >= total:
-                break
-            if step % window == 0:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                marks.append((step, time.perf_counter()))
-            idx = perm[b * batch:(b + 1) * batch]
-            if method.uses_augmentation:
-                v0, v1 = augment(x_all[idx], gen), augment(x_all[idx], gen)
-            else:
-                v0, v1 = x_all[idx], x_all[pairs[idx]]
-            out = method.train_step(method.module, optimizer, v0, v1, step, total,
-                                    lr_at(step, total, params["lr"], params["warmup_fraction"]), use_amp)
-            out.scalars()  # the Ray loop reads the loss terms every step too (a device sync on GPU)
-            step += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    end = time.perf_counter()
-    marks.append((total, end))
-    rates = [(s1 - s0) * batch / (t1 - t0) for (s0, t0), (s1, t1) in itertools.pairwise(marks[1:])]
-    return {"samples_per_s": (total - marks[1][0]) * batch / (end - marks[1][1]),
-            "median_window": float(np.median(rates)), "wall_s": end - start}
+    batch = min(params["batch_size"], len(table))
+    marks: list[tuple[int, float]] = []
+
+    def mark(step: int, out: Any) -> None:
+        out.scalars()  # the Ray loop reads the loss terms every step too (a device sync on GPU)
+        if step % window == 0 or step == params["steps"]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            marks.append((step, time.perf_counter()))
+
+    # rank 0's augmentation stream of the Ray loop (seed * 7919 + rank)
+    bare_ssl_loop(method, optimizer, augment, x_all, params, seed, pairs=pairs, gen_seed=seed * 7919,
+                  use_amp=device.type == "cuda", after_step=mark)
+    rates = [(s1 - s0) * batch / (t1 - t0) for (s0, t0), (s1, t1) in itertools.pairwise(marks)]
+    (s0, t0), (s1, t1) = marks[0], marks[-1]
+    return {"samples_per_s": (s1 - s0) * batch / (t1 - t0), "median_window": float(np.median(rates)),
+            "wall_s": t1 - start}
 
 
 def ray_loop(pool_path: str, selection_path: str, work: Path, params: dict[str, Any], seed: int, threads: int,

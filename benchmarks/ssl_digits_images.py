@@ -16,12 +16,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import print_table, write_results
+from benchmarks.common import bare_ssl_loop, print_table, write_results
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
     from workflow.pretrain.methods import Method, resolved
     from workflow.pretrain.models import build_encoder
     from workflow.pretrain.optim import build_optimizer
-    from workflow.pretrain.train import _image_augment_options, lr_at
+    from workflow.pretrain.train import _image_augment_options
 
     torch.set_num_threads(args.threads)
     # A flat "long tail" (rho = 1) keeps every digit that is not a probe in the pool.
@@ -70,22 +71,14 @@ def main() -> None:
     optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
                                 params["weight_decay"], params["momentum"])
     augment = build_augment("image", shape, options)
-    gen = torch.Generator().manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    batch, total, step = params["batch_size"], params["steps"], 0
     start = time.perf_counter()
-    while step < total:
-        perm = torch.from_numpy(rng.permutation(len(x_ssl)))
-        for b in range(len(x_ssl) // batch):
-            if step >= total:
-                break
-            idx = perm[b * batch:(b + 1) * batch]
-            out = method.train_step(method.module, optimizer, augment(x_ssl[idx], gen), augment(x_ssl[idx], gen),
-                                    step, total, lr_at(step, total, params["lr"], params["warmup_fraction"]))
-            step += 1
-            if step % 50 == 0:
-                print(f"step {step}/{total} loss {out.scalars()['loss']:.4f} {time.perf_counter() - start:.0f} s",
-                      flush=True)
+
+    def progress(step: int, out: Any) -> None:
+        if step % 50 == 0:
+            print(f"step {step}/{params['steps']} loss {out.scalars()['loss']:.4f} {time.perf_counter() - start:.0f} s",
+                  flush=True)
+
+    bare_ssl_loop(method, optimizer, augment, x_ssl, params, args.seed, after_step=progress)
     train_s = time.perf_counter() - start
     method.module.eval()
     with torch.no_grad():
@@ -97,8 +90,8 @@ def main() -> None:
         {"features": f"{args.method} ResNet", "linear": linear_probe_accuracy(etr, ytr, ete, yte),
          "knn": weighted_knn_accuracy(etr, ytr, ete, yte), "train_s": train_s},
     ]
-    print(f"{args.method}: {total} steps, batch {batch}, lr {params['lr']}, {len(x_ssl)} images {shape}, "
-          f"augment {options}, {args.threads} threads")
+    print(f"{args.method}: {params['steps']} steps, batch {params['batch_size']}, lr {params['lr']}, "
+          f"{len(x_ssl)} images {shape}, augment {options}, {args.threads} threads")
     print_table(rows)
     write_results(f"ssl_digits_images_{args.method}", {**vars(args), "resolved": params, "augment": options}, rows)
 

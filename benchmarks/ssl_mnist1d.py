@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import print_table, write_results
+from benchmarks.common import bare_ssl_loop, print_table, write_results
 
 
 def main() -> None:
@@ -45,7 +45,6 @@ def main() -> None:
     from workflow.pretrain.methods import Method, resolved
     from workflow.pretrain.models import build_encoder
     from workflow.pretrain.optim import build_optimizer
-    from workflow.pretrain.train import lr_at
 
     torch.set_num_threads(args.threads)
     splits = build_dataset(validate({"kind": "mnist1d-lt"}, "dataset"), "mnist1d")
@@ -62,25 +61,10 @@ def main() -> None:
     optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
                                 params["weight_decay"], params["momentum"])
     augment = build_augment("signal")
-    gen = torch.Generator().manual_seed(args.seed)
     x = torch.from_numpy(xtr)
     pairs = torch.from_numpy(knn_pairs(xtr, k=params["tldr_k"], seed=args.seed)) if args.method == "tldr" else None
-    rng = np.random.default_rng(args.seed)
-    batch, total, step = params["batch_size"], params["steps"], 0
     start = time.perf_counter()
-    while step < total:
-        perm = torch.from_numpy(rng.permutation(len(x)))
-        for b in range(len(x) // batch):
-            if step >= total:
-                break
-            idx = perm[b * batch:(b + 1) * batch]
-            if method.uses_augmentation:
-                v0, v1 = augment(x[idx], gen), augment(x[idx], gen)
-            else:
-                v0, v1 = x[idx], x[pairs[idx]]
-            method.train_step(method.module, optimizer, v0, v1, step, total,
-                              lr_at(step, total, params["lr"], params["warmup_fraction"]))
-            step += 1
+    bare_ssl_loop(method, optimizer, augment, x, params, args.seed, pairs=pairs)
     train_s = time.perf_counter() - start
     method.module.eval()
     with torch.no_grad():
@@ -91,7 +75,8 @@ def main() -> None:
         {"features": f"{args.method} encoder", "linear": linear_probe_accuracy(etr, ytr, ete, yte),
          "knn": weighted_knn_accuracy(etr, ytr, ete, yte), "train_s": train_s},
     ]
-    print(f"{args.method}: {total} steps, batch {batch}, lr {params['lr']}, {args.threads} threads")
+    print(f"{args.method}: {params['steps']} steps, batch {params['batch_size']}, lr {params['lr']}, "
+          f"{args.threads} threads")
     print_table(rows)
     write_results(f"ssl_mnist1d_{args.method}", {**vars(args), "resolved": params}, rows)
 

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def data_cli(params: dict[str, Any], out: Path, name: str) -> tuple[int, dict[str, Path]]:
+    """Run ``strata data`` in process into ``out``: its exit code and the paths of the three tables and info."""
+    from workflow.cli import main
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {split: out / f"{split}.parquet" for split in ("pool", "probe_train", "probe_test")}
+    paths["info"] = out / "info.json"
+    rc = main(["data", "--name", name, "--params", json.dumps(params), "--pool", str(paths["pool"]),
+               "--probe-train", str(paths["probe_train"]), "--probe-test", str(paths["probe_test"]),
+               "--info", str(paths["info"])])
+    return rc, paths
 
 
 def snakemake(workdir: Path, *args: str,

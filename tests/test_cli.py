@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import data_cli
 
 from workflow.cli import main
 from workflow.tables import VectorTable, read_table, write_table
@@ -26,12 +27,7 @@ HKMEANS = {"method": "hkmeans", "n_clusters": [10, 3], "target_size": 50}
 
 
 def _data(folder: Path, params: dict[str, Any], name: str = "blobs") -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {k: folder / f"{k}.parquet" for k in ("pool", "probe_train", "probe_test")}
-    paths["info"] = folder / "data.json"
-    rc = main(["data", "--name", name, "--params", json.dumps(params), "--pool", str(paths["pool"]),
-               "--probe-train", str(paths["probe_train"]), "--probe-test", str(paths["probe_test"]),
-               "--info", str(paths["info"])])
+    rc, paths = data_cli(params, folder, name)
     assert rc == 0
     return paths
 

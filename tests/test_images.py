@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import data_cli
 from PIL import Image
 
 from workflow.cli import main
@@ -51,16 +52,6 @@ def _outputs(folder: Path) -> dict[str, str]:
     return {s: str(folder / f"{s}.parquet") for s in ("pool", "probe_train", "probe_test")}
 
 
-def _cli_data(params: dict[str, Any], out: Path, name: str = "imgs") -> tuple[int, dict[str, Path]]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {s: out / f"{s}.parquet" for s in ("pool", "probe_train", "probe_test")}
-    paths["info"] = out / "info.json"
-    rc = main(["data", "--name", name, "--params", json.dumps(params), "--pool", str(paths["pool"]),
-               "--probe-train", str(paths["probe_train"]), "--probe-test", str(paths["probe_test"]),
-               "--info", str(paths["info"])])
-    return rc, paths
-
-
 # --------------------------------------------------------------------------------------------------
 # image folders
 # --------------------------------------------------------------------------------------------------
@@ -68,8 +59,8 @@ def _cli_data(params: dict[str, Any], out: Path, name: str = "imgs") -> tuple[in
 
 def test_folder_with_class_subfolders_holds_out_balanced_probes(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "imgs")
-    rc, paths = _cli_data({"kind": "image-folder", "path": str(root), "image_size": [6, 8],
-                           "probe_test_per_class": 2, "probe_train_per_class": 3, "seed": 1}, tmp_path / "out")
+    rc, paths = data_cli({"kind": "image-folder", "path": str(root), "image_size": [6, 8],
+                          "probe_test_per_class": 2, "probe_train_per_class": 3, "seed": 1}, tmp_path / "out", "imgs")
     assert rc == 0
     info = json.loads(paths["info"].read_text())
     assert info["classes"] == ["cat", "dog", "eel"] and info["image_shape"] == [3, 6, 8]
@@ -94,8 +85,8 @@ def test_folder_with_class_subfolders_holds_out_balanced_probes(tmp_path: Path) 
         np.testing.assert_allclose(images[row].mean(axis=(1, 2)), expected, atol=0.03)
         assert files["pool"][row].startswith(["cat", "dog", "eel"][label] + "/")
     # The same folder and seed give the same tables.
-    rc, again = _cli_data({"kind": "image-folder", "path": str(root), "image_size": [6, 8],
-                           "probe_test_per_class": 2, "probe_train_per_class": 3, "seed": 1}, tmp_path / "again")
+    rc, again = data_cli({"kind": "image-folder", "path": str(root), "image_size": [6, 8],
+                          "probe_test_per_class": 2, "probe_train_per_class": 3, "seed": 1}, tmp_path / "again", "imgs")
     assert rc == 0 and Path(again["pool"]).read_bytes() == Path(paths["pool"]).read_bytes()
 
 
@@ -167,7 +158,7 @@ def test_corrupt_image_fail_mode_cli_exit_2_and_no_output(tmp_path: Path, capsys
     (root / "cat" / "cut.png").write_bytes(truncated[: len(truncated) // 2])
     with pytest.raises(StrataError, match=r"cut\.png|x\.png"):  # default: fail
         write_dataset(_cfg(kind="image-folder", path=str(root)), "x", _outputs(tmp_path / "lib"), {})
-    rc, _ = _cli_data({"kind": "image-folder", "path": str(root), "image_size": 4}, tmp_path / "out", name="pets")
+    rc, _ = data_cli({"kind": "image-folder", "path": str(root), "image_size": 4}, tmp_path / "out", name="pets")
     assert rc == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("strata data: error: ")
