@@ -226,7 +226,7 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     table_meta = read_metadata(pool_path)
     input_kind = table_meta.get("input_kind", "vector")
     # One DDP worker per GPU when the job has GPUs (each asks Ray for one). On CPU one worker with all the
-    # job's threads: two gloo workers of one thread each reach 74% of its throughput on 2 cores
+    # job's threads: two gloo workers of one thread each reach 73% of its throughput on 2 cores
     # (benchmarks/pretrain_throughput.py); num_workers still asks for DDP on CPU (e.g. over a Ray cluster).
     workers = params.get("num_workers") or (gpus if gpus > 0 else 1)
     global_batch = min(params["batch_size"], len(table))
