@@ -87,3 +87,61 @@ def bare_ssl_loop(method: Any, optimizer: Any, augment: Any, x: Any, params: dic
             step += 1
             if after_step is not None:
                 after_step(step, out)
+
+
+def add_ssl_arguments(parser: Any, steps: int, params: str = "{}") -> None:
+    """The SSL benchmarks' shared options (method, budget, optimiser, threads, seed, extra config keys)."""
+    parser.add_argument("--method", default="simclr")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--temperature", type=float, default=0.2, help="NT-Xent / SwAV temperature")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--params", default=params, help="more ssl config keys as JSON")
+
+
+def ssl_params(args: Any, n_train: int) -> dict[str, Any]:
+    """The validated ``ssl`` config of :func:`add_ssl_arguments`' options, method defaults filled in."""
+    from workflow.config import validate
+    from workflow.pretrain.methods import resolved
+
+    cfg = {"method": args.method, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+           **json.loads(args.params)}
+    if args.method in ("simclr", "swav"):
+        cfg.setdefault("temperature", args.temperature)
+    return resolved(validate(cfg, "ssl"), n_train)
+
+
+def make_method(spec: dict[str, Any], params: dict[str, Any], seed: int, device: Any = "cpu") -> tuple[Any, Any]:
+    """The method (backbone and heads, seeded as in the stage) on ``device`` and its optimiser."""
+    import torch
+
+    from workflow.pretrain.methods import Method
+    from workflow.pretrain.models import build_encoder
+    from workflow.pretrain.optim import build_optimizer
+
+    torch.manual_seed(seed)
+    method = Method(build_encoder(spec), params, spec["embedding_dim"]).to(torch.device(device))
+    optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
+                                params["weight_decay"], params["momentum"])
+    return method, optimizer
+
+
+def probe_rows(method: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, raw: str, learned: str,
+               train_s: float) -> list[dict[str, Any]]:
+    """Linear-probe and weighted-kNN accuracy on ``probe_test`` of the raw inputs and of the trained encoder."""
+    import torch
+
+    from workflow.evaluate.metrics import linear_probe_accuracy, weighted_knn_accuracy
+
+    method.module.eval()
+    with torch.no_grad():
+        etr = method.module.encoder(torch.from_numpy(xtr)).numpy()
+        ete = method.module.encoder(torch.from_numpy(xte)).numpy()
+    return [
+        {"features": raw, "linear": linear_probe_accuracy(xtr, ytr, xte, yte),
+         "knn": weighted_knn_accuracy(xtr, ytr, xte, yte), "train_s": 0.0},
+        {"features": learned, "linear": linear_probe_accuracy(etr, ytr, ete, yte),
+         "knn": weighted_knn_accuracy(etr, ytr, ete, yte), "train_s": train_s},
+    ]

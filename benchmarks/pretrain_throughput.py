@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import bare_ssl_loop, print_table, write_results
+from benchmarks.common import bare_ssl_loop, make_method, print_table, write_results
 
 DATASETS = {
     "mnist1d": {"kind": "mnist1d-lt"},
@@ -47,36 +47,28 @@ IMAGE_PARAMS = {"resnet_widths": [16, 32, 64], "embedding_dim": 64}
 
 
 def bare_loop(pool_path: str, params: dict[str, Any], seed: int, threads: int, device_name: str,
-              augment_options: dict[str, Any] | None, window: int) -> dict[str, float]:
+              window: int) -> dict[str, float]:
     """The hand-written loop: samples/s after its first ``window`` steps, the median over windows of ``window``
     steps (as the Ray loop logs them), and its whole wall time."""
     import torch
 
     from workflow.pretrain.augment import build_augment
     from workflow.pretrain.losses import knn_pairs
-    from workflow.pretrain.methods import Method, resolved
-    from workflow.pretrain.models import build_encoder
-    from workflow.pretrain.optim import build_optimizer
-    from workflow.pretrain.train import _image_spec
+    from workflow.pretrain.methods import resolved
+    from workflow.pretrain.train import encoder_spec
     from workflow.tables import read_metadata, read_table
 
     start = time.perf_counter()
     torch.set_num_threads(threads)
     device = torch.device(device_name)
-    table, meta = read_table(pool_path), read_metadata(pool_path)
+    table = read_table(pool_path)
     params = resolved(params, len(table))
-    spec = {"input_kind": meta.get("input_kind", "vector"), "input_dim": table.dim,
-            "embedding_dim": params["embedding_dim"]}
-    if spec["input_kind"] == "image":
-        spec.update(_image_spec(meta, table.dim, params, pool_path))
+    spec, augment_options = encoder_spec(read_metadata(pool_path), table.dim, params, pool_path)
     x_all = torch.from_numpy(np.array(table.vectors)).to(device)
     pairs = None
     if params["method"] == "tldr":
         pairs = torch.from_numpy(knn_pairs(table.vectors, k=params["tldr_k"], seed=seed)).to(device)
-    torch.manual_seed(seed)
-    method = Method(build_encoder(spec), params, spec["embedding_dim"]).to(device)
-    optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
-                                params["weight_decay"], params["momentum"])
+    method, optimizer = make_method(spec, params, seed, device)
     augment = build_augment(spec["input_kind"], spec.get("image_shape"), augment_options)
     batch = min(params["batch_size"], len(table))
     marks: list[tuple[int, float]] = []
@@ -146,8 +138,7 @@ def main() -> None:
     from workflow.config import validate
     from workflow.curate.stage import write_selection
     from workflow.data import write_dataset
-    from workflow.pretrain.train import _image_augment_options
-    from workflow.tables import read_metadata, read_table
+    from workflow.tables import read_table
 
     extra_params = {**(IMAGE_PARAMS if args.dataset == "digits-images" else {}), **json.loads(args.params)}
     params = validate({"method": args.method, "steps": args.steps, "batch_size": args.batch_size, **extra_params},
@@ -160,8 +151,6 @@ def main() -> None:
         pool_path = outputs["pool"]
         pool = read_table(pool_path)
         write_selection(pool, np.arange(len(pool)), None, str(root / "selection.parquet"))
-        meta = read_metadata(pool_path)
-        augment = _image_augment_options(params, meta) if meta.get("input_kind") == "image" else None
         device = "cuda" if args.gpus else "cpu"
         print(f"{args.method} on {args.dataset} ({len(pool)} rows, dim {pool.dim}), batch {args.batch_size}, "
               f"{args.steps} steps, {args.threads} threads, {args.gpus} GPU(s)", flush=True)
@@ -175,7 +164,7 @@ def main() -> None:
                 window = int(run["window"])
                 print(f"repeat {repeat + 1}/{args.repeats}: Ray Train, {workers} worker(s): "
                       f"{run['median_window']:.0f} samples/s (median window)", flush=True)
-            run = bare_loop(pool_path, params, args.seed, args.threads, device, augment, window)
+            run = bare_loop(pool_path, params, args.seed, args.threads, device, window)
             bare = _best(bare, run)
             print(f"repeat {repeat + 1}/{args.repeats}: bare loop: {run['median_window']:.0f} samples/s "
                   "(median window)", flush=True)

@@ -224,7 +224,6 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     table = pool.take(rows)
     params = resolved(params, len(table))
     table_meta = read_metadata(pool_path)
-    input_kind = table_meta.get("input_kind", "vector")
     # One DDP worker per GPU when the job has GPUs (each asks Ray for one). On CPU one worker with all the
     # job's threads: two gloo workers of one thread each reach 73% of its throughput on 2 cores
     # (benchmarks/pretrain_throughput.py); num_workers still asks for DDP on CPU (e.g. over a Ray cluster).
@@ -234,11 +233,7 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     if global_batch < 2 * workers:
         raise StrataError(f"the training table has {len(table)} rows, too few for {workers} workers",
                           where=str(selection_path), fix="curate a larger subset (target_size) or use fewer workers.")
-    spec = {"input_kind": input_kind, "input_dim": table.dim, "embedding_dim": params["embedding_dim"]}
-    augment = None
-    if input_kind == "image":
-        spec.update(_image_spec(table_meta, table.dim, params, pool_path))
-        augment = _image_augment_options(params, table_meta)
+    spec, augment = encoder_spec(table_meta, table.dim, params, pool_path)
     fingerprint = hashlib.sha256(json.dumps(
         {"params": params, "seed": seed, "workers": workers, "batch": global_batch, "spec": spec, "augment": augment,
          "ids": hashlib.sha256(table.ids.tobytes()).hexdigest()}, sort_keys=True).encode()).hexdigest()[:16]
@@ -253,8 +248,8 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     if params["method"] == "tldr":
         pairs_path = work_dir / "pairs.npy"
         np.save(pairs_path, knn_pairs(table.vectors, k=params["tldr_k"], seed=seed))
-    print(f"pretrain: {params['method']} on {len(table)} rows ({input_kind}, dim {table.dim}), {workers} worker(s), "
-          f"global batch {global_batch}, {params['steps']} steps, seed {seed}", flush=True)
+    print(f"pretrain: {params['method']} on {len(table)} rows ({spec['input_kind']}, dim {table.dim}), "
+          f"{workers} worker(s), global batch {global_batch}, {params['steps']} steps, seed {seed}", flush=True)
     loop_config = {"params": params, "spec": spec, "seed": seed, "input": str(work_dir / "train.parquet"),
                    "pairs": str(pairs_path) if pairs_path else None, "global_batch": global_batch, "augment": augment,
                    "work_dir": str(work_dir), "threads_per_worker": max(1, threads // workers)}
@@ -274,6 +269,18 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     os.replace(work_dir / "encoder.safetensors", encoder_path)
     shutil.rmtree(work_dir, ignore_errors=True)
     return history
+
+
+def encoder_spec(meta: dict[str, Any], dim: int, params: dict[str, Any],
+                 pool_path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The backbone spec of a table with metadata ``meta`` and ``dim``-wide rows (``build_encoder``'s input) and,
+    for images, the augmentation options (None otherwise)."""
+    input_kind = meta.get("input_kind", "vector")
+    spec = {"input_kind": input_kind, "input_dim": dim, "embedding_dim": params["embedding_dim"]}
+    if input_kind != "image":
+        return spec, None
+    spec.update(_image_spec(meta, dim, params, pool_path))
+    return spec, _image_augment_options(params, meta)
 
 
 def _image_spec(meta: dict[str, Any], dim: int, params: dict[str, Any], pool_path: str) -> dict[str, Any]:
