@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch.multiprocessing as mp
 
 from workflow.pretrain.losses import NTXentLoss
 from workflow.pretrain.train import lr_at
+from workflow.ui import free_port
 
 
 def reference_ntxent(z0: np.ndarray, z1: np.ndarray, tau: float) -> float:
@@ -72,12 +72,6 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert lrs[-1] < 0.01
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, z0: torch.Tensor, z1: torch.Tensor, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -103,7 +97,7 @@ def test_two_workers_match_one_process() -> None:
     full.backward()
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), z0, z1, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), z0, z1, out), nprocs=2, join=True)
     loss = np.mean([out[r][0] for r in range(2)])
     grad0 = np.concatenate([out[r][1] for r in range(2)])
     grad1 = np.concatenate([out[r][2] for r in range(2)])

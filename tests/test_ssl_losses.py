@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -29,6 +28,7 @@ from workflow.pretrain.losses import (
     knn_pairs,
     sinkhorn_knopp,
 )
+from workflow.ui import free_port
 
 
 def _randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -398,12 +398,6 @@ def test_invalid_arguments() -> None:
 # --------------------------------------------------------------------------- distributed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pair_losses() -> dict[str, nn.Module]:
     return {"barlow": BarlowTwinsLoss(0.5, scale=0.3), "vicreg": VICRegLoss(1.0, 2.0, 3.0)}
 
@@ -438,7 +432,7 @@ def test_two_workers_match_one_process() -> None:
     scores = [_swav_scores(n=8, seed=s)[0].float() for s in (22, 23, 24)]
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), z0, z1, scores, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), z0, z1, scores, out), nprocs=2, join=True)
     for name, loss_fn in _pair_losses().items():
         loss_fn.gather_distributed = False
         a, b = z0.clone().requires_grad_(True), z1.clone().requires_grad_(True)
