@@ -43,6 +43,8 @@ def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]],
     path = RESULTS / f"{name}.json"
     machine = {"python": platform.python_version(), "machine": platform.machine(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(0)
     record = {"benchmark": name, "config": config, "machine": machine, "rows": rows}
     if extra is not None:
         record["extra"] = extra
