@@ -63,15 +63,26 @@ def open_compare_view(page: Any, base_url: str, experiment: str, run_names: list
         assistant.first.click()
     page.get_by_text(re.compile(r"^\d+ matching runs$")).wait_for()  # the runs grid has loaded
     search = page.get_by_placeholder(RUN_SEARCH_PLACEHOLDER)
-    for attempt in range(3):  # a search typed while the page still settles can be reset; type it again
-        search.fill("tags.`strata.kind` = 'variant'")
-        search.press("Enter")
+    query = "tags.`strata.kind` = 'variant'"
+
+    def is_filtered_search(response: Any) -> bool:  # the grid's own request, with the typed filter
+        return "runs/search" in response.url and "strata.kind" in (response.request.post_data or "")
+
+    for attempt in range(3):
+        # A search typed while the page still settles can be reset, and an open suggestion list can take the
+        # Enter key: wait for the grid's search request with this filter itself, then for its rows.
+        search.fill(query)
         try:
+            with page.expect_response(is_filtered_search, timeout=15_000) as response:
+                search.press("Enter")
+            if not response.value.ok:
+                raise AssertionError(f"the runs search answered HTTP {response.value.status}")
             page.get_by_text(f"{len(run_names)} matching runs", exact=True).wait_for(timeout=20_000)
             break
         except Exception:
             if attempt == 2:
                 raise
+            page.keyboard.press("Escape")  # close a suggestion list before typing again
     row_boxes = page.get_by_role("row").get_by_role("checkbox", name=re.compile("toggle row selection"))
     try:
         _wait_until(lambda: row_boxes.count() == len(run_names)
