@@ -48,8 +48,11 @@ def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, timeo
                           fix="run the study first (`make run`), or point --tracking-uri at an existing store.")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port),
            "--backend-store-uri", tracking_uri]
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    if log_path:
+        with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=dict(os.environ))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
