@@ -847,9 +847,7 @@ class LocalLloyd:
         return task
 
     def _block_rows(self, k: int) -> int:
-        if self.source.device.type != "cpu":  # few large blocks: each costs a few host syncs
-            return max(1, GPU_BLOCK_ROWS // self._chunk(k)) * self._chunk(k)
-        return sum_block_rows(self.stop - self.start, self._chunk(k), k * self.source.d)
+        return sum_block_rows(self.stop - self.start, self._chunk(k), k * self.source.d, self.source.device)
 
     def _blocks(self, k: int) -> list[tuple[int, int]]:
         size = self._block_rows(k)
@@ -926,15 +924,18 @@ class LocalLloyd:
         return changed, stats
 
 
-def sum_block_rows(n: int, chunk: int, row_work: int = 1) -> int:
-    """Rows per float64 partial-sum block of a Lloyd pass over ``n`` rows: a multiple of ``chunk``, about
+def sum_block_rows(n: int, chunk: int, row_work: int = 1, device: str | torch.device = "cpu") -> int:
+    """Rows per float64 partial-sum block of a Lloyd pass over ``n`` rows: a multiple of ``chunk``. On a GPU about
+    :data:`GPU_BLOCK_ROWS` (few large blocks: each costs a few host syncs). On CPU about
     n/64 (many blocks balance the threads on a loaded machine) but at least :data:`BLOCK_MIN_WORK` / ``row_work``
     rows (``row_work`` = k·d multiply-adds per row: the per-block Python work stays small next to the GEMMs) and
     at most about :data:`SUM_BLOCK_ROWS` (few partials to fold: one (k, d) float64 partial per distance chunk
     cost as much as the sums themselves at k = 1000).
 
-    It depends on ``n``, ``chunk`` and ``row_work`` only, never on threads or pruning, so the sums are
-    reproducible."""
+    It depends on ``n``, ``chunk``, ``row_work`` and the device type only, never on threads or pruning, so the
+    sums are reproducible."""
+    if torch.device(device).type != "cpu":
+        return max(1, GPU_BLOCK_ROWS // chunk) * chunk
     target = min(SUM_BLOCK_ROWS, max(-(-max(1, n) // 64), BLOCK_MIN_WORK // max(1, row_work)))
     return max(1, -(-target // chunk)) * chunk
 
