@@ -8,6 +8,7 @@ MLflow 3's UI opens in its GenAI (traces) mode; the printed address opens the st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -48,11 +49,9 @@ def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, timeo
                           fix="run the study first (`make run`), or point --tracking-uri at an existing store.")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port),
            "--backend-store-uri", tracking_uri]
-    if log_path:
-        with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    else:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=dict(os.environ))
+    # the child keeps its own copy of the log's descriptor; the parent closes its one at once
+    with open(log_path, "w") if log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
