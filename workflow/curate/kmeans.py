@@ -85,6 +85,9 @@ SMALL_WORK = 2**23
 PRUNE_MIN_K = 16
 #: Fewest data values (n × d) for which k-means++ prunes rows with the triangle inequality.
 KMPP_PRUNE_MIN = 2**20
+#: Highest dimension seeded by :mod:`workflow.curate.kpp_lowdim` (above it the torch path's BLAS product
+#: wins: measured crossover between 3 and 4 dimensions, ``benchmarks/kmeans.py --kpp``).
+LOWDIM_MAX_DIM = 3
 #: A pruned pass that computes more than this share of a dense pass's distances does not pay (its overheads:
 #: bounds upkeep, u tightening, small GEMMs); the engine then backs off to plain passes.
 PRUNE_MAX_WORK = 0.25
@@ -396,6 +399,10 @@ def kmeans_plusplus(x: torch.Tensor | DataSource, k: int, generator: torch.Gener
     choice up to float rounding of φ. Early centres (few, large clusters) still touch every row; later ones
     only their neighbourhood, so the cost per centre falls from a pass over all data to O(n) bookkeeping.
 
+    Data of at most :data:`LOWDIM_MAX_DIM` dimensions are seeded on the host by
+    :func:`workflow.curate.kpp_lowdim.kmeans_plusplus_lowdim` (compiled loops; same definition and same random
+    draws, for any device of the data; a memmap is read into memory, ``n × d`` floats).
+
     Memory: the ``(n,)`` vectors D², ‖x‖² and nearest centre, and an ``(L, m)`` candidate buffer for the m rows
     computed (float32); the data are read in row chunks or gathered rows (a memmap is read up to k times:
     use ``init_max_points`` of :func:`kmeans` for very large inputs).
@@ -419,6 +426,15 @@ def kmeans_plusplus(x: torch.Tensor | DataSource, k: int, generator: torch.Gener
                           fix="Use k <= number of points.")
     trials = 2 + int(math.log(k)) if n_local_trials is None else _check_int(
         n_local_trials, "n_local_trials", 1, "kmeans_plusplus")
+    if src.d <= LOWDIM_MAX_DIM and generator.device.type == "cpu":
+        # low-dimensional data: one compiled loop on the host, on any device (same draws, same definition);
+        # imported here because numba takes 0.3 s to import
+        from workflow.curate import kpp_lowdim
+
+        data = np.ascontiguousarray(src.numpy_or_memmap(), dtype=np.float32)
+        chosen = kpp_lowdim.kmeans_plusplus_lowdim(data, k, generator, trials,
+                                                   lloyd.error_coefficient(src.d, torch.device("cpu")))
+        return src.rows(chosen)
     # about 2^17 distances per block, and at most ~1 MiB of rows (L2-resident: the skinny L × d × chunk GEMM
     # is memory bound, measured 4x faster on 6000 than on 16384 rows of d = 128)
     if chunk_size is not None:
