@@ -5,6 +5,8 @@
         --sklearn-iters 5                    # issue 3 size (results/kmeans_1000000x128_k1000_blobs.json)
     python benchmarks/kmeans.py --memory                # peak RSS of k-means on a memmapped pool (small default)
     python benchmarks/kmeans.py --memory --memory-n 10000000 --memory-dim 64    # the 10M x 64 pool (2.56 GB file)
+    python benchmarks/kmeans.py --kpp                   # k-means++ of low-dimensional data: compiled loop vs torch
+    python benchmarks/kmeans.py --kpp --n 15000 --k 1000   # the size of the five-ring example's re-fits
 
 Method. Every implementation gets the same data, the same k initial centroids (k distinct random points, the
 way faiss seeds), the same number of iterations and the same number of threads (torch.set_num_threads,
@@ -29,6 +31,12 @@ Real embeddings sit in between. The first iteration is always a full pass (it bu
 
 Seeding: Strata's greedy k-means++ (2 + ln k candidates drawn by D², the best kept) against scikit-learn's
 ``kmeans_plusplus`` (the same algorithm) and faiss's whole run (which seeds randomly).
+
+``--kpp`` times greedy k-means++ seeding alone for each of ``--kpp-dims`` on blobs and uniform data: Strata's
+compiled loop for low-dimensional data (``workflow/curate/kpp_lowdim.py``, run at every dimension here), the torch
+path of ``kmeans_plusplus`` and scikit-learn's ``kmeans_plusplus`` (the same algorithm; the reference), with the
+potential φ of each seeding against scikit-learn's. Strata uses the compiled loop up to ``LOWDIM_MAX_DIM``
+dimensions, where it beats the torch path (``benchmarks/results/kmeans_kpp.json``).
 
 ``--memory`` runs k-means (random init, ``--memory-iters`` iterations) on a float32 ``.npy`` memmap in a fresh
 subprocess and reports its peak RSS (VmHWM; ``ru_maxrss`` would inherit the parent's peak across fork + exec)
@@ -227,6 +235,61 @@ def bench_seeding(x: np.ndarray, args: argparse.Namespace, faiss_run: float, ref
             for key, (t, c) in out.items()]
 
 
+def bench_kpp_lowdim(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """k-means++ seeding per dimension: the compiled loop, the torch path and scikit-learn (see module doc)."""
+    import math
+
+    import torch
+    from sklearn.cluster import kmeans_plusplus
+    from threadpoolctl import threadpool_limits
+
+    import workflow.curate.kmeans as km
+    from workflow.curate import kpp_lowdim, lloyd
+
+    trials = 2 + int(math.log(args.k))
+
+    def compiled(x: np.ndarray) -> np.ndarray:
+        chosen = kpp_lowdim.kmeans_plusplus_lowdim(x, args.k, torch.Generator().manual_seed(0), trials,
+                                                   lloyd.error_coefficient(x.shape[1], torch.device("cpu")))
+        return x[chosen]
+
+    def torch_path(x: np.ndarray) -> np.ndarray:
+        saved, km.LOWDIM_MAX_DIM = km.LOWDIM_MAX_DIM, 0  # kmeans_plusplus without the compiled loop
+        try:
+            return km.kmeans_plusplus(torch.from_numpy(x), args.k, torch.Generator().manual_seed(0)).numpy()
+        finally:
+            km.LOWDIM_MAX_DIM = saved
+
+    def sklearn(x: np.ndarray) -> np.ndarray:
+        with threadpool_limits(args.threads):
+            return kmeans_plusplus(x, args.k, random_state=0)[0]
+
+    compiled(np.zeros((2, 1), np.float32).repeat(args.k, 0))  # load (or compile) the loop before the clock
+    runs = {"compiled": compiled, "torch": torch_path, "sklearn": sklearn}
+    rows = []
+    for dim in args.kpp_dims:
+        for kind in args.data.split(","):
+            x = make_data(kind.strip(), args.n, dim, args.k)
+            times: dict[str, float] = {}
+            centres: dict[str, np.ndarray] = {}
+            for _ in range(args.repeats):
+                torch.set_num_threads(args.threads)
+                for name, fn in runs.items():
+                    start = time.perf_counter()
+                    c = fn(x)
+                    t = time.perf_counter() - start
+                    if t < times.get(name, math.inf):
+                        times[name], centres[name] = t, c
+            phi = {name: inertia(x, c) for name, c in centres.items()}
+            rows.append({"dim": dim, "data": kind, "compiled_s": times["compiled"], "torch_s": times["torch"],
+                         "sklearn_s": times["sklearn"], "torch_over_compiled": times["torch"] / times["compiled"],
+                         "sklearn_over_compiled": times["sklearn"] / times["compiled"],
+                         "phi_compiled_vs_sklearn": phi["compiled"] / phi["sklearn"],
+                         "phi_torch_vs_sklearn": phi["torch"] / phi["sklearn"],
+                         "same_centres": bool(np.array_equal(centres["compiled"], centres["torch"]))})
+    return rows
+
+
 # -------------------------------------------------------------------------------------------------
 # peak memory on a memmapped pool
 
@@ -314,6 +377,8 @@ def main() -> None:
                         help="iterations of scikit-learn's run (default --iters; its time is per iteration anyway)")
     parser.add_argument("--no-seeding", action="store_true", help="skip the k-means++ seeding comparison")
     parser.add_argument("--memory", action="store_true", help="only the peak-memory check on a memmapped pool")
+    parser.add_argument("--kpp", action="store_true", help="only k-means++ seeding of low-dimensional data")
+    parser.add_argument("--kpp-dims", type=int, nargs="+", default=[1, 2, 3, 4, 8], help="dimensions for --kpp")
     parser.add_argument("--memory-n", type=int, default=1_000_000)
     parser.add_argument("--memory-dim", type=int, default=64)
     parser.add_argument("--memory-k", type=int, default=256)
@@ -339,6 +404,17 @@ def main() -> None:
               f"k={args.memory_k}, threads={args.threads}")
         print_table(rows)
         write_results("kmeans_memory", vars(args), rows)
+        return
+
+    if args.kpp:
+        import workflow.curate.kmeans as km
+
+        rows = bench_kpp_lowdim(args)
+        print(f"greedy k-means++: n={args.n} k={args.k} threads={args.threads} (best of {args.repeats}); Strata "
+              f"uses the compiled loop up to {km.LOWDIM_MAX_DIM} dimensions")
+        print_table(rows)
+        write_results("kmeans_kpp" + ("" if (args.n, args.k) == (20000, 256) else f"_{args.n}_k{args.k}"),
+                      vars(args), rows)
         return
 
     rows: list[dict[str, Any]] = []
