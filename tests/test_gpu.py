@@ -154,3 +154,15 @@ def test_kmeans_cuda_is_deterministic() -> None:
     second = kmeans(x, 256, n_iters=8, seed=0, device="cuda")
     np.testing.assert_array_equal(first.centroids, second.centroids)
     np.testing.assert_array_equal(first.assignment, second.assignment)
+
+
+def test_lowdim_kmeans_plusplus_on_cuda_data_is_the_cpu_seeding() -> None:
+    """Data of d ≤ LOWDIM_MAX_DIM are seeded by the host's compiled loop whatever their device: the centres of
+    CUDA data are those of the same data on the CPU, returned on the GPU."""
+    from workflow.curate.kmeans import kmeans_plusplus
+
+    x, _ = make_rings(0)
+    on_gpu = kmeans_plusplus(torch.from_numpy(x).cuda(), 500, torch.Generator().manual_seed(3))
+    on_cpu = kmeans_plusplus(torch.from_numpy(x), 500, torch.Generator().manual_seed(3))
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), on_cpu)
