@@ -244,14 +244,12 @@ def bench_kpp_lowdim(args: argparse.Namespace) -> list[dict[str, Any]]:
     from threadpoolctl import threadpool_limits
 
     import workflow.curate.kmeans as km
-    from workflow.curate import kpp_lowdim, lloyd
+    from workflow.curate import kpp_lowdim
 
     trials = 2 + int(math.log(args.k))
 
     def compiled(x: np.ndarray) -> np.ndarray:
-        chosen = kpp_lowdim.kmeans_plusplus_lowdim(x, args.k, torch.Generator().manual_seed(0), trials,
-                                                   lloyd.error_coefficient(x.shape[1], torch.device("cpu")))
-        return x[chosen]
+        return x[kpp_lowdim.kmeans_plusplus_lowdim(x, args.k, torch.Generator().manual_seed(0), trials)]
 
     def torch_path(x: np.ndarray) -> np.ndarray:
         saved, km.LOWDIM_MAX_DIM = km.LOWDIM_MAX_DIM, 0  # kmeans_plusplus without the compiled loop

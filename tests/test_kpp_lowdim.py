@@ -15,7 +15,6 @@ import torch
 from sklearn.datasets import make_blobs
 
 import workflow.curate.kmeans as km
-from workflow.curate import lloyd
 from workflow.curate.kpp_lowdim import kmeans_plusplus_lowdim
 from workflow.data.builtin import make_rings
 
@@ -42,8 +41,7 @@ def reference_kpp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def lowdim(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return kmeans_plusplus_lowdim(x, k, torch.Generator().manual_seed(seed), 2 + int(math.log(k)),
-                                  lloyd.error_coefficient(x.shape[1], torch.device("cpu")))
+    return kmeans_plusplus_lowdim(x, k, torch.Generator().manual_seed(seed), 2 + int(math.log(k)))
 
 
 def potential(x: np.ndarray, centres: np.ndarray) -> float:

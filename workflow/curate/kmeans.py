@@ -433,8 +433,7 @@ def kmeans_plusplus(x: torch.Tensor | DataSource, k: int, generator: torch.Gener
         from workflow.curate import kpp_lowdim
 
         data = np.ascontiguousarray(src.numpy_or_memmap(), dtype=np.float32)
-        chosen = kpp_lowdim.kmeans_plusplus_lowdim(data, k, generator, trials,
-                                                   lloyd.error_coefficient(src.d, torch.device("cpu")))
+        chosen = kpp_lowdim.kmeans_plusplus_lowdim(data, k, generator, trials)
         return src.rows(chosen)
     # about 2^17 distances per block, and at most ~1 MiB of rows (L2-resident: the skinny L × d × chunk GEMM
     # is memory bound, measured 4x faster on 6000 than on 16384 rows of d = 128)
@@ -484,9 +483,7 @@ def _kmeans_plusplus(src: DataSource, k: int, generator: torch.Generator, trials
         pass
     closest[first] = 0.0
     # |D̂² − D²| ≤ E for the float32 expansion (centres are rows, so ‖c‖ ≤ max‖x‖; see workflow.curate.lloyd)
-    x_max = math.sqrt(float(x_sq.max().item())) * (1 + 2.0**-20)
-    err = lloyd.error_coefficient(d, device) * (2 * x_max) ** 2
-    slack = 1e-9 * (2 * x_max) ** 2
+    err, slack = lloyd.seeding_margins(float(x_sq.max().item()), d, device)
     radius[0] = math.sqrt(float(closest.max().item()) + err)
     zero = torch.zeros((), dtype=torch.float64, device=device)
     cand_sq = torch.empty(trials, dtype=torch.float32, device=device)

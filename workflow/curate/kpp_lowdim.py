@@ -24,11 +24,11 @@ row changed.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 import torch
+
+from workflow.curate import lloyd
 
 #: Rows per block of the D² draw's block sums.
 DRAW_BLOCK = 128
@@ -210,8 +210,7 @@ def _seed(x: np.ndarray, first: int, uniforms: np.ndarray, chosen: np.ndarray, e
             centers[c, q] = x[chosen_row, q]
 
 
-def kmeans_plusplus_lowdim(x: np.ndarray, k: int, generator: torch.Generator, trials: int,
-                           error_coefficient: float) -> np.ndarray:
+def kmeans_plusplus_lowdim(x: np.ndarray, k: int, generator: torch.Generator, trials: int) -> np.ndarray:
     """Row indices of ``k`` greedy k-means++ centres of the ``(n, d)`` float32 array ``x`` (``d`` small).
 
     Args:
@@ -220,8 +219,6 @@ def kmeans_plusplus_lowdim(x: np.ndarray, k: int, generator: torch.Generator, tr
         generator: CPU ``torch.Generator``; draws one ``randint(n)`` and then ``(k − 1) × trials`` float64
             uniforms, the stream of the torch path.
         trials: Candidates per step (``L``).
-        error_coefficient: κ of the float32 distance error bound |D̂² − D²| ≤ κ (2 max‖x‖)²
-            (:func:`workflow.curate.lloyd.error_coefficient`).
 
     Returns:
         ``(k,)`` int64 row indices, in the order chosen.
@@ -229,9 +226,8 @@ def kmeans_plusplus_lowdim(x: np.ndarray, k: int, generator: torch.Generator, tr
     n = x.shape[0]
     first = int(torch.randint(n, (1,), generator=generator).item())
     uniforms = torch.rand((k - 1, trials), generator=generator, dtype=torch.float64).numpy()
-    x_max = math.sqrt(float(np.einsum("ij,ij->i", x, x).max())) * (1 + 2.0**-20)
-    err = error_coefficient * (2 * x_max) ** 2
-    slack = 1e-9 * (2 * x_max) ** 2
+    # the skip tests' margins of the torch path (float32 distances on the host's CPU)
+    err, slack = lloyd.seeding_margins(float(np.einsum("ij,ij->i", x, x).max()), x.shape[1], torch.device("cpu"))
     chosen = np.empty(k, np.int64)
     _seed(x, first, uniforms, chosen, err, slack)
     return chosen

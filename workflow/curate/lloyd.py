@@ -127,6 +127,14 @@ def error_coefficient(dim: int, device: torch.device) -> float:
     return (dim + 4) * matmul_roundoff(device) * (1 + 1 / 16)
 
 
+def seeding_margins(max_sq_norm: float, dim: int, device: torch.device) -> tuple[float, float]:
+    """``(E, slack)`` of the k-means++ skip tests: the centres are rows of the data, so ‖c‖ ≤ max‖x‖ and the
+    float32 expansion's error is |D̂² − D²| ≤ E = κ (2 max‖x‖)² (:func:`error_coefficient`); ``slack`` =
+    1e-9 (2 max‖x‖)² absorbs the rounding of the tests themselves. ``max_sq_norm`` is max‖x‖² (float32)."""
+    x_max = math.sqrt(max_sq_norm) * (1 + 2.0**-20)
+    return error_coefficient(dim, device) * (2 * x_max) ** 2, 1e-9 * (2 * x_max) ** 2
+
+
 def f32_up(t: torch.Tensor) -> torch.Tensor:
     """The smallest float32 ≥ each float64 value (round towards +inf); inf stays inf."""
     r = t.float()
