@@ -65,30 +65,61 @@ def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return pool, selection
 
 
-@pytest.mark.e2e
-def test_killed_job_resumes_to_the_same_weights(tiny_pool: tuple[Path, Path], tmp_path: Path) -> None:
-    pool, selection = tiny_pool
-    params = validate({"method": "simclr", "steps": 24, "batch_size": 64, "embedding_dim": 16,
-                       "projector_hidden_dim": 32, "num_workers": 2}, "ssl")  # two DDP ranks resume
+RESUME_PARAMS = {"method": "simclr", "steps": 40, "batch_size": 64, "embedding_dim": 16, "projector_hidden_dim": 32,
+                 "num_workers": 2, "checkpoint_every": 1}  # two DDP ranks resume
 
-    def run(name: str, work: str) -> list[dict[str, float]]:
-        return run_pretrain(str(pool), str(selection), str(tmp_path / name / "encoder.safetensors"),
-                            str(tmp_path / name / "history.parquet"), params, seed=3, threads=2,
-                            work_root=str(tmp_path / work))
 
-    run("straight", "work_straight")
-    os.environ[FAIL_AT_STEP_ENV] = "10"
+def _train(pool: Path, selection: Path, out: Path, work: Path) -> list[dict[str, float]]:
+    return run_pretrain(str(pool), str(selection), str(out / "encoder.safetensors"), str(out / "history.parquet"),
+                        validate(dict(RESUME_PARAMS), "ssl"), seed=3, threads=2, work_root=str(work))
+
+
+def _crash(pool: Path, selection: Path, out: Path, work: Path, after_step: int) -> None:
+    """Train until the first checkpoint at or after ``after_step`` (epochs of 18 steps here), then fail."""
+    os.environ[FAIL_AT_STEP_ENV] = str(after_step)
     try:
         with pytest.raises(Exception, match="simulated crash"):
-            run("resumed", "work_resumed")
+            _train(pool, selection, out, work)
     finally:
         del os.environ[FAIL_AT_STEP_ENV]
-    assert not (tmp_path / "resumed" / "encoder.safetensors").exists()
-    assert list((tmp_path / "work_resumed").glob("*/checkpoint/done.json"))
-    history = run("resumed", "work_resumed")
-    assert history[-1]["step"] == 24
-    a = load_file(str(tmp_path / "straight" / "encoder.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "encoder.safetensors"))
+    assert not (out / "encoder.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def straight_weights(tiny_pool: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    root = tmp_path_factory.mktemp("straight")
+    _train(*tiny_pool, root, root / "work")
+    return load_file(str(root / "encoder.safetensors"))
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], path: Path) -> None:
+    b = load_file(str(path))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.e2e
+def test_killed_job_resumes_to_the_same_weights(tiny_pool: tuple[Path, Path], straight_weights: dict[str, torch.Tensor],
+                                                tmp_path: Path) -> None:
+    _crash(*tiny_pool, tmp_path, tmp_path / "work", after_step=10)
+    assert list((tmp_path / "work").glob("*/checkpoints/step-*/manifest.json"))
+    history = _train(*tiny_pool, tmp_path, tmp_path / "work")
+    assert history[-1]["step"] == 40
+    _assert_same_weights(straight_weights, tmp_path / "encoder.safetensors")
+
+
+@pytest.mark.e2e
+def test_a_tampered_checkpoint_is_set_aside_and_the_previous_one_resumes_exactly(
+        tiny_pool: tuple[Path, Path], straight_weights: dict[str, torch.Tensor], tmp_path: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    _crash(*tiny_pool, tmp_path, tmp_path / "work", after_step=20)
+    newest, *older = sorted((tmp_path / "work").glob("*/checkpoints/step-*"), reverse=True)
+    assert older, "the crash should leave two checkpoints"
+    (newest / "rng1.json").write_bytes(b"\x80\x04\x95 not a random state")  # e.g. a pickle put in its place
+    capfd.readouterr()
+    _train(*tiny_pool, tmp_path, tmp_path / "work")
+    out = capfd.readouterr().out
+    assert f"{newest / 'rng1.json'} does not match its checksum" in out
+    assert "set aside as" in out and not newest.parent.parent.exists()  # the work folder goes once the job succeeds
+    _assert_same_weights(straight_weights, tmp_path / "encoder.safetensors")

@@ -4,29 +4,65 @@ Training length is a number of optimisation steps, identical for every curation,
 compared at equal compute (the curated subsets differ in size). Each rank takes its slice of the same global
 batch; losses that need batch statistics gather them over all ranks with exact gradients.
 
-Checkpoints go to ``<work-root>/pretrain-<job>/`` every ``checkpoint_every`` epochs: model, optimiser, EMA
-target, step, history, and every rank's random state. That folder is not a Snakemake output (Snakemake deletes
-a failed job's outputs), so a re-run of a killed job resumes from its last checkpoint and, on CPU with the
-same seed, ends with the same weights as an uninterrupted run.
+Checkpoints go to ``<work-root>/pretrain-<job>/checkpoints/`` every ``checkpoint_every`` epochs: model,
+optimiser, EMA target, step, history, and every rank's random state, with a manifest of checksums
+(``workflow/pretrain/checkpoint.py``: nothing in them is unpickled, a damaged one is set aside). That folder is not
+a Snakemake output (Snakemake deletes a failed job's outputs), so a re-run of a killed job resumes from its last
+good checkpoint and, on CPU with the same seed, ends with the same weights as an uninterrupted run. The job
+that trains holds a lock on its work folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workflow.errors import StrataError
+from workflow.pretrain import checkpoint
 from workflow.tables import atomic_path, read_metadata, read_table, write_table
 
 FAIL_AT_STEP_ENV = "STRATA_TEST_FAIL_AT_STEP"  # tests only: raise after the checkpoint at this step
+OWNER_FILE = "owner"  # the token of the job that owns a work folder
+
+
+@contextlib.contextmanager
+def work_dir_lock(work_dir: Path) -> Iterator[None]:
+    """Own ``work_dir`` for the block: an exclusive ``flock`` on ``<work_dir>.lock`` (released if the job dies).
+
+    Two trainers never write into one work folder: a second job for the same output fails at once, naming the
+    holder, instead of interleaving checkpoints.
+    """
+    lock_path = work_dir.with_name(work_dir.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StrataError(f"another pretrain job ({holder}) is training in {work_dir}", where=str(lock_path),
+                              fix="wait for it to finish or stop it; two jobs for one output cannot share a work "
+                                  "folder.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
@@ -43,14 +79,6 @@ def effective_rank(z: np.ndarray, eps: float = 1e-7) -> float:
     s = np.linalg.svd(np.asarray(z, dtype=np.float64), compute_uv=False)
     p = s / max(s.sum(), 1e-12) + eps
     return float(np.exp(-(p * np.log(p)).sum()))
-
-
-def _save_torch(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_worker(cfg: dict[str, Any]) -> None:
@@ -92,17 +120,18 @@ def train_worker(cfg: dict[str, Any]) -> None:
 
     total = params["steps"]
     step, epoch, history = 0, 0, []
-    ckpt = work / "checkpoint"
-    if (ckpt / "done.json").exists():  # resume
-        state = torch.load(ckpt / "model.pt", map_location=device, weights_only=True)
+    checkpoints = work / "checkpoints"
+    if cfg.get("resume_from"):  # verified by the driver (checkpoint.latest_good): checksums and loaders
+        resume = Path(cfg["resume_from"])
+        state = checkpoint.load_model(resume, device)
         method.module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         if method.target is not None:
             method.target.load_state_dict(state["target"])
-        rng_state = torch.load(ckpt / f"rng{rank}.pt", weights_only=False)
-        gen.set_state(rng_state["gen"])
-        order_rng.bit_generator.state = rng_state["order"]
-        meta = json.loads((ckpt / "done.json").read_text())
+        gen_state, order_state = checkpoint.load_rank_state(resume, rank)
+        gen.set_state(gen_state)
+        order_rng.bit_generator.state = order_state
+        meta = json.loads((resume / checkpoint.MANIFEST).read_text())
         step, epoch, history = meta["step"], meta["epoch"], meta["history"]
         if rank == 0:
             print(f"pretrain: resuming from the checkpoint at step {step} (epoch {epoch})", flush=True)
@@ -164,7 +193,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
         model.train()
         if history:
             history[-1].update(monitors)
-        _checkpoint(ckpt, rank, method, optimizer, gen, order_rng, step, epoch, history, dist)
+        _checkpoint(checkpoints, rank, world, method, optimizer, gen, order_rng, step, epoch, history, dist,
+                    owner=(work / OWNER_FILE, cfg["owner"]))
         if os.environ.get(FAIL_AT_STEP_ENV) and step >= int(os.environ[FAIL_AT_STEP_ENV]) and step < total:
             raise RuntimeError(f"{FAIL_AT_STEP_ENV}: simulated crash after the checkpoint at step {step}")
         # ray.train.report synchronises every worker with the controller, so only at checkpoints.
@@ -174,27 +204,35 @@ def train_worker(cfg: dict[str, Any]) -> None:
         (work / "history.json").write_text(json.dumps(history))
 
 
-def _checkpoint(ckpt: Path, rank: int, method: Any, optimizer: Any, gen: Any, order_rng: np.random.Generator,
-                step: int, epoch: int, history: list[dict[str, float]], dist: Any) -> None:
-    """All ranks save their random state; rank 0 saves the model and marks the checkpoint complete last."""
-    ckpt.mkdir(parents=True, exist_ok=True)
+def _checkpoint(root: Path, rank: int, world: int, method: Any, optimizer: Any, gen: Any,
+                order_rng: np.random.Generator, step: int, epoch: int, history: list[dict[str, float]], dist: Any,
+                owner: tuple[Path, str]) -> None:
+    """All ranks save their random state; rank 0 saves the model, then the manifest with checksums, last.
+
+    A worker whose driver has died and been replaced (the work folder's owner token changed) stops here
+    instead of writing into the new job's checkpoints.
+    """
+    owner_file, token = owner
+    if not owner_file.is_file() or owner_file.read_text() != token:
+        raise RuntimeError(f"{owner_file.parent} now belongs to another pretrain job: this orphaned worker stops")
+    folder = checkpoint.step_dir(root, step)
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
     distributed = dist.is_available() and dist.is_initialized()
-    if rank == 0 and (ckpt / "done.json").exists():
-        (ckpt / "done.json").unlink()  # incomplete until every file of this step is written
     if distributed:
         dist.barrier()
-    _save_torch({"gen": gen.get_state(), "order": order_rng.bit_generator.state}, ckpt / f"rng{rank}.pt")
+    folder.mkdir(parents=True, exist_ok=True)  # (a no-op except on a node that does not share rank 0's disk)
+    checkpoint.save_rank_state(folder, rank, gen, order_rng)
     if rank == 0:
         state = {"module": method.module.state_dict(), "optimizer": optimizer.state_dict()}
         if method.target is not None:
             state["target"] = method.target.state_dict()
-        _save_torch(state, ckpt / "model.pt")
+        checkpoint.save_model(folder, state)
     if distributed:
         dist.barrier()
     if rank == 0:
-        tmp = ckpt / "done.json.tmp"
-        tmp.write_text(json.dumps({"step": step, "epoch": epoch, "history": history}))
-        os.replace(tmp, ckpt / "done.json")
+        checkpoint.save_manifest(folder, step, epoch, history, world)
+        checkpoint.prune(root)
 
 
 def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history_path: str, params: dict[str, Any],
@@ -209,7 +247,7 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     from ray.train.torch import TorchTrainer
 
     from workflow.curate.stage import read_selection
-    from workflow.distributed import ray_session
+    from workflow.distributed import job_resources, ray_session, resolve_address
     from workflow.pretrain.losses import knn_pairs
     from workflow.pretrain.methods import METHODS, resolved
 
@@ -239,35 +277,51 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
          "ids": hashlib.sha256(table.ids.tobytes()).hexdigest()}, sort_keys=True).encode()).hexdigest()[:16]
     job = Path(encoder_path).resolve().parent.as_posix().replace("/", "_").strip("_")
     work_dir = Path(work_root).resolve() / f"pretrain-{job}"
-    if (work_dir / "fingerprint").exists() and (work_dir / "fingerprint").read_text() != fingerprint:
-        shutil.rmtree(work_dir)  # a checkpoint of other data or parameters: start afresh
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "fingerprint").write_text(fingerprint)
-    write_table(table, work_dir / "train.parquet")
-    pairs_path = None
-    if params["method"] == "tldr":
-        pairs_path = work_dir / "pairs.npy"
-        np.save(pairs_path, knn_pairs(table.vectors, k=params["tldr_k"], seed=seed))
-    print(f"pretrain: {params['method']} on {len(table)} rows ({spec['input_kind']}, dim {table.dim}), "
-          f"{workers} worker(s), global batch {global_batch}, {params['steps']} steps, seed {seed}", flush=True)
-    loop_config = {"params": params, "spec": spec, "seed": seed, "input": str(work_dir / "train.parquet"),
-                   "pairs": str(pairs_path) if pairs_path else None, "global_batch": global_batch, "augment": augment,
-                   "work_dir": str(work_dir), "threads_per_worker": max(1, threads // workers)}
-    shutil.rmtree(work_dir / "ray", ignore_errors=True)  # Strata keeps its own checkpoints, not Ray's
-    with ray_session(num_cpus=max(threads, workers), num_gpus=gpus, address=ray_address):
-        trainer = TorchTrainer(
-            train_worker, train_loop_config=loop_config,
-            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0),
-            run_config=ray.train.RunConfig(name="run", storage_path=str(work_dir / "ray")),
-        )
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-    history = json.loads((work_dir / "history.json").read_text())
-    _write_history(history, history_path)
-    Path(encoder_path).parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work_dir / "encoder.safetensors", encoder_path)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    with work_dir_lock(work_dir):
+        if (work_dir / "fingerprint").exists() and (work_dir / "fingerprint").read_text() != fingerprint:
+            shutil.rmtree(work_dir)  # a checkpoint of other data or parameters: start afresh
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / "fingerprint").write_text(fingerprint)
+        shutil.rmtree(work_dir / "checkpoint", ignore_errors=True)  # older releases' pickled format: never read
+        # Workers check this token before each checkpoint: an orphan of a dead driver stops instead of writing here.
+        owner = secrets.token_hex(8)
+        (work_dir / OWNER_FILE).write_text(owner)
+        resume_from = checkpoint.latest_good(work_dir / "checkpoints", workers, log=lambda m: print(m, flush=True))
+        write_table(table, work_dir / "train.parquet")
+        pairs_path = None
+        if params["method"] == "tldr":
+            pairs_path = work_dir / "pairs.npy"
+            np.save(pairs_path, knn_pairs(table.vectors, k=params["tldr_k"], seed=seed))
+        print(f"pretrain: {params['method']} on {len(table)} rows ({spec['input_kind']}, dim {table.dim}), "
+              f"{workers} worker(s), global batch {global_batch}, {params['steps']} steps, seed {seed}", flush=True)
+        loop_config = {"params": params, "spec": spec, "seed": seed, "input": str(work_dir / "train.parquet"),
+                       "pairs": str(pairs_path) if pairs_path else None, "global_batch": global_batch,
+                       "augment": augment,
+                       "work_dir": str(work_dir), "threads_per_worker": max(1, threads // workers),
+                       "owner": owner, "resume_from": str(resume_from) if resume_from else None}
+        shutil.rmtree(work_dir / "ray", ignore_errors=True)  # Strata keeps its own checkpoints, not Ray's
+        # One CPU worker and no cluster named: Ray Train's local mode (num_workers=0) runs the loop in this process,
+        # which saves starting a Train controller and a worker process (each imports torch and Ray Train: most of
+        # a short job's fixed cost, docs/cluster.md). GPUs, several workers or a named cluster: Ray Train workers.
+        local = gpus == 0 and workers == 1 and not params.get("num_workers") and resolve_address(ray_address) is None
+        with contextlib.nullcontext() if local else ray_session(num_cpus=max(threads, workers), num_gpus=gpus,
+                                                                 address=ray_address):
+            trainer = TorchTrainer(
+                train_worker, train_loop_config=loop_config,
+                # Each worker asks for its share of the job's threads and GPUs (the whole job's on one worker), so
+                # on the run's shared Ray cluster the job takes exactly what Snakemake gave it.
+                scaling_config=ray.train.ScalingConfig(num_workers=0 if local else workers, use_gpu=gpus > 0,
+                                                       resources_per_worker=job_resources(threads, gpus, workers)),
+                run_config=ray.train.RunConfig(name="run", storage_path=str(work_dir / "ray")),
+            )
+            result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+        history = json.loads((work_dir / "history.json").read_text())
+        _write_history(history, history_path)
+        Path(encoder_path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work_dir / "encoder.safetensors", encoder_path)
+        shutil.rmtree(work_dir, ignore_errors=True)
     return history
 
 
