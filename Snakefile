@@ -22,6 +22,7 @@ include: "rules/pretrain.smk"
 include: "rules/embed.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/ray.smk"
 
 
 rule all:
@@ -32,9 +33,15 @@ rule all:
         all_figures(),
 
 
+onstart:
+    start_run_cluster()
+
+
 onsuccess:
+    stop_run_cluster()
     attach_job_files()
 
 
 onerror:
+    stop_run_cluster()
     attach_job_files()

@@ -15,7 +15,9 @@ try:
     # Same schema as snakemake.utils.validate (defaults filled in), with messages naming the key.
     check_study(config, CONFIG_SOURCE)
 except StrataError as err:
-    raise WorkflowError(f"invalid config: {err}") from None
+    # One line and exit status 2, like every `strata` command; nothing is created (no results/, no mlflow.db).
+    print(f"strata: invalid config: {err}", file=sys.stderr, flush=True)
+    sys.exit(2)
 validate(config, "../configs/schema.yaml")
 
 RESULTS = "results"

@@ -20,7 +20,6 @@ rule embed_probes:
         mem_mb=4000,
         runtime=60,
         gpu=0,
-        ray=1,
     shell:
         "strata embed --encoder {input.encoder} --tracking {params.tracking:q}"
         " --input {input.probe_train} --output {output.probe_train}"
@@ -51,7 +50,6 @@ rule embed_pool:
         mem_mb=4000,
         runtime=60,
         gpu=0,
-        ray=1,
     shell:
         "strata embed --encoder {input.encoder} --tracking {params.tracking:q}"
         " --input {input.pool} --output {output.pool}"

@@ -26,17 +26,37 @@ rule evaluate:
         " --curation-stats {input.curation_stats} --output {output.metrics} > {log} 2>&1"
 
 
+def summary_curve_outputs():
+    """The size sweep's table and figure (report category "By how much"), only when summary.curve is set."""
+    if not config["summary"]["curve"]:
+        return {}
+    return {
+        "curve_md": f"{RESULTS}/curve.md",
+        "curve_png": report(f"{RESULTS}/curve.png", caption="../report/curve.rst", category="By how much"),
+    }
+
+
 rule summarize:
-    """One table for the study: every variant, and per curation the mean and sd over seeds."""
+    """The study's answer: the pre-registered verdict, the paired differences, every variant (report: Answer)."""
     input:
         all_metrics(),
     output:
         csv=f"{RESULTS}/summary.csv",
         md=f"{RESULTS}/summary.md",
-        stats=report(f"{RESULTS}/summary_stats.csv", caption="../report/summary_csv.rst", category="Summary"),
-        png=report(f"{RESULTS}/summary.png", caption="../report/summary_png.rst", category="Summary"),
+        # Report category "Answer" sorts first; within it files sort by name: forest.png is the first figure.
+        forest=report(f"{RESULTS}/forest.png", caption="../report/forest.rst", category="Answer"),
+        png=report(f"{RESULTS}/summary.png", caption="../report/summary_png.rst", category="Answer"),
+        stats=report(f"{RESULTS}/summary_stats.csv", caption="../report/summary_csv.rst", category="Answer"),
+        verdict=report(f"{RESULTS}/verdict.json", caption="../report/verdict.rst", category="Answer"),
+        **summary_curve_outputs(),
     params:
-        baseline=config["summary"]["baseline"],
+        summary=as_json(config["summary"]),
+        curations=as_json(
+            {n: {k: c[k] for k in ("method", "target_size") if k in c} for n, c in config["curations"].items()}
+        ),
+        curve=lambda w, output: (
+            f"--curve-md {output.curve_md} --curve-png {output.curve_png}" if config["summary"]["curve"] else ""
+        ),
         tracking_uri=TRACKING_URI,
         experiment=config["study"],
     log:
@@ -49,5 +69,6 @@ rule summarize:
         runtime=10,
     shell:
         "strata summarize --metrics {input} --csv {output.csv} --md {output.md}"
-        " --stats {output.stats} --png {output.png} --baseline {params.baseline}"
+        " --stats {output.stats} --png {output.png} --forest {output.forest} --verdict {output.verdict}"
+        " --summary {params.summary:q} --curations {params.curations:q} {params.curve}"
         " --tracking-uri {params.tracking_uri:q} --experiment {params.experiment:q} > {log} 2>&1"

@@ -19,7 +19,6 @@ rule pretrain:
         mem_mb=lambda wc, attempt: 4000 * attempt,  # memory-bound: more on each retry
         runtime=120,
         gpu=0,
-        ray=1,
     shell:
         "strata pretrain --params {params.cfg:q} --tracking {params.tracking:q} --seed {wildcards.seed}"
         " --pool {input.pool} --selection {input.selection}"

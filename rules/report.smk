@@ -1,6 +1,29 @@
 # Per-variant figures for the Snakemake report (`snakemake --report`) and MLflow (as stage-run artifacts).
 
 
+def report_verdict_rst():
+    """The verdict as reStructuredText for the report's first page (report/workflow.rst), from results/verdict.json.
+
+    Snakemake renders that page with only the config in scope, so the text is put under the config key
+    `_report_verdict` (not a study key: it is set after validation and read only by the report).
+    """
+    from pathlib import Path
+
+    from workflow.errors import StrataError
+    from workflow.verdict import read_verdict, verdict_rst
+
+    path = Path(RESULTS) / "verdict.json"
+    if not path.is_file():
+        return "*No verdict yet: run the study (``make run``), then ``make report``.*"
+    try:
+        return verdict_rst(read_verdict(path))
+    except (StrataError, KeyError, TypeError) as err:
+        return f"*results/verdict.json could not be read ({type(err).__name__}); re-run the summarize job.*"
+
+
+config["_report_verdict"] = report_verdict_rst()
+
+
 rule plot_training:
     """Training curves of a pretraining run: every loss term, learning rate, throughput, collapse monitors."""
     input:

@@ -46,7 +46,8 @@ def test_minimal_config_gets_defaults() -> None:
     assert config["evaluation"]["knn_k"] == schema["$defs"]["evaluation"]["properties"]["knn_k"]["default"] == 20
     assert config["evaluation"]["recall_ks"] == [1, 5, 10]
     assert config["embed"] == {"batch_size": 1024}
-    assert config["summary"] == {"baseline": "random"}
+    assert config["summary"] == {"baseline": "random", "primary": "knn_accuracy", "rope": 0.01, "curve": None,
+                                 "bootstrap_resamples": 2000, "bootstrap_seed": 0}
     assert config["study"] == "strata"
     assert config["tracking"] == {"uri": None} and config["ray"] == {"address": None}
     assert config["datasets"]["d1"]["seed"] == 0 and config["datasets"]["d1"]["imbalance_ratio"] == 100

@@ -29,6 +29,40 @@ def test_summary_has_every_variant(study: Path) -> None:
         assert name in md
 
 
+def test_verdict_json(study: Path) -> None:
+    from workflow.verdict import VERDICTS, classify
+
+    results = study / "results"
+    verdict = json.loads((results / "verdict.json").read_text())
+    assert (verdict["primary"], verdict["baseline"], verdict["rope"], verdict["n_seeds"]) == (
+        "knn_accuracy", "random", 0.01, 2)
+    comps = {c["curation"]: c for c in verdict["comparisons"]}
+    assert set(comps) == {"hkmeans", "none"}
+    stats = pd.read_csv(results / "summary_stats.csv").set_index(["curation", "metric"])
+    for name, c in comps.items():
+        assert {"dataset", "ssl", "curation", "diff_mean", "ci_low", "ci_high", "p_value", "prob_improvement",
+                "verdict"} <= set(c)
+        assert (c["dataset"], c["ssl"], c["baseline"]) == ("tiny", "simclr", "random") and c["verdict"] in VERDICTS
+        row = stats.loc[(name, "knn_accuracy")]  # the same paired interval as the statistics table
+        assert c["diff_mean"] == pytest.approx(row["diff_mean"], abs=1e-5)
+        assert c["ci_low"] == pytest.approx(row["diff_ci95_low"], abs=1e-5)
+        assert c["verdict"] == classify(c["ci_low"], c["ci_high"], 0.01)
+        assert c["prob_improvement"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    for name in ("forest.png", "summary.png"):
+        assert (results / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (results / "curve.png").exists()  # no size sweep in this study
+    assert (results / "summary.md").read_text().startswith("# Strata study summary\n\n```\nVerdict on knn_accuracy")
+
+
+def test_report_opens_with_the_verdict(study: Path) -> None:
+    report = study / "results" / "report.html"
+    result = snakemake(study, "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = report.read_text()
+    assert "Verdict on knn_accuracy" in html and "hkmeans vs random" in html
+    assert '"Answer"' in html and "forest.png" in html
+
+
 def test_curated_subsets(study: Path) -> None:
     root = study / "results" / "tiny" / "curate"
     pool = pq.read_table(study / "results" / "tiny" / "data" / "pool.parquet")
@@ -60,6 +94,8 @@ def test_mlflow_store(study: Path) -> None:
     variants = [r for r in runs if r.data.tags.get("strata.kind") == "variant"]
     stages = [r for r in runs if r.data.tags.get("strata.kind") == "stage"]
     assert len(variants) == 6
+    study_run = next(r for r in runs if r.data.tags.get("strata.kind") == "study")
+    assert "Verdict on knn_accuracy" in study_run.data.tags["mlflow.note.content"]  # the run's description
     for run in variants:
         params = run.data.params
         assert {"dataset.name", "curation.name", "curation.method", "ssl.method", "seed", "config_hash"} <= set(params)

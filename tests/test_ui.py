@@ -85,7 +85,16 @@ def test_report_in_browser(study: Path, browser_ready: None) -> None:
     result = snakemake(study, "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
     with browser_page(1400, 900) as page:
-        for category in ("Curation", "Pretraining", "Embeddings", "Summary"):
+        # The first page states the verdict; the first category is the answer, and its first figure the forest plot.
+        page.goto(report.resolve().as_uri())
+        page.get_by_text("Verdict on knn_accuracy").first.wait_for()
+        assert "hkmeans vs random" in page.inner_text("body")
+        page.screenshot(path=str(_screenshot_dir(study) / "report_first_page.png"))
+        menu = page.inner_text("body")
+        assert menu.index("Answer") < menu.index("Curation") < menu.index("Pretraining")
+        text = open_report_figure(page, report, "Answer")
+        assert "forest.png" in text and text.index("forest.png") < text.index("summary.png")
+        for category in ("Curation", "Pretraining", "Embeddings", "Answer"):
             text = open_report_figure(page, report, category)
             assert category in text
             page.screenshot(path=str(_screenshot_dir(study) / f"report_{category.lower()}.png"))

@@ -12,13 +12,16 @@ with status 2; outputs of a failed command are removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from workflow import timing
 from workflow.errors import StrataError
 
 EXIT_USER_ERROR = 2
@@ -56,8 +59,9 @@ def cmd_data(args: argparse.Namespace) -> None:
     params = parse_params(args.params, args.params_file, "dataset", f"datasets.{args.name}")
     start = time.perf_counter()
     outputs = {"pool": args.pool, "probe_train": args.probe_train, "probe_test": args.probe_test}
-    written = write_dataset(params, args.name, outputs, {"dataset": args.name, "config_hash": config_hash(params)},
-                            log=lambda msg: print(msg, flush=True))
+    with timing.compute():
+        written = write_dataset(params, args.name, outputs, {"dataset": args.name, "config_hash": config_hash(params)},
+                                log=lambda msg: print(msg, flush=True))
     info = {**written.meta, **written.info, "params": params, "code_version": code_version(),
             "sizes": written.sizes, "pool_labels": label_stats(written.pool_labels)}
     write_json(info, args.info)
@@ -87,7 +91,7 @@ def cmd_curate(args: argparse.Namespace) -> None:
                                      workers=args.threads, ray_address=args.ray_address,
                                      diagnostics_dir=args.diagnostics, cache_dir=args.cache_dir,
                                      threads=args.threads)
-    stats["seconds"] = time.perf_counter() - start
+    stats["seconds"] = timing.add_compute(time.perf_counter() - start)
     write_selection(pool, rows, levels_ids, args.selection)
     write_json(stats, args.stats)
     print(f"curate: {params['method']} kept {len(rows)} of {len(pool)} items -> {args.selection}", flush=True)
@@ -123,7 +127,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     # Every loss term, the learning rate, throughput and the collapse monitors, per logged step.
     record.series = [(k, v, int(row["step"])) for row in history for k, v in row.items()
                      if k not in ("step", "epoch") and v == v]
-    record.metrics = {"final_loss": history[-1]["loss"], "seconds": time.perf_counter() - start}
+    record.metrics = {"final_loss": history[-1]["loss"], "seconds": time.perf_counter() - start,
+                      "compute_s": timing.add_compute(timing.training_seconds(history, params, args.selection))}
     log_stage(_tracking(args), record)
 
 
@@ -139,7 +144,28 @@ def cmd_embed(args: argparse.Namespace) -> None:
     record = _record("embed", {"batch_size": args.batch_size, "threads": args.threads, "gpus": args.gpus},
                      [args.encoder, *args.input], args.output)
     record.metrics = {f"{Path(k).stem}_rows_per_s": v["rows_per_s"] for k, v in stats.items()}
+    record.metrics["compute_s"] = timing.add_compute(sum(v["seconds"] for v in stats.values()))
     log_stage(_tracking(args), record)
+
+
+def _json_object(text: str, where: str, fix: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise StrataError(f"not valid JSON ({err})", where=where, fix=fix) from err
+    if not isinstance(value, dict):
+        raise StrataError(f"expected a JSON object, got {type(value).__name__}", where=where, fix=fix)
+    return value
+
+
+def _json_file(path: str, fix: str) -> dict[str, Any]:
+    """A JSON object read from ``path``; a missing, unreadable or malformed file is a :class:`StrataError`."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise StrataError(f"cannot read the file ({getattr(err, 'strerror', None) or err})", where=path,
+                          fix=fix) from err
+    return _json_object(text, path, fix)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -149,12 +175,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from workflow.tracking import log_stage
 
     params = parse_params(args.params, args.params_file, "evaluation", "evaluation")
-    variant = json.loads(args.variant) if args.variant else {}
-    metrics = evaluate(args.probe_train, args.probe_test, params, args.seed)
+    variant = _json_object(args.variant, "--variant", "pass the variant as a JSON object.") if args.variant else {}
+    cstats = _json_file(args.curation_stats, "re-run the curate job that writes it.") if args.curation_stats else {}
+    with timing.compute():
+        metrics = evaluate(args.probe_train, args.probe_test, params, args.seed)
     extra: dict[str, Any] = {"params": params}
     parent_metrics = dict(metrics)
     if args.curation_stats:
-        cstats = json.loads(Path(args.curation_stats).read_text())
         extra["curation"] = {k: cstats[k] for k in ("selected_size", "pool_size") if k in cstats}
         parent_metrics["curated_size"] = cstats.get("selected_size", 0)
         if "labels_after" in cstats:
@@ -171,21 +198,36 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from workflow.summarize import log_summary_to_mlflow, summarize
+    from workflow.verdict import read_verdict, verdict_markdown
 
-    df = summarize(args.metrics, args.csv, args.md, args.baseline, png_path=args.png, stats_path=args.stats)
+    def as_json(text: str | None, flag: str) -> Any:
+        try:
+            return json.loads(text) if text else None
+        except json.JSONDecodeError as err:
+            raise StrataError(f"{flag} is not JSON ({err})", where="summarize", fix=f"pass {flag} as JSON.") from err
+
+    summary = as_json(args.summary, "--summary") or {"baseline": args.baseline}
+    with timing.compute():
+        df = summarize(args.metrics, args.csv, args.md, summary.get("baseline", args.baseline), png_path=args.png,
+                       stats_path=args.stats, summary=summary, curations=as_json(args.curations, "--curations"),
+                       verdict_path=args.verdict, forest_path=args.forest, curve_md=args.curve_md,
+                       curve_png=args.curve_png)
     print(f"summarize: {len(df)} variants -> {args.csv}, {args.md}", flush=True)
     print(Path(args.md).read_text(), flush=True)
     if args.tracking_uri:
-        files = [f for f in (args.csv, args.md, args.png, args.stats) if f and Path(f).is_file()]
+        files = [f for f in (args.csv, args.md, args.png, args.stats, args.verdict, args.forest, args.curve_md,
+                             args.curve_png) if f and Path(f).is_file()]
+        note = verdict_markdown(read_verdict(args.verdict)) if args.verdict else None
         log_summary_to_mlflow(args.tracking_uri, args.experiment, pd.read_csv(args.stats), files,
-                              baseline=args.baseline)
+                              baseline=summary.get("baseline", args.baseline), note=note)
 
 
 def cmd_plot_training(args: argparse.Namespace) -> None:
     from workflow.figures import plot_training
     from workflow.tracking import log_stage
 
-    series = plot_training(args.history, args.output, args.title)
+    with timing.compute():
+        series = plot_training(args.history, args.output, args.title)
     print(f"plot-training: {len(series)} series ({', '.join(series)}) -> {args.output}", flush=True)
     log_stage(_tracking(args), _record("plot_training", {"title": args.title}, [args.history], [args.output]))
 
@@ -195,7 +237,8 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> None:
     from workflow.tracking import log_stage
 
     start = time.perf_counter()
-    info = plot_embedding_map(args.embeddings, args.output, args.seed, args.title, args.max_points)
+    with timing.compute():
+        info = plot_embedding_map(args.embeddings, args.output, args.seed, args.title, args.max_points)
     print(f"plot-embeddings: t-SNE of {int(info['points'])} points in {time.perf_counter() - start:.1f} s, "
           f"trustworthiness@5 {info['trustworthiness']:.3f} -> {args.output}", flush=True)
     record = _record("plot_embeddings", {"title": args.title, "seed": args.seed, "max_points": args.max_points},
@@ -211,8 +254,35 @@ def cmd_attach(args: argparse.Namespace) -> None:
     print(f"attached job logs and benchmarks to {n} stage run(s)")
 
 
+SEED_MAX = 2**32 - 1  # scikit-learn's random_state bound
+
+
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum] (the message names the flag through argparse)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (flag, what is wrong, the fix) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}. Fix: see `{self.prog} --help`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="strata", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="strata", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def stage(name: str, func: Callable[[argparse.Namespace], Any], help_text: str, outputs: list[str],
@@ -233,14 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, required=True)
 
     def compute(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--threads", type=int, default=1, help="CPU cores of the job")
-        p.add_argument("--gpus", type=int, default=0, help="GPUs of the job")
+        p.add_argument("--threads", type=_int_at_least(1), default=1, help="CPU cores of the job")
+        p.add_argument("--gpus", type=_int_at_least(0), default=0, help="GPUs of the job")
         p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
 
     p = stage("curate", cmd_curate, "Select a subset of the pool.", ["selection", "stats"])
     p.add_argument("--pool", required=True, help="pool table (Parquet)")
     p.add_argument("--features", help="feature table with the pool's ids (default: the pool's own vectors)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0, SEED_MAX), default=0)
     p.add_argument("--selection", required=True, help="output: selected ids (Parquet)")
     p.add_argument("--stats", required=True, help="output: statistics (JSON)")
     p.add_argument("--diagnostics", help="output folder for the diagnostic pictures (PNG)")
@@ -252,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
               ["encoder", "history"])
     p.add_argument("--pool", required=True)
     p.add_argument("--selection", required=True, help="curated ids to train on")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0, SEED_MAX), default=0)
     p.add_argument("--encoder", required=True, help="output: encoder weights (safetensors)")
     p.add_argument("--history", required=True, help="output: training history (Parquet)")
     p.add_argument("--work-root", default="results/.work", help="scratch space for Ray Train (not an output)")
@@ -263,25 +333,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True)
     p.add_argument("--input", action="append", required=True, help="input table (repeatable)")
     p.add_argument("--output", action="append", required=True, help="output table (repeatable, same order)")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=1024)
     compute(p)
 
     p = stage("evaluate", cmd_evaluate, "Clustering, retrieval and kNN/linear metrics of embeddings.", ["output"])
     p.add_argument("--probe-train", required=True)
     p.add_argument("--probe-test", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0, SEED_MAX), default=0)
     p.add_argument("--variant", help="JSON identifying the variant (dataset, curation, ssl, seed)")
     p.add_argument("--curation-stats", help="the variant's curation stats.json (copied into the record)")
     p.add_argument("--output", required=True, help="output: metrics (JSON)")
 
     p = stage("summarize", cmd_summarize, "Aggregate metrics over variants and seeds.",
-              ["csv", "md", "png", "stats"], params=False)
+              ["csv", "md", "png", "stats", "verdict", "forest", "curve_md", "curve_png"], params=False)
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--csv", required=True, help="output: one row per variant")
     p.add_argument("--md", required=True, help="output: the summary as Markdown tables")
     p.add_argument("--stats", required=True, help="output: mean, sd, 95%% CI and paired differences (CSV)")
-    p.add_argument("--png", help="output: bar chart with 95%% CI error bars")
-    p.add_argument("--baseline", default="random")
+    p.add_argument("--png", help="output: per-metric dot plots (zoomed, baseline marked)")
+    p.add_argument("--baseline", default="random", help="baseline curation when --summary does not name one")
+    p.add_argument("--summary", help="the config's summary section as JSON (baseline, primary, rope, curve, ...)")
+    p.add_argument("--curations", help="the config's curations as JSON (method, target_size: for summary.curve)")
+    p.add_argument("--verdict", help="output: the pre-registered verdict (JSON)")
+    p.add_argument("--forest", help="output: forest plot of the paired differences (PNG)")
+    p.add_argument("--curve-md", help="output: size-sweep table (Markdown; needs summary.curve)")
+    p.add_argument("--curve-png", help="output: size-sweep figure (PNG; needs summary.curve)")
     p.add_argument("--tracking-uri", help="log the summary to this MLflow store (study run + variant runs)")
     p.add_argument("--experiment", default="strata")
 
@@ -295,9 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
               ["output"], params=False)
     p.add_argument("--embeddings", required=True, help="embedding table (Parquet), e.g. probe_test")
     p.add_argument("--output", required=True, help="output: PNG")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0, SEED_MAX), default=0)
     p.add_argument("--title", default="")
-    p.add_argument("--max-points", type=int, default=5000, help="seeded sample size above which points are drawn")
+    p.add_argument("--max-points", type=_int_at_least(4), default=5000,
+                   help="seeded sample size above which points are drawn")
 
     p = sub.add_parser("attach-files", help="Attach Snakemake logs/benchmarks to MLflow stage runs.")
     p.set_defaults(func=cmd_attach, outputs=[])
@@ -306,24 +383,110 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _remove_outputs(args: argparse.Namespace) -> None:
+def _output_files(args: argparse.Namespace) -> list[Path]:
+    files = []
     for name in args.outputs:
         values = getattr(args, name, None)
-        for value in values if isinstance(values, list) else [values]:
-            if value and Path(value).is_file():
-                Path(value).unlink()
+        files += [Path(v) for v in (values if isinstance(values, list) else [values]) if v]
+    return files
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's identity and version (inode, mtime); None when absent. Atomic writes change the inode."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
+class _Outputs:
+    """A command's outputs: their folders made before any work, and everything it made removed on failure.
+
+    Folders that did not exist are created (an impossible one is a :class:`StrataError` naming the path) and
+    removed again on failure when empty. A failed command removes its output files, those of an earlier run
+    included (no stale results); an output folder (``curate --diagnostics``) loses the files the command
+    wrote into it, and the folder itself when the command created it.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.files = _output_files(args)
+        self.folder = Path(args.diagnostics) if getattr(args, "diagnostics", None) else None
+        self.created: list[Path] = []  # folders this command created, parents first
+        self.before: dict[str, tuple[int, int] | None] = {}  # the output folder's files before the command
+        if self.folder is not None and self.folder.is_dir():
+            self.before = {f.name: _stamp(f) for f in self.folder.iterdir() if f.is_file()}
+
+    def prepare(self) -> None:
+        from workflow.tables import output_dir
+
+        for path in self.files:
+            if path.is_dir():
+                raise StrataError("the output path is a folder", where=str(path), fix="name a file to write.")
+            self._make(path.parent, path, output_dir)
+        if self.folder is not None:
+            if self.folder.exists() and not self.folder.is_dir():
+                raise StrataError("the output folder is a file", where=str(self.folder),
+                                  fix="name a folder (or a path that does not exist yet).")
+            self._make(self.folder, self.folder / "x", output_dir)
+        for folder in {path.parent for path in self.files} | ({self.folder} if self.folder else set()):
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise StrataError(f"the output folder {str(folder)!r} is not writable", where=str(folder),
+                                  fix="choose an output path in a folder you can write to.")
+
+    def _make(self, folder: Path, probe: Path, make: Callable[[Path], Path]) -> None:
+        missing = []
+        while not folder.exists() and folder.parent != folder:
+            missing.append(folder)
+            folder = folder.parent
+        make(probe)
+        self.created += [f for f in reversed(missing) if f not in self.created]
+
+    def remove(self) -> None:
+        for path in self.files:
+            with contextlib.suppress(OSError):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+        if self.folder is not None and self.folder.is_dir():
+            for f in self.folder.iterdir():
+                with contextlib.suppress(OSError):
+                    if f.is_file() and self.before.get(f.name) != _stamp(f):
+                        f.unlink()
+        for folder in reversed(self.created):  # deepest first; only empty ones (another job may share them)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _check_tracking(args: argparse.Namespace) -> None:
+    """Fail before any work when the command's MLflow store cannot be reached or written."""
+    from workflow.tracking import check_tracking_uri
+
+    if getattr(args, "tracking", None):
+        check_tracking_uri(_tracking(args).uri)
+    elif getattr(args, "tracking_uri", None):
+        check_tracking_uri(args.tracking_uri)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    outputs = _Outputs(args)
     try:
+        _check_tracking(args)
+        outputs.prepare()
         args.func(args)
-    except StrataError as err:
-        _remove_outputs(args)
-        print(f"strata {args.command}: error: {err}", file=sys.stderr, flush=True)
+    except (StrataError, OSError) as err:
+        if isinstance(err, OSError) and not err.filename:
+            outputs.remove()
+            raise
+        if isinstance(err, OSError):  # a user path that cannot be read or written
+            err = StrataError(err.strerror or str(err), where=str(err.filename),
+                              fix="check that the path exists and that you may read or write it.")
+        outputs.remove()
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+        print(f"strata {args.command}: error: {message}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except BaseException:
-        _remove_outputs(args)
+        outputs.remove()
         raise
     return 0
 

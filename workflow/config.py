@@ -105,6 +105,9 @@ def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any
     if baseline not in config["curations"]:
         raise StrataError(f"baseline {baseline!r} is not a curation of the study", where=f"{source}: summary.baseline",
                           fix=f"choose one of {sorted(config['curations'])}.")
+    from workflow.comparisons import check_summary  # summary.primary and the size sweep's pairing
+
+    check_summary(config, source)
     for name, ds in config["datasets"].items():
         if ds["kind"] == "file" and not ds.get("path"):
             raise StrataError("a `file` dataset needs `path`", where=f"{source}: datasets.{name}",

@@ -1,18 +1,24 @@
 """Ray inside Snakemake jobs.
 
-A job either joins an existing Ray cluster (``--ray-address``, the config's ``ray.address`` or
-``$RAY_ADDRESS``) or starts a private local Ray sized to the job's allocation (threads, GPUs).
+A job finds its Ray in this order:
 
-Several local Ray instances on one machine are not supported by Ray (random port collisions, GCS
-races: ray PR #45836, ray#53906). Strata therefore serialises *local* Ray instances per machine with
-an exclusive ``flock`` on ``/tmp/strata-ray-<uid>.lock`` (override with ``$STRATA_RAY_LOCK``); the
-default Snakemake profile also gives every Ray rule one unit of the ``ray`` resource with a global
-limit of 1, so Snakemake schedules other, non-Ray jobs on the free cores instead of blocking them.
-Under SLURM the lock serialises the local Rays of jobs that share a node.
+1. an external cluster: ``--ray-address``, the config's ``ray.address`` or ``$RAY_ADDRESS``;
+2. the **run-wide cluster** of a local Snakemake run (``$STRATA_RAY_CLUSTER``, set by the Snakefile's ``onstart``;
+   ``workflow/raycluster.py``): the job waits until it is up and attaches (~0.1-1 s instead of ~7-10 s to
+   start a Ray). Ray jobs of the run then run side by side: Snakemake's ``threads`` and ``gpu`` resources
+   are the gate and each job asks the cluster for exactly its share (``job_resources``), so no lock;
+3. otherwise (``strata`` run by hand, a SLURM job) a **private local Ray** sized to the job's allocation
+   (threads, GPUs), stopped at the end. Several local Ray instances started by ``ray.init`` on one machine
+   collide (random port collisions, GCS races: ray PR #45836, ray#53906), so private Rays take turns per
+   machine with an exclusive ``flock`` on ``/tmp/strata-ray-<uid>.lock`` (``$STRATA_RAY_LOCK``); under SLURM
+   the lock serialises the Rays of jobs that share a node.
 
-A local Ray keeps its sockets under a short temp dir derived from the job's ``$RAY_TMPDIR`` or
-``$TMPDIR`` (Snakemake's ``tmpdir`` resource, SLURM's job tmp): AF_UNIX paths are limited to 107
-bytes (ray#7724), so a long ``$TMPDIR`` falls back to ``/tmp/strata-ray-<uid>-<pid>``.
+A private Ray keeps its sockets under a short temp dir derived from the job's ``$RAY_TMPDIR`` or ``$TMPDIR``
+(Snakemake's ``tmpdir`` resource, SLURM's job tmp): AF_UNIX paths are limited to 107 bytes (ray#7724), so a
+long ``$TMPDIR`` falls back to ``/tmp/strata-ray-<uid>-<pid>``.
+
+A driver that dies takes its work with it: its actors and tasks are not detached, so Ray kills them when the
+driver's connection drops (tested with a SIGKILLed pretrain driver, tests/test_raycluster.py).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 from collections.abc import Iterator
 
 from workflow.errors import StrataError
+from workflow.raycluster import CLUSTER_ENV
 
 
 @contextlib.contextmanager
@@ -104,9 +111,22 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+def job_resources(threads: int, gpus: int, parts: int = 1) -> dict[str, float]:
+    """What each of ``parts`` Ray workers of a job asks for: its share of the job's ``threads`` and ``gpus``.
+
+    On the run-wide cluster this is the job's exact share of what Snakemake gave it, so Ray places the job
+    at once (Snakemake already checked that the cores and GPUs are free) and two jobs never share a GPU.
+    """
+    parts = max(1, parts)
+    share = {"CPU": max(1, threads) / parts}
+    if gpus > 0:
+        share["GPU"] = gpus / parts
+    return share
+
+
 @contextlib.contextmanager
 def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) -> Iterator[dict[str, float]]:
-    """Start (or join) Ray for one job and shut it down afterwards.
+    """Join the external or the run-wide Ray cluster, or start a private one, for one job; leave it afterwards.
 
     Yields the cluster's resources. Fails at once with a clear message when the job asks for GPUs
     that Ray cannot see (Ray would otherwise wait forever for an infeasible request).
@@ -114,14 +134,15 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
     import ray
 
     address = resolve_address(address)
-    # A local Ray is told how many GPUs it has (num_gpus), so it would believe in GPUs that do not
+    cluster = os.environ.get(CLUSTER_ENV) if address is None else None
+    # A private Ray is told how many GPUs it has (num_gpus), so it would believe in GPUs that do not
     # exist: check the devices before starting anything.
-    if address is None and num_gpus > 0 and visible_gpus() < num_gpus:
+    if address is None and not cluster and num_gpus > 0 and visible_gpus() < num_gpus:
         raise StrataError(f"this job asks for {num_gpus} GPU(s) but this machine shows {visible_gpus()} "
                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
                           where="resources.gpu", fix=_GPU_FIX)
     lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if address is None:
+    if address is None and not cluster:
         lock = file_lock(ray_lock_path(), "waiting for another local Ray job on this machine to finish ...")
     with lock:
         start = time.time()
@@ -130,18 +151,25 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
         for var, value in RAY_ENV_DEFAULTS.items():
             os.environ.setdefault(var, value)
         temp_dir = None
-        if address is None:
+        if cluster:
+            from workflow.raycluster import wait_for_cluster
+
+            address = wait_for_cluster(cluster)
+            ray.init(address=address, logging_level="WARNING")
+            how = f"joined the run's Ray cluster {address}"
+        elif address is None:
             temp_dir = ray_temp_dir()
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      _temp_dir=temp_dir, logging_level="WARNING", configure_logging=True)
+            how = f"started a private local Ray (temp dir {temp_dir})"
         else:
             ray.init(address=address, logging_level="WARNING")
+            how = f"joined {address}"
         failed = True
         try:
             resources = ray.cluster_resources()
-            print(f"ray: {'joined ' + address if address else 'started local Ray'} in {time.time() - start:.1f}s, "
-                  f"resources CPU={resources.get('CPU', 0):g} GPU={resources.get('GPU', 0):g}"
-                  + (f", temp dir {temp_dir}" if temp_dir else ""), flush=True)
+            print(f"ray: {how} in {time.time() - start:.1f}s, cluster resources CPU={resources.get('CPU', 0):g} "
+                  f"GPU={resources.get('GPU', 0):g}; this job asks for CPU={num_cpus} GPU={num_gpus}", flush=True)
             if num_gpus > 0 and resources.get("GPU", 0) < num_gpus:
                 raise StrataError(f"this job asks for {num_gpus} GPU(s) but the Ray cluster at {address} has "
                                   f"{resources.get('GPU', 0):g}", where="resources.gpu", fix=_GPU_FIX)

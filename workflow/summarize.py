@@ -8,7 +8,13 @@ Outputs (every file written atomically):
   paired difference to the baseline curation over matched seeds (mean, sd, 95% CI, paired t-test
   p-value);
 * ``summary.md``: mean ± 95% CI half-width per curation, the paired differences, and every variant;
-* optionally a PNG bar chart of the headline metrics with 95% CI error bars.
+* optionally ``summary.png``, per-metric dot plots zoomed to the data (:mod:`workflow.summary_figures`);
+* optionally ``verdict.json`` and ``forest.png``: the pre-registered verdict on the primary metric
+  (:mod:`workflow.verdict`) and the forest plot of every paired difference;
+* for a size sweep (``summary.curve``), ``curve.md`` and ``curve.png`` (:mod:`workflow.curve`).
+
+Each curation is compared with its reference (:func:`workflow.comparisons.references`): the baseline, or in
+a size sweep the control of the same size. The statistics themselves live in :mod:`workflow.effects`.
 
 :func:`log_summary_to_mlflow` puts the same numbers into the study's MLflow experiment.
 
@@ -30,25 +36,26 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
+from workflow.effects import paired_difference, t_interval
 from workflow.errors import StrataError
 from workflow.tables import atomic_path
+
+__all__ = ["HEADLINE", "KEYS", "STATS_COLUMNS", "load_metrics", "log_summary_to_mlflow", "summarize",
+           "summary_stats", "t_interval", "variant_record"]
 
 HEADLINE = ["knn_accuracy", "linear_accuracy", "recall_at_1", "map_at_r", "cluster_acc", "cluster_nmi", "cluster_ari"]
 KEYS = ["dataset", "ssl", "curation", "seed"]
 #: Grouping of a summary row: one (dataset, ssl method, curation) cell, statistics over seeds.
 GROUP = ["dataset", "ssl", "curation"]
 #: Columns of ``summary_stats.csv``, in order.
-STATS_COLUMNS = [*GROUP, "metric", "n", "mean", "sd", "ci95_low", "ci95_high", "diff_n", "diff_mean", "diff_sd",
-                 "diff_ci95_low", "diff_ci95_high", "p_value"]
+STATS_COLUMNS = [*GROUP, "baseline", "metric", "n", "mean", "sd", "ci95_low", "ci95_high", "diff_n", "diff_mean",
+                 "diff_sd", "diff_ci95_low", "diff_ci95_high", "p_value", "prob_improvement"]
 NA = "n/a"
 
 
@@ -81,46 +88,25 @@ def load_metrics(paths: list[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 
 
-def t_interval(values: Sequence[float] | np.ndarray) -> tuple[int, float, float, float]:
-    """Mean and Student-t 95% confidence half-width of the finite ``values``.
-
-    ``half = t_{0.975, n−1} · sd / √n`` with ``sd`` the sample standard deviation (ddof = 1).
-
-    Args:
-        values: Observations (NaN entries are ignored).
-
-    Returns:
-        ``(n, mean, sd, half)``; ``sd`` and ``half`` are NaN when ``n < 2``, all but ``n`` are NaN
-        when ``n = 0``.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    n = int(x.size)
-    if n == 0:
-        return 0, math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if n < 2:
-        return n, mean, math.nan, math.nan
-    sd = float(x.std(ddof=1))
-    return n, mean, sd, float(sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-
-
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     """Numeric, non-key columns of the per-variant frame, headline metrics first."""
     numeric = [c for c in df.columns if c not in KEYS and pd.api.types.is_numeric_dtype(df[c])]
     return [c for c in HEADLINE if c in numeric] + [c for c in numeric if c not in HEADLINE]
 
 
-def summary_stats(df: pd.DataFrame, baseline: str = "random", metrics: list[str] | None = None) -> pd.DataFrame:
-    """Per (dataset, ssl, curation, metric) statistics over seeds and paired differences to ``baseline``.
+def summary_stats(df: pd.DataFrame, baseline: str = "random", metrics: list[str] | None = None,
+                  refs: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per (dataset, ssl, curation, metric) statistics over seeds and paired differences to the reference.
 
-    See the module docstring for the formulas. The paired difference of the baseline to itself is
-    not reported (NaN), nor is any difference in a (dataset, ssl) group without the baseline.
+    See the module docstring for the formulas. A curation without a reference (the baseline itself, a
+    size sweep's controls) has no paired difference (NaN, ``baseline`` empty), nor has any curation in a
+    (dataset, ssl) group without its reference.
 
     Args:
         df: Per-variant frame with :data:`KEYS` and metric columns (as from :func:`load_metrics`).
-        baseline: Curation every other curation is compared with.
+        baseline: Curation every other curation is compared with when ``refs`` is None.
         metrics: Metric columns to summarise; default every numeric non-key column.
+        refs: Curation → the curation it is compared with (:func:`workflow.comparisons.references`).
 
     Returns:
         Long-format frame with :data:`STATS_COLUMNS`, sorted by dataset, ssl, curation and the order
@@ -139,39 +125,25 @@ def summary_stats(df: pd.DataFrame, baseline: str = "random", metrics: list[str]
         raise StrataError(f"{int(dup.sum())} rows share their variant keys, e.g. {first}.", where="summarize",
                           fix="Pass each variant's metrics.json once.")
     metrics = _metric_columns(df) if metrics is None else metrics
+    if refs is None:
+        refs = {c: baseline for c in df["curation"].unique() if c != baseline}
     rows: list[dict[str, Any]] = []
     for (dataset, ssl), group in df.groupby(["dataset", "ssl"], sort=True):
-        base = group[group["curation"] == baseline].set_index("seed")
         for curation, sub in group.groupby("curation", sort=True):
             sub = sub.set_index("seed")
+            ref = refs.get(curation)
+            base = group[group["curation"] == ref].set_index("seed") if ref is not None else None
+            if base is not None and base.empty:
+                base = None
             for metric in metrics:
                 n, mean, sd, half = t_interval(sub[metric])
-                row: dict[str, Any] = {"dataset": dataset, "ssl": ssl, "curation": curation, "metric": metric,
+                row: dict[str, Any] = {"dataset": dataset, "ssl": ssl, "curation": curation,
+                                       "baseline": ref if base is not None else "", "metric": metric,
                                        "n": n, "mean": mean, "sd": sd, "ci95_low": mean - half,
                                        "ci95_high": mean + half}
-                row.update(_paired_difference(sub[metric], base[metric] if curation != baseline and len(base)
-                                              else None))
+                row.update(paired_difference(sub[metric], base[metric] if base is not None else None))
                 rows.append(row)
     return pd.DataFrame(rows, columns=STATS_COLUMNS)
-
-
-def _paired_difference(values: pd.Series, base: pd.Series | None) -> dict[str, float]:
-    """Paired difference ``values − base`` over the seeds (index) where both are finite."""
-    empty = {"diff_n": 0, "diff_mean": math.nan, "diff_sd": math.nan, "diff_ci95_low": math.nan,
-             "diff_ci95_high": math.nan, "p_value": math.nan}
-    if base is None:
-        return empty
-    both = pd.concat([values.rename("x"), base.rename("b")], axis=1, join="inner").dropna()
-    if both.empty:
-        return empty
-    n, mean, sd, half = t_interval(both["x"] - both["b"])
-    p = math.nan
-    if n >= 2:
-        with warnings.catch_warnings():  # zero-variance differences: SciPy warns and returns nan / 0
-            warnings.simplefilter("ignore", RuntimeWarning)
-            p = float(sps.ttest_rel(both["x"], both["b"]).pvalue)
-    return {"diff_n": n, "diff_mean": mean, "diff_sd": sd, "diff_ci95_low": mean - half,
-            "diff_ci95_high": mean + half, "p_value": p}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,8 +178,8 @@ def _diff_cell(row: pd.Series) -> str:
     return f"{_num(row['diff_mean'], True)} {ci}, {_p(row['p_value'])}"
 
 
-def _markdown(df: pd.DataFrame, st: pd.DataFrame, metrics: list[str], baseline: str) -> str:
-    lines = ["# Strata study summary", "",
+def _markdown(df: pd.DataFrame, st: pd.DataFrame, metrics: list[str], verdict_lines: list[str] | None = None) -> str:
+    lines = ["# Strata study summary", "", *(["```", *verdict_lines, "```", ""] if verdict_lines else []),
              "Metrics on `probe_test`; kNN and linear probe trained on `probe_train`. Cells: mean ± half-width of "
              "the 95% confidence interval over seeds (Student t, n − 1 degrees of freedom: t₀.₉₇₅ · sd / √n); "
              f"n = number of seeds; `{NA}` where it is undefined (n = 1).", ""]
@@ -223,15 +195,14 @@ def _markdown(df: pd.DataFrame, st: pd.DataFrame, metrics: list[str], baseline: 
         lines.append("")
         diffs = []
         for curation in curations:
-            if curation == baseline:
-                continue
             sub = [cells.loc[(curation, m)] for m in metrics]
             n_pairs = max(int(r["diff_n"]) for r in sub) if sub else 0
             if n_pairs == 0:
                 continue
-            diffs.append(f"| {curation} − {baseline} | {n_pairs} | " + " | ".join(_diff_cell(r) for r in sub) + " |")
+            ref = sub[0]["baseline"]
+            diffs.append(f"| {curation} − {ref} | {n_pairs} | " + " | ".join(_diff_cell(r) for r in sub) + " |")
         if diffs:
-            lines += [f"Paired difference to `{baseline}` over matched seeds: mean difference [95% CI], "
+            lines += ["Paired difference to the baseline over matched seeds: mean difference [95% CI], "
                       "p = two-sided paired t-test (n = matched seeds):", "",
                       "| curation | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics),
                       *diffs, ""]
@@ -242,79 +213,52 @@ def _markdown(df: pd.DataFrame, st: pd.DataFrame, metrics: list[str], baseline: 
     return "\n".join(lines) + "\n"
 
 
-def plot_summary(st: pd.DataFrame, png_path: str, metrics: list[str]) -> None:
-    """Bar chart of ``metrics`` per curation with 95% CI error bars, one panel per metric (PNG, Agg).
-
-    Within a panel, bars are grouped by (dataset, ssl) and coloured by curation; cells with
-    ``n = 1`` have no error bar (the interval is undefined).
-
-    Args:
-        st: Frame from :func:`summary_stats`.
-        png_path: Output file, written atomically.
-        metrics: Metrics to draw (those absent from ``st`` are skipped).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    metrics = [m for m in metrics if m in set(st["metric"])] or list(dict.fromkeys(st["metric"]))
-    groups = list(dict.fromkeys(zip(st["dataset"], st["ssl"], strict=True)))
-    curations = sorted(set(st["curation"]))
-    ncols = min(4, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
-    fig = Figure(figsize=(3.6 * ncols + 0.6, 3.0 * nrows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    width = 0.8 / max(1, len(curations))
-    cells = st.set_index(["dataset", "ssl", "curation", "metric"])
-    for ax, metric in zip(axes, metrics, strict=False):
-        for j, curation in enumerate(curations):
-            means, errs = [], []
-            for dataset, ssl in groups:
-                key = (dataset, ssl, curation, metric)
-                row = cells.loc[key] if key in cells.index else None
-                means.append(row["mean"] if row is not None else np.nan)
-                errs.append(row["ci95_high"] - row["mean"] if row is not None else np.nan)
-            x = np.arange(len(groups)) + (j - (len(curations) - 1) / 2) * width
-            ax.bar(x, np.nan_to_num(means), width, label=curation, color=f"C{j}")
-            err = np.asarray(errs, dtype=np.float64)
-            ok = np.isfinite(err) & np.isfinite(means)
-            if ok.any():
-                ax.errorbar(x[ok], np.asarray(means)[ok], yerr=err[ok], fmt="none", ecolor="black", capsize=3,
-                            linewidth=1)
-        ax.set_title(metric)
-        ax.set_xticks(np.arange(len(groups)), [f"{d}\n{s}" for d, s in groups], fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    for ax in axes[len(metrics):]:
-        ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(curations), 6), title="curation")
-    fig.suptitle("Mean over seeds with 95% CI (Student t)")
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
 def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "random", png_path: str | None = None,
-              stats_path: str | None = None) -> pd.DataFrame:
+              stats_path: str | None = None, *, summary: dict[str, Any] | None = None,
+              curations: dict[str, dict[str, Any]] | None = None, verdict_path: str | None = None,
+              forest_path: str | None = None, curve_md: str | None = None,
+              curve_png: str | None = None) -> pd.DataFrame:
     """Write the study's summary files; returns the per-variant frame.
 
     Args:
         paths: The variants' ``metrics.json`` files.
         csv_path: Per-variant table (``summary.csv``).
-        md_path: Markdown report (``summary.md``).
-        baseline: Curation the others are compared with (paired over seeds).
-        png_path: Optional bar chart of the headline metrics with 95% CI error bars.
+        md_path: Markdown report (``summary.md``), opening with the verdict when one is written.
+        baseline: Curation the others are compared with, when ``summary`` does not name one.
+        png_path: Optional per-metric dot plots (:func:`workflow.summary_figures.plot_metrics`).
         stats_path: Long-format statistics; default ``<csv_path stem>_stats.csv`` beside ``csv_path``
             (``summary.csv`` -> ``summary_stats.csv``).
+        summary: The config's ``summary`` section (``baseline``, ``primary``, ``rope``, ``curve``,
+            ``bootstrap_resamples``, ``bootstrap_seed``; schema defaults where absent).
+        curations: The config's ``curations`` (``method``, ``target_size``): needed for a size sweep.
+        verdict_path: Optional ``verdict.json`` (:mod:`workflow.verdict`).
+        forest_path: Optional forest plot of the paired differences (needs ``verdict_path``).
+        curve_md: Optional size-sweep table (needs ``summary.curve``).
+        curve_png: Optional size-sweep figure (needs ``summary.curve``).
 
     Returns:
         The per-variant frame (as written to ``csv_path``).
 
     Raises:
-        StrataError: If a metrics file cannot be read or a variant occurs twice.
+        StrataError: If a metrics file cannot be read, a variant occurs twice, the primary metric is missing,
+            or curve outputs are asked for without ``summary.curve``.
     """
+    from workflow.comparisons import curve_points, references
+    from workflow.verdict import build_verdict, verdict_lines, write_verdict
+
+    cfg = {"baseline": baseline, "primary": "knn_accuracy", "rope": 0.01, "curve": None,
+           "bootstrap_resamples": 2000, "bootstrap_seed": 0, **(summary or {})}
     df = load_metrics(paths)
-    st = summary_stats(df, baseline)
+    if curations is None:
+        curations = {c: {"method": c} for c in df["curation"].unique()}
+    refs = references(curations, cfg["baseline"], cfg["curve"], source="summary")
+    st = summary_stats(df, cfg["baseline"], refs=refs)
     headline = [c for c in HEADLINE if c in df.columns]
+    sizes = {name: int(c["target_size"]) for name, c in curations.items() if c.get("target_size") is not None}
+    verdict = None
+    if verdict_path is not None:
+        verdict = build_verdict(df, cfg["primary"], cfg["baseline"], cfg["rope"], refs, headline,
+                                sizes if cfg["curve"] else None, cfg["bootstrap_resamples"], cfg["bootstrap_seed"])
     if stats_path is None:
         stats_path = str(Path(csv_path).with_name(f"{Path(csv_path).stem}_stats.csv"))
     with atomic_path(csv_path) as tmp:
@@ -322,9 +266,27 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
     with atomic_path(stats_path) as tmp:
         st.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(md_path) as tmp:
-        tmp.write_text(_markdown(df, st, headline, baseline))
-    if png_path is not None:
-        plot_summary(st, png_path, headline)
+        tmp.write_text(_markdown(df, st, headline, verdict_lines(verdict) if verdict else None))
+    if verdict is not None:
+        write_verdict(verdict, verdict_path)
+    if png_path is not None or forest_path is not None:
+        from workflow.summary_figures import plot_forest, plot_metrics
+
+        if png_path is not None:
+            plot_metrics(df, st, headline, cfg["baseline"], png_path)
+        if forest_path is not None and verdict is not None:
+            plot_forest(st, verdict, headline, forest_path)
+    if curve_md is not None or curve_png is not None:
+        if not cfg["curve"]:
+            raise StrataError("curve outputs were asked for, but the study declares no size sweep",
+                              where="summary.curve", fix="set summary.curve: {treatment: ..., control: ...}.")
+        from workflow.curve import curve_table, pool_sizes, write_curve
+
+        points = curve_points(curations, cfg["curve"], source="summary")
+        table = curve_table(df, points, cfg["primary"], cfg["rope"], pool_sizes(paths))
+        write_curve(table, curve_md or str(Path(md_path).with_name("curve.md")),
+                    curve_png or str(Path(md_path).with_name("curve.png")), cfg["primary"], cfg["rope"],
+                    cfg["curve"]["treatment"], cfg["curve"]["control"])
     return df
 
 
@@ -334,7 +296,7 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
 
 
 def log_summary_to_mlflow(tracking_uri: str, experiment: str, stats: pd.DataFrame, files: list[str],
-                          baseline: str = "random") -> None:
+                          baseline: str = "random", note: str | None = None) -> None:
     """Log the study summary to MLflow: a study run with aggregates and files, and per-variant differences.
 
     Under the tracking store's ``flock`` (as in :mod:`workflow.tracking`):
@@ -342,9 +304,10 @@ def log_summary_to_mlflow(tracking_uri: str, experiment: str, stats: pd.DataFram
     * the **study run** (tags ``strata.kind=study``, ``strata.key=study:<experiment>``) is found or
       created; ``files`` are logged as artifacts under ``summary/``, and for every row of ``stats``
       the metrics ``{curation}.{metric}.n``, ``.mean``, ``.sd``, ``.ci95`` (half-width) and, for
-      curations other than the baseline, ``.diff_mean``, ``.diff_ci95`` (half-width), ``.p_value``;
-      undefined values (n = 1) are not logged. If ``stats`` spans several (dataset, ssl) pairs
-      the names are prefixed ``{dataset}.{ssl}.`` so they stay unique;
+      curations with a reference, ``.diff_mean``, ``.diff_ci95`` (half-width), ``.p_value``,
+      ``.prob_improvement``; undefined values (n = 1) are not logged. If ``stats`` spans several
+      (dataset, ssl) pairs the names are prefixed ``{dataset}.{ssl}.`` so they stay unique. ``note``
+      (the verdict, Markdown) becomes the run's description (tag ``mlflow.note.content``);
     * every **variant run** (tag ``strata.kind=variant``, params ``dataset.name``, ``ssl.name``,
       ``curation.name``, ``seed``) gets ``{metric}.diff_vs_{baseline}`` = its metric minus the
       metric of the baseline variant run with the same dataset, ssl and seed (the most recently
@@ -355,7 +318,8 @@ def log_summary_to_mlflow(tracking_uri: str, experiment: str, stats: pd.DataFram
         experiment: Experiment name (the config's ``study``).
         stats: Frame from :func:`summary_stats`.
         files: Summary files to attach (missing files are skipped).
-        baseline: The baseline curation of the paired differences.
+        baseline: The baseline curation of the per-variant differences.
+        note: Markdown description of the study run (:func:`workflow.verdict.verdict_markdown`).
     """
     from mlflow.tracking import MlflowClient
 
@@ -371,9 +335,9 @@ def log_summary_to_mlflow(tracking_uri: str, experiment: str, stats: pd.DataFram
     for _, row in stats.iterrows():
         prefix = f"{row['dataset']}.{row['ssl']}.{row['curation']}" if multi else str(row["curation"])
         values = {"n": row["n"], "mean": row["mean"], "sd": row["sd"], "ci95": row["ci95_high"] - row["mean"]}
-        if row["curation"] != baseline:
+        if row["diff_n"] > 0:
             values.update(diff_mean=row["diff_mean"], diff_ci95=row["diff_ci95_high"] - row["diff_mean"],
-                          p_value=row["p_value"])
+                          p_value=row["p_value"], prob_improvement=row.get("prob_improvement", math.nan))
         for stat, value in values.items():
             if value is not None and np.isfinite(value):
                 study_metrics[f"{prefix}.{row['metric']}.{stat}"] = float(value)
@@ -384,6 +348,8 @@ def log_summary_to_mlflow(tracking_uri: str, experiment: str, stats: pd.DataFram
         exp_id = _experiment_id(client, spec)
         study_id = _parent_run(client, exp_id, spec)
         _log_metrics(client, study_id, study_metrics, now)
+        if note is not None:
+            client.set_tag(study_id, "mlflow.note.content", note)
         for path in files:
             if Path(path).is_file():
                 client.log_artifact(study_id, str(path), artifact_path="summary")

@@ -85,16 +85,50 @@ def to_arrow(table: VectorTable, column: str = VECTOR_COLUMN) -> pa.Table:
     )
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (a short window in which the mask is 022)
+    os.umask(mask)
+    return mask
+
+
+def output_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path``'s folder (and its parents) if needed; an impossible folder is a :class:`StrataError`."""
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StrataError(f"cannot create the output folder {str(parent)!r} ({err.strerror or err})",
+                          where=str(path), fix="choose an output path in a folder you can write to.") from err
+    return parent
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path in the destination's folder; rename it to ``path`` on success only."""
+    """Yield a temporary path in the destination's folder; rename it to ``path`` on success only.
+
+    The file gets the mode an ordinary ``open`` would give it (0666 less the umask), not ``mkstemp``'s 0600,
+    so that results are as readable as the user's other files (e.g. by the group on a shared cluster).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    output_dir(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise StrataError(f"cannot write in {str(path.parent)!r} ({err.strerror or err})", where=str(path),
+                          fix="choose an output path in a folder you can write to.") from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # After the write: some writers (safetensors) replace the file instead of writing into it.
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -164,11 +198,11 @@ def _vector_column(schema: pa.Schema, path: Path, column: str | None) -> str:
     return candidates[0]
 
 
-def _open(path: Path) -> pq.ParquetFile:
+def _open(path: Path, pre_buffer: bool = True) -> pq.ParquetFile:
     if not path.exists():
         raise StrataError("file not found", where=str(path), fix="check the path, or run the stage that makes it.")
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, pre_buffer=pre_buffer)
     except (pa.ArrowInvalid, OSError) as err:
         raise StrataError(f"not a readable Parquet file ({err})", where=str(path),
                           fix="regenerate the file; Strata tables are Parquet written by pyarrow.") from err
@@ -202,6 +236,10 @@ def _convert(arrow: pa.Table | pa.RecordBatch, path: Path, name: str, expected_d
             raise StrataError(f"vectors in {name!r} have different lengths {sorted(lengths)[:5]}",
                               where=str(path), fix="every vector must have the same dimension.")
         dim = lengths.pop() if lengths else 0
+    value_type = col.type.value_type
+    if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+        raise StrataError(f"vector column {name!r} holds {value_type} values, not numbers", where=str(path),
+                          fix="store the vectors as a list<float32> column of numbers.")
     values = col.flatten().to_numpy(zero_copy_only=False)
     vectors = np.asarray(values, dtype=np.float32).reshape(arrow.num_rows, dim)
     if expected_dim is not None and dim != expected_dim:
@@ -218,11 +256,25 @@ def _convert(arrow: pa.Table | pa.RecordBatch, path: Path, name: str, expected_d
         lab = arrow.column("label")
         if isinstance(lab, pa.ChunkedArray):
             lab = lab.combine_chunks()
+        lab = _integer_labels(lab, path)
         if lab.null_count < len(lab):
             labels = np.asarray(lab.fill_null(-1).to_numpy(zero_copy_only=False)).astype(np.int64)
         elif len(lab):
             labels = np.full(len(lab), -1, dtype=np.int64)
     return VectorTable(ids=ids, vectors=vectors, labels=labels)
+
+
+def _integer_labels(lab: pa.Array, path: Path) -> pa.Array:
+    """The ``label`` column as int64: integers, or floats holding whole numbers (e.g. from pandas with NaN)."""
+    fix = "store class labels as integers (int64, null when unknown) in the `label` column."
+    if pa.types.is_null(lab.type) or pa.types.is_integer(lab.type):
+        return lab.cast(pa.int64())
+    if pa.types.is_floating(lab.type):
+        values = lab.drop_null().to_numpy(zero_copy_only=False)
+        if np.isfinite(values).all() and (values == np.round(values)).all() and (np.abs(values) < 2**62).all():
+            return lab.cast(pa.int64(), safe=False)
+        raise StrataError("column `label` holds non-integer numbers", where=str(path), fix=fix)
+    raise StrataError(f"column `label` holds {lab.type} values, not integer class labels", where=str(path), fix=fix)
 
 
 def read_table(path: str | os.PathLike[str], column: str | None = None, expected_dim: int | None = None,
@@ -266,12 +318,14 @@ def iter_table(path: str | os.PathLike[str], batch_size: int = 65536, column: st
     Same checks as :func:`read_table` per batch, except the global uniqueness of ids.
     """
     path = Path(path)
-    parquet = _open(path)
+    # Neither pre-buffering nor decoding threads: with them pyarrow holds data ahead of the reader, and the peak
+    # memory grows with the file (benchmarks/pretrain_memory.py).
+    parquet = _open(path, pre_buffer=False)
     name = _check_schema(parquet.schema_arrow, path, column)
     if parquet.metadata.num_rows == 0:
         raise StrataError("table is empty", where=str(path), fix="provide at least one row.")
     try:
-        for batch in parquet.iter_batches(batch_size=batch_size):
+        for batch in parquet.iter_batches(batch_size=batch_size, use_threads=False):
             yield _convert(batch, path, name, expected_dim)
     except (pa.ArrowInvalid, OSError) as err:
         raise StrataError(f"not a readable Parquet file ({err})", where=str(path),
@@ -280,9 +334,17 @@ def iter_table(path: str | os.PathLike[str], batch_size: int = 65536, column: st
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``strata`` JSON metadata stored in a table written by :func:`write_table`."""
-    meta = pq.read_schema(path).metadata or {}
+    meta = _open(Path(path)).schema_arrow.metadata or {}
     raw = meta.get(b"strata")
-    return json.loads(raw) if raw else {}
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError as err:
+        raise StrataError(f"the table's `strata` metadata is not valid JSON ({err})", where=str(path),
+                          fix="regenerate the file with the stage that writes it.") from err
+    if not isinstance(value, dict):
+        raise StrataError("the table's `strata` metadata is not a JSON object", where=str(path),
+                          fix="regenerate the file with the stage that writes it.")
+    return value
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

@@ -18,8 +18,10 @@ logging happens in one short locked block at its end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,95 @@ def resolve_tracking_uri(uri: str | None, results_dir: str | os.PathLike[str] = 
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+#: Seconds the tracking store has to answer before a job starts (:func:`check_tracking_uri`).
+CHECK_TIMEOUT_S = 5.0
+#: MLflow's HTTP client settings while a job logs (MLflow's defaults retry for minutes); the environment wins.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
+_TRACKING_FIX = ("start the tracking server, or point `tracking.uri` (or $MLFLOW_TRACKING_URI, or --tracking) at "
+                 "a store you can reach or write, e.g. sqlite:///results/mlflow.db.")
+
+
+def _writable_folder(folder: Path) -> str | None:
+    """Why ``folder`` cannot hold new files (None when it can): checked on its nearest existing ancestor."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    try:  # a real write (os.access says yes to root on read-only or virtual file systems)
+        tempfile.TemporaryDirectory(dir=probe, prefix=".strata-check-").cleanup()
+    except OSError as err:
+        return f"cannot create files in {probe} ({err.strerror or err})"
+    return None
+
+
+def check_tracking_uri(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
+    """Check, before a job does any work, that its MLflow store can be reached or written.
+
+    ``sqlite:///`` and local paths: the database file, if present, is an SQLite file this user can write, and
+    its folder can hold new files (the database, its journal and the lock file). ``http(s)://``: the server
+    answers within ``timeout`` seconds (any HTTP status counts as an answer). Database URIs with a host: the
+    host accepts a TCP connection within ``timeout``. Other schemes are left to MLflow.
+
+    Raises:
+        StrataError: naming the URI, what failed and how to fix it.
+    """
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from workflow.errors import StrataError
+
+    where = f"tracking store {uri}"
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.lower()
+    problem = None
+    if scheme in ("sqlite", "file", ""):
+        if scheme == "sqlite":
+            target = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+            if target is None or not str(target):
+                raise StrataError("an SQLite tracking URI needs a file path", where=where,
+                                  fix="write it as sqlite:///<absolute path>/mlflow.db.")
+            if target.is_dir():
+                problem = f"{target} is a folder, not a database file"
+            elif target.exists():
+                with contextlib.suppress(OSError):
+                    with open(target, "rb") as f:
+                        head = f.read(16)
+                    if head and head != b"SQLite format 3\x00":
+                        problem = f"{target} is not an SQLite database"
+                if problem is None and not os.access(target, os.R_OK | os.W_OK):
+                    problem = f"{target} is not readable and writable by this user"
+            folder = target.parent
+        else:
+            folder = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri)
+        problem = problem or _writable_folder(folder)
+    elif scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            pass  # the server answered
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            problem = f"the server does not answer within {timeout:g} s ({reason})"
+    elif parsed.hostname and (parsed.port or _DB_PORTS.get(scheme.split("+")[0])):
+        try:
+            with socket.create_connection((parsed.hostname, parsed.port or _DB_PORTS[scheme.split("+")[0]]),
+                                          timeout=timeout):
+                pass
+        except (OSError, ValueError) as err:
+            problem = f"the database host does not answer within {timeout:g} s ({err})"
+    if problem:
+        raise StrataError(f"cannot use the MLflow tracking store: {problem}", where=where, fix=_TRACKING_FIX)
 
 
 def _lock_path(uri: str) -> str:
@@ -77,7 +168,14 @@ class TrackingSpec:
 
     @classmethod
     def from_json(cls, text: str) -> TrackingSpec:
-        return cls(**json.loads(text))
+        from workflow.errors import StrataError
+
+        try:
+            data = json.loads(text)
+            return cls(**data)
+        except (ValueError, TypeError) as err:  # not JSON, not an object, missing or unknown keys
+            raise StrataError(f"not a valid tracking spec ({err})", where="--tracking",
+                              fix="pass the JSON object the Snakemake rules write, or omit --tracking.") from err
 
 
 #: MLflow 3's UI opens an experiment in its GenAI (traces) view unless this tag says it holds training runs.
@@ -142,10 +240,27 @@ def _parent_run(client: Any, exp_id: str, spec: TrackingSpec) -> str:
 def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: dict[str, float] | None = None) -> None:
     """Write one job's record as a stage run nested under its variant/dataset run.
 
-    ``parent_metrics`` are also logged on the parent run (the variant's final metrics).
+    ``parent_metrics`` are also logged on the parent run (the variant's final metrics). MLflow's HTTP retries
+    are bounded (:data:`MLFLOW_HTTP_DEFAULTS`), and a store that fails while logging is a :class:`StrataError`
+    naming the URI (the store is checked before the job's work by :func:`check_tracking_uri`).
     """
     if spec is None:
         return
+    from workflow.errors import StrataError
+
+    for var, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(var, value)
+    try:
+        _log_stage(spec, record, parent_metrics)
+    except StrataError:
+        raise
+    except Exception as err:  # the store failed (server gone, database locked or corrupt ...)
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise StrataError(f"logging to the MLflow tracking store failed ({type(err).__name__}: {first})",
+                          where=f"tracking store {spec.uri}", fix=_TRACKING_FIX) from err
+
+
+def _log_stage(spec: TrackingSpec, record: StageRecord, parent_metrics: dict[str, float] | None) -> None:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
@@ -195,6 +310,11 @@ def attach_job_files(uri: str, experiment: str) -> int:
     """
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return 0  # no job logged anything (e.g. the run failed on its config): do not create the database
+    check_tracking_uri(uri)  # an unreachable store fails in seconds, not after MLflow's retries
+    for var, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(var, value)
     with file_lock(_lock_path(uri)):
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)

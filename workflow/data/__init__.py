@@ -29,13 +29,13 @@ def load_user_pool(path: str, vector_column: str | None = None, labels_path: str
     if p.suffix == ".npy":
         if not p.exists():
             raise StrataError("file not found", where=str(p), fix="check datasets.<name>.path.")
-        try:
-            x = np.load(p, mmap_mode="r")
-        except ValueError as err:
-            raise StrataError(f"not a readable .npy array ({err})", where=str(p), fix="save with numpy.save.") from err
-        if x.ndim != 2 or len(x) == 0:
+        x = _load_npy(p, "save an (N, D) array of real numbers with numpy.save.")
+        if x.ndim != 2 or 0 in x.shape:
             raise StrataError(f"expected a non-empty 2-D array, got shape {x.shape}", where=str(p),
                               fix="save an (N, D) array of vectors.")
+        if x.dtype.kind not in "biuf":  # complex (its imaginary part would be dropped), strings, records ...
+            raise StrataError(f"the array holds {x.dtype} values, not real numbers", where=str(p),
+                              fix="save an (N, D) array of real numbers (e.g. float32) with numpy.save.")
         vectors = np.asarray(x, dtype=np.float32)
         bad = ~np.isfinite(vectors).all(axis=1)
         if bad.any():
@@ -43,11 +43,14 @@ def load_user_pool(path: str, vector_column: str | None = None, labels_path: str
                               where=str(p), fix="clean or drop those rows.")
         labels = None
         if labels_path:
-            try:
-                labels = np.load(labels_path).astype(np.int64)
-            except (OSError, ValueError) as err:
-                raise StrataError(f"cannot read labels ({err})", where=str(labels_path),
-                                  fix="save one integer label per pool row with numpy.save.") from err
+            fix = "save one integer label per pool row with numpy.save."
+            raw = np.asarray(_load_npy(Path(labels_path), fix))
+            whole = raw.dtype.kind == "f" and bool(np.isfinite(raw).all() and (raw == np.round(raw)).all())
+            if raw.dtype.kind not in "iu" and not whole:
+                raise StrataError(f"labels must be integers, the array holds {raw.dtype} values"
+                                  + (" that are not whole numbers" if raw.dtype.kind == "f" else ""),
+                                  where=str(labels_path), fix=fix)
+            labels = raw.astype(np.int64)
             if labels.shape != (len(vectors),):
                 raise StrataError(f"labels have shape {labels.shape}, expected ({len(vectors)},)",
                                   where=str(labels_path), fix="one integer label per row of the pool.")
@@ -55,6 +58,16 @@ def load_user_pool(path: str, vector_column: str | None = None, labels_path: str
     if p.suffix != ".parquet":
         raise StrataError(f"unsupported file type {p.suffix!r}", where=str(p), fix="use .parquet or .npy.")
     return read_table(p, column=vector_column)
+
+
+def _load_npy(p: Path, fix: str) -> np.ndarray:
+    """A ``.npy`` array (memory-mapped, never unpickled), or a :class:`StrataError` naming the file."""
+    if not p.is_file():
+        raise StrataError("file not found" if not p.exists() else "not a file", where=str(p), fix=fix)
+    try:
+        return np.load(p, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:  # not .npy, truncated, pickled objects, unreadable
+        raise StrataError(f"not a readable .npy array ({err})", where=str(p), fix=fix) from err
 
 
 def _user_splits(cfg: dict[str, Any], name: str) -> DataSplits:

@@ -11,9 +11,10 @@ A checkpoint is a folder ``<work>/checkpoints/step-<N>/`` holding
 
 A folder without a manifest is incomplete (a job killed while writing it) and is removed. Before resuming, the
 driver checks the newest complete checkpoint: every file present, every checksum right, the model readable with
-``weights_only=True``, every random state well formed. One that fails is reported by name, set aside as
-``step-<N>.rejected`` (kept for a post-mortem until the job succeeds and its work folder goes), and the next older one is tried; with none left the job starts afresh.
-The two newest complete checkpoints are kept, so one damaged file costs one checkpoint interval, not the run.
+``weights_only=True``, every random state well formed. One that fails is reported by name and set aside as
+``step-<N>.rejected`` (kept for a post-mortem until the job succeeds and its work folder goes); the next older
+one is tried, and with none left the job starts afresh. The two newest complete checkpoints are kept, so one
+damaged file costs one checkpoint interval, not the run.
 """
 
 from __future__ import annotations

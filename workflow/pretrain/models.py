@@ -6,6 +6,7 @@ image backbone reshapes its rows to (B, C, H, W) with the image shape of its spe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -168,22 +169,30 @@ def load_encoder(path: str, device: str = "cpu") -> tuple[nn.Module, dict[str, A
     """Load a backbone saved by :func:`save_encoder` (safetensors: no pickle, no code execution)."""
     import json
 
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     from workflow.errors import StrataError
 
+    fix = "re-run the pretrain stage that writes it (`strata pretrain`)."
+    if not Path(path).is_file():
+        raise StrataError("encoder file not found" if not Path(path).exists() else "not a file", where=str(path),
+                          fix=fix)
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
         state = load_file(path, device=device)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise StrataError(f"not a readable encoder file ({err})", where=str(path),
-                          fix="re-run the pretrain stage that writes it.") from err
+    # safetensors reports a corrupt, empty or truncated file (or a pickle under this name) as SafetensorError.
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise StrataError(f"not a readable safetensors encoder file ({err})", where=str(path), fix=fix) from err
     if "strata_spec" not in meta:
         raise StrataError("encoder file has no Strata spec in its metadata", where=str(path),
                           fix="use an encoder written by `strata pretrain`.")
-    spec = json.loads(meta["strata_spec"])
-    model = build_encoder(spec)
-    model.load_state_dict(state)
+    try:
+        spec = json.loads(meta["strata_spec"])
+        model = build_encoder(spec)
+        model.load_state_dict(state)
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:  # a spec or weights that do not fit together
+        raise StrataError(f"the encoder's spec and weights do not fit together ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:300]})", where=str(path), fix=fix) from err
     return model.to(device).eval(), spec

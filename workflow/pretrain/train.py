@@ -31,10 +31,23 @@ import numpy as np
 
 from workflow.errors import StrataError
 from workflow.pretrain import checkpoint
-from workflow.tables import atomic_path, read_metadata, read_table, write_table
+from workflow.tables import atomic_path, read_metadata
 
 FAIL_AT_STEP_ENV = "STRATA_TEST_FAIL_AT_STEP"  # tests only: raise after the checkpoint at this step
 OWNER_FILE = "owner"  # the token of the job that owns a work folder
+TRAIN_ROWS = "train.npy"  # the selected rows, float32, streamed out of the pool (workflow/pretrain/rows.py)
+
+
+def _file_identity(path: str) -> list[int]:
+    """Size and modification time: a rewritten pool is other data, even with the same ids."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def work_dir_for(encoder_path: str, work_root: str) -> Path:
+    """The work folder (checkpoints, Ray Train's files) of the job that writes ``encoder_path``."""
+    job = Path(encoder_path).resolve().parent.as_posix().replace("/", "_").strip("_")
+    return Path(work_root).resolve() / f"pretrain-{job}"
 
 
 @contextlib.contextmanager
@@ -92,6 +105,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     from workflow.pretrain.methods import Method
     from workflow.pretrain.models import build_encoder, save_encoder
     from workflow.pretrain.optim import build_optimizer
+    from workflow.pretrain.rows import TrainingRows
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -100,9 +114,13 @@ def train_worker(cfg: dict[str, Any]) -> None:
     params, spec, seed = cfg["params"], cfg["spec"], cfg["seed"]
     work = Path(cfg["work_dir"])
 
-    x_all = torch.from_numpy(np.array(read_table(cfg["input"]).vectors)).to(device)
-    pairs = torch.from_numpy(np.load(cfg["pairs"])).to(device) if cfg.get("pairs") else None
-    n = x_all.shape[0]
+    rows = TrainingRows(cfg["input"])  # a memory map: each step copies out its batch only
+
+    def batch_of(index: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(rows.batch(index)).to(device, non_blocking=True)
+
+    pairs = np.load(cfg["pairs"]) if cfg.get("pairs") else None
+    n = len(rows)
     global_batch = cfg["global_batch"]
     local_batch = global_batch // world
     steps_per_epoch = n // global_batch
@@ -115,7 +133,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     augment = build_augment(spec["input_kind"], spec.get("image_shape"), cfg.get("augment"))
     gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
     order_rng = np.random.default_rng(seed)  # identical on every rank: they slice the same global batch
-    monitor = x_all[:512]  # a fixed batch of training rows for the collapse monitors
+    monitor = batch_of(np.arange(min(n, 512)))  # a fixed batch of training rows for the collapse monitors
     use_amp = device.type == "cuda"
 
     total = params["steps"]
@@ -144,18 +162,18 @@ def train_worker(cfg: dict[str, Any]) -> None:
     window_n, t0 = 0, time.perf_counter()
     model.train()
     while step < total:
-        perm = torch.from_numpy(order_rng.permutation(n)).to(device)
+        perm = order_rng.permutation(n)
         for b in range(steps_per_epoch):
             if step >= total:
                 break
             idx = perm[b * global_batch + rank * local_batch: b * global_batch + (rank + 1) * local_batch]
             lr = lr_at(step, total, params["lr"], params["warmup_fraction"])
             if method.uses_augmentation:
-                batch = x_all[idx]
+                batch = batch_of(idx)
                 v0, v1 = augment(batch, gen), augment(batch, gen)
             else:  # TLDR: an item and one of its nearest neighbours in the input space
                 assert pairs is not None
-                v0, v1 = x_all[idx], x_all[pairs[idx]]
+                v0, v1 = batch_of(idx), batch_of(pairs[idx])
             out = method.train_step(model, optimizer, v0, v1, step, total, lr, use_amp)
             step += 1
             for k, v in out.scalars().items():
@@ -250,33 +268,30 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     from workflow.distributed import job_resources, ray_session, resolve_address
     from workflow.pretrain.losses import knn_pairs
     from workflow.pretrain.methods import METHODS, resolved
+    from workflow.pretrain.rows import TrainingRows, scan_pool, write_training_rows
 
     if params["method"] not in METHODS:
         raise StrataError(f"unknown ssl method {params['method']!r}", where="ssl.method", fix=f"use one of {METHODS}.")
-    pool = read_table(pool_path)
-    selected = read_selection(selection_path)
-    rows = np.flatnonzero(np.isin(pool.ids, selected))
-    if len(rows) != len(selected):
-        raise StrataError(f"{len(selected) - len(rows)} selected ids are not in the pool", where=str(selection_path),
-                          fix="re-run the curate stage on this pool.")
-    table = pool.take(rows)
-    params = resolved(params, len(table))
+    # The pool is streamed, never loaded: an id pass checks the selection now, the rows are copied out below.
+    selected = np.unique(read_selection(selection_path))
+    dim, n_rows = scan_pool(pool_path, selected, selection_path), len(selected)
+    params = resolved(params, n_rows)
     table_meta = read_metadata(pool_path)
     # One DDP worker per GPU when the job has GPUs (each asks Ray for one). On CPU one worker with all the
     # job's threads: two gloo workers of one thread each reach 73% of its throughput on 2 cores
     # (benchmarks/pretrain_throughput.py); num_workers still asks for DDP on CPU (e.g. over a Ray cluster).
     workers = params.get("num_workers") or (gpus if gpus > 0 else 1)
-    global_batch = min(params["batch_size"], len(table))
+    global_batch = min(params["batch_size"], n_rows)
     global_batch -= global_batch % workers
     if global_batch < 2 * workers:
-        raise StrataError(f"the training table has {len(table)} rows, too few for {workers} workers",
+        raise StrataError(f"the training table has {n_rows} rows, too few for {workers} workers",
                           where=str(selection_path), fix="curate a larger subset (target_size) or use fewer workers.")
-    spec, augment = encoder_spec(table_meta, table.dim, params, pool_path)
+    spec, augment = encoder_spec(table_meta, dim, params, pool_path)
     fingerprint = hashlib.sha256(json.dumps(
         {"params": params, "seed": seed, "workers": workers, "batch": global_batch, "spec": spec, "augment": augment,
-         "ids": hashlib.sha256(table.ids.tobytes()).hexdigest()}, sort_keys=True).encode()).hexdigest()[:16]
-    job = Path(encoder_path).resolve().parent.as_posix().replace("/", "_").strip("_")
-    work_dir = Path(work_root).resolve() / f"pretrain-{job}"
+         "ids": hashlib.sha256(selected.tobytes()).hexdigest(), "pool": _file_identity(pool_path)},
+        sort_keys=True).encode()).hexdigest()[:16]
+    work_dir = work_dir_for(encoder_path, work_root)
     with work_dir_lock(work_dir):
         if (work_dir / "fingerprint").exists() and (work_dir / "fingerprint").read_text() != fingerprint:
             shutil.rmtree(work_dir)  # a checkpoint of other data or parameters: start afresh
@@ -287,14 +302,17 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
         owner = secrets.token_hex(8)
         (work_dir / OWNER_FILE).write_text(owner)
         resume_from = checkpoint.latest_good(work_dir / "checkpoints", workers, log=lambda m: print(m, flush=True))
-        write_table(table, work_dir / "train.parquet")
+        if not (work_dir / TRAIN_ROWS).exists():  # (kept across a resume: the same rows, by the fingerprint)
+            write_training_rows(pool_path, selected, work_dir / TRAIN_ROWS)
         pairs_path = None
         if params["method"] == "tldr":
             pairs_path = work_dir / "pairs.npy"
-            np.save(pairs_path, knn_pairs(table.vectors, k=params["tldr_k"], seed=seed))
-        print(f"pretrain: {params['method']} on {len(table)} rows ({spec['input_kind']}, dim {table.dim}), "
+            vectors = TrainingRows(work_dir / TRAIN_ROWS).all()
+            np.save(pairs_path, knn_pairs(vectors, k=params["tldr_k"], seed=seed))
+            del vectors
+        print(f"pretrain: {params['method']} on {n_rows} rows ({spec['input_kind']}, dim {dim}), "
               f"{workers} worker(s), global batch {global_batch}, {params['steps']} steps, seed {seed}", flush=True)
-        loop_config = {"params": params, "spec": spec, "seed": seed, "input": str(work_dir / "train.parquet"),
+        loop_config = {"params": params, "spec": spec, "seed": seed, "input": str(work_dir / TRAIN_ROWS),
                        "pairs": str(pairs_path) if pairs_path else None, "global_batch": global_batch,
                        "augment": augment,
                        "work_dir": str(work_dir), "threads_per_worker": max(1, threads // workers),

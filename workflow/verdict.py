@@ -1,0 +1,185 @@
+"""The study's pre-registered verdict: is a curation better than its baseline on the primary metric?
+
+The config fixes, before the study runs, the primary metric (``summary.primary``), the baseline curation
+(``summary.baseline``) and the region of practical equivalence ±rope (``summary.rope``, in the primary metric's
+units). For each comparison (a curation against its reference on one data set and SSL method), with
+``[lo, hi]`` the 95% paired t-interval of the difference curated − reference over matched seeds
+(:func:`workflow.effects.paired_difference`), the verdict is, checked in this order
+(docs/metrics.md, "Verdict"):
+
+* ``better``: ``lo > 0`` (the interval lies above 0);
+* ``worse``: ``hi < 0`` (the interval lies below 0);
+* ``equivalent``: ``−rope ≤ lo`` and ``hi ≤ rope`` (the interval lies inside ±rope);
+* ``unresolved``: anything else, including an undefined interval (fewer than 2 matched seeds).
+
+An interval inside ±rope that excludes 0 is ``better``/``worse``: a resolved but practically small effect,
+which the reported interval shows. ``python -m workflow.verdict results/verdict.json`` prints the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workflow.effects import bootstrap_aggregate, paired_difference
+from workflow.errors import StrataError
+from workflow.tables import atomic_path
+
+VERDICTS = ("better", "worse", "equivalent", "unresolved")
+
+
+def classify(ci_low: float, ci_high: float, rope: float) -> str:
+    """The verdict of one 95% interval ``[ci_low, ci_high]`` of a difference, given the rope half-width.
+
+    Returns:
+        One of :data:`VERDICTS` (see the module docstring); ``unresolved`` if a bound is not finite.
+    """
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return "unresolved"
+    if ci_low > 0:
+        return "better"
+    if ci_high < 0:
+        return "worse"
+    if -rope <= ci_low and ci_high <= rope:
+        return "equivalent"
+    return "unresolved"
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe number: NaN/inf → None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def build_verdict(df: pd.DataFrame, primary: str, baseline: str, rope: float, refs: dict[str, str],
+                  metrics: list[str], sizes: dict[str, int] | None = None, n_resamples: int = 2000,
+                  seed: int = 0) -> dict[str, Any]:
+    """The verdict record (the contract of ``results/verdict.json``, docs/tables.md).
+
+    Args:
+        df: Per-variant frame (``dataset``, ``ssl``, ``curation``, ``seed``, metric columns).
+        primary: The primary metric (``summary.primary``).
+        baseline: ``summary.baseline`` (recorded; each comparison names its own reference).
+        rope: Half-width of the region of practical equivalence, in the primary metric's units.
+        refs: Compared curation → its reference (:func:`workflow.comparisons.references`).
+        metrics: Metrics of the normalised aggregate (larger = better).
+        sizes: Curation → target_size, recorded as ``size`` where known.
+        n_resamples: Bootstrap resamples of the aggregate.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        ``primary``, ``baseline``, ``rope``, ``n_seeds`` and ``comparisons``: one entry per
+        (dataset, ssl, curation) with a reference, in the frame's order.
+
+    Raises:
+        StrataError: If the primary metric is not in the metrics.
+    """
+    if primary not in df.columns:
+        available = [c for c in df.columns if c not in ("dataset", "ssl", "curation", "seed")]
+        raise StrataError(f"primary metric {primary!r} is not among the variants' metrics {available}",
+                          where="summary.primary", fix="choose one of those metrics in the config.")
+    comparisons = []
+    for (dataset, ssl), group in df.groupby(["dataset", "ssl"], sort=True):
+        present = list(dict.fromkeys(group["curation"]))
+        for curation in sorted(present, key=lambda c: (sizes or {}).get(c, 0)):
+            ref = refs.get(curation)
+            if ref is None or ref not in present:
+                continue
+            x = group[group["curation"] == curation].set_index("seed")
+            b = group[group["curation"] == ref].set_index("seed")
+            diff = paired_difference(x[primary], b[primary])
+            agg = bootstrap_aggregate(group, curation, ref, metrics, [(dataset, ssl)], n_resamples, seed)
+            entry = {"dataset": dataset, "ssl": ssl, "curation": curation, "baseline": ref,
+                     "n": diff["diff_n"], "diff_mean": diff["diff_mean"], "ci_low": diff["diff_ci95_low"],
+                     "ci_high": diff["diff_ci95_high"], "p_value": diff["p_value"],
+                     "prob_improvement": diff["prob_improvement"],
+                     "verdict": classify(diff["diff_ci95_low"], diff["diff_ci95_high"], rope),
+                     "mean": float(x[primary].mean()), "baseline_mean": float(b[primary].mean()),
+                     "sd": float(x[primary].std(ddof=1)), "baseline_sd": float(b[primary].std(ddof=1)),
+                     "aggregate": {k: _finite(v) for k, v in agg.items()}}
+            if sizes and curation in sizes:
+                entry["size"] = int(sizes[curation])
+            comparisons.append({k: _finite(v) for k, v in entry.items()})
+    return {"primary": primary, "baseline": baseline, "rope": float(rope), "n_seeds": int(df["seed"].nunique()),
+            "confidence": 0.95, "comparisons": comparisons}
+
+
+def write_verdict(verdict: dict[str, Any], path: str) -> None:
+    """Write the verdict as strict JSON (undefined numbers are ``null``), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(verdict, indent=2, allow_nan=False) + "\n")
+
+
+def read_verdict(path: str | Path) -> dict[str, Any]:
+    """Read ``verdict.json``.
+
+    Raises:
+        StrataError: If it is missing or not JSON.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise StrataError(f"cannot read the verdict ({err})", where=str(path),
+                          fix="run the study (make run) first.") from err
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+def comparison_line(c: dict[str, Any]) -> str:
+    """One short line: ``hkmeans vs random (mnist1d-lt · simclr): BETTER  +0.031 [+0.012, +0.050] ...``."""
+    p = "n/a" if c["p_value"] is None else ("<0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.3f}")
+    wins = "n/a" if c["prob_improvement"] is None else f"{c['prob_improvement']:.2f}"
+    size = f" @ {c['size']}" if "size" in c else ""
+    return (f"{c['curation']} vs {c['baseline']}{size} ({c['dataset']} · {c['ssl']}): {c['verdict'].upper()}  "
+            f"{_num(c['diff_mean'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}], p {p}, wins {wins}")
+
+
+def header(verdict: dict[str, Any]) -> str:
+    """The pre-registered design in one line."""
+    return (f"Verdict on {verdict['primary']} (95% paired t-interval over {verdict['n_seeds']} seeds; "
+            f"equivalent within ±{verdict['rope']:g}):")
+
+
+def verdict_lines(verdict: dict[str, Any]) -> list[str]:
+    """A few short lines for the terminal (``make run``)."""
+    lines = [header(verdict)]
+    lines += [f"  {comparison_line(c)}" for c in verdict["comparisons"]] or ["  (no comparison: no baseline runs)"]
+    lines.append("  wins = share of seeds where the curated variant is ahead (ties half); see docs/metrics.md")
+    return lines
+
+
+def verdict_markdown(verdict: dict[str, Any]) -> str:
+    """Markdown for the MLflow study run's description (``mlflow.note.content``)."""
+    rows = [f"- {comparison_line(c)}" for c in verdict["comparisons"]] or ["- no comparison (no baseline runs)"]
+    return f"**{header(verdict)}**\n\n" + "\n".join(rows) + "\n\nwins = share of seeds where the curated " \
+        "variant is ahead (ties count half). Definitions: docs/metrics.md.\n"
+
+
+def verdict_rst(verdict: dict[str, Any]) -> str:
+    """reStructuredText for the first page of the Snakemake report."""
+    rows = [f"* ``{comparison_line(c)}``" for c in verdict["comparisons"]] or ["* no comparison (no baseline runs)"]
+    return f"**{header(verdict)}**\n\n" + "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the verdict of a ``verdict.json`` (default ``results/verdict.json``)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        verdict = read_verdict(args[0] if args else "results/verdict.json")
+    except StrataError as err:
+        print(f"verdict: error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(verdict_lines(verdict)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
