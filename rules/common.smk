@@ -5,11 +5,18 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow.config import check_study, config_hash, relevant, ssl_for_dataset  # noqa: E402
+from snakemake.utils import update_config  # noqa: E402
+
+from workflow.config import check_study, config_hash, relevant, ssl_for_dataset, typed_overrides  # noqa: E402
 from workflow.errors import StrataError  # noqa: E402
 from workflow.tracking import resolve_tracking_uri  # noqa: E402
 
+# `--config key=value` overrides, typed as in a config file (Snakemake leaves nested values strings).
+CONFIG_OVERRIDES = typed_overrides(workflow.config_settings.config)
+update_config(config, CONFIG_OVERRIDES)
 CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles)) or "configs/default.yaml"
+if CONFIG_OVERRIDES:
+    CONFIG_SOURCE += " with --config " + ", ".join(CONFIG_OVERRIDES)
 
 try:
     # Same schema as snakemake.utils.validate (defaults filled in), with messages naming the key.

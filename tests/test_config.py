@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from workflow.config import REPO_ROOT, check_study, config_hash, load_schema, load_yaml, parse_params, validate
+from workflow.config import (
+    REPO_ROOT,
+    check_study,
+    config_hash,
+    load_schema,
+    load_yaml,
+    parse_params,
+    typed_overrides,
+    validate,
+)
 from workflow.errors import StrataError
 
 SOURCE = "my-study.yaml"
@@ -104,11 +113,11 @@ def test_unknown_key_in_ssl_entry() -> None:
 
 def test_unknown_ssl_method() -> None:
     config = _minimal()
-    config["ssl"]["simclr"]["method"] = "dino"
+    config["ssl"]["simclr"]["method"] = "mocov3"
     err = _error(config)
     assert err.where == f"{SOURCE}: ssl.simclr.method"
-    assert "'dino' is not allowed" in err.message
-    assert "['simclr', 'byol', 'barlowtwins', 'vicreg', 'swav', 'tldr']" in err.message
+    assert "'mocov3' is not allowed" in err.message
+    assert "['simclr', 'byol', 'barlowtwins', 'vicreg', 'swav', 'tldr', 'dino']" in err.message
 
 
 def test_unknown_curation_method_lists_allowed_values() -> None:
@@ -251,3 +260,21 @@ def test_config_hash() -> None:
     assert config_hash({**a, "x": 2}) != config_hash(a)
     assert config_hash({**a, "z": None}) != config_hash(a)
     assert config_hash(check_study(_minimal(), SOURCE)) == config_hash(check_study(_minimal(), SOURCE))
+
+
+def test_config_overrides_get_the_types_of_a_config_file() -> None:
+    # What Snakemake hands over for --config seeds='[0,1,2]' summary='{rope: 0.02, curve: null}' name=x
+    raw = {"seeds": ["0", "1", "2"], "summary": {"rope": "0.02", "curve": "null"}, "name": "x", "report": True}
+    assert typed_overrides(raw) == {"seeds": [0, 1, 2], "summary": {"rope": 0.02, "curve": None}, "name": "x",
+                                    "report": True}
+    assert typed_overrides({"a": ["[1, 2]", "b: c", "'quoted'"]}) == {"a": ["[1, 2]", "b: c", "quoted"]}
+
+
+def test_snakemake_config_override_of_the_seeds(tmp_path: Path) -> None:
+    from conftest import snakemake
+
+    ok = snakemake(tmp_path, "-n", "--config", "seeds=[0,1,2,3,4]")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "seed4" in ok.stdout + ok.stderr
+    bad = snakemake(tmp_path, "-n", "--config", 'seeds=[0,"x"]')
+    assert bad.returncode == 2 and "with --config seeds: seeds.1: 'x'" in bad.stderr, bad.stderr[-2000:]

@@ -83,6 +83,30 @@ def validate(instance: dict[str, Any], schema_ref: str | None = None, source: st
     return instance
 
 
+def typed_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``snakemake --config key=value`` values with the types a config file would give them.
+
+    Snakemake reads each value with int, float, bool and then YAML's ``BaseLoader``, which keeps every nested
+    scalar a string (``seeds='[0,1,2]'`` gives ``['0', '1', '2']``). Each such string is read again as a YAML
+    scalar (``'0'`` → 0, ``'0.5'`` → 0.5, ``'true'`` → True, ``'null'`` → None); other strings stay strings.
+    """
+
+    def retype(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: retype(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [retype(v) for v in value]
+        if isinstance(value, str):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return value if isinstance(parsed, dict | list) else parsed
+        return value
+
+    return {key: retype(value) for key, value in overrides.items()}
+
+
 def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate a whole study config and the cross-references a schema cannot express."""
     validate(config, None, source)
@@ -206,19 +230,25 @@ _RELEVANT = {
 
 
 #: SSL keys that only image data sets use (the ResNet backbone and its augmentations).
-IMAGE_SSL_KEYS = ("image_augment", "resnet_widths", "resnet_blocks")
+IMAGE_SSL_KEYS = ("image_augment", "resnet_widths", "resnet_blocks", "dino_local_crop_size")
 #: Data set kinds whose tables hold images.
 IMAGE_DATASET_KINDS = ("digits-images", "image-folder")
+#: SSL methods whose keys (named ``<prefix>...``) are dropped from every other method's entry.
+METHOD_SSL_KEY_PREFIXES = {"dino": "dino_"}
 
 
 def ssl_for_dataset(ssl_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> dict[str, Any]:
-    """An SSL entry without the image-only keys when the data set holds no images.
+    """An SSL entry without the image-only keys when the data set holds no images, and without the keys of
+    another method (``METHOD_SSL_KEY_PREFIXES``: DINO's ``dino_*`` unless the method is dino).
 
     Keeps the parameters (a Snakemake rerun trigger), the config hash and the MLflow params of signal and vector
     variants free of settings that cannot affect them.
     """
     is_image = dataset_cfg.get("kind") in IMAGE_DATASET_KINDS or dataset_cfg.get("input_kind") == "image"
-    return dict(ssl_cfg) if is_image else {k: v for k, v in ssl_cfg.items() if k not in IMAGE_SSL_KEYS}
+    drop = set() if is_image else set(IMAGE_SSL_KEYS)
+    drop |= {k for k in ssl_cfg for method, prefix in METHOD_SSL_KEY_PREFIXES.items()
+             if ssl_cfg.get("method") != method and k.startswith(prefix)}
+    return {k: v for k, v in ssl_cfg.items() if k not in drop}
 
 
 def relevant(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
