@@ -81,11 +81,11 @@ def bare_ssl_loop(method: Any, optimizer: Any, augment: Any, x: Any, params: dic
                 break
             idx = perm[b * batch:(b + 1) * batch]
             if method.uses_augmentation:
-                v0, v1 = augment(x[idx], gen), augment(x[idx], gen)
+                v0, v1, *local_views = method.views(x[idx], augment, gen)  # two, or DINO's multi-crop
             else:
-                v0, v1 = x[idx], x[pairs[idx]]
+                v0, v1, local_views = x[idx], x[pairs[idx]], []
             out = method.train_step(method.module, optimizer, v0, v1, step, total,
-                                    lr_at(step, total, params["lr"], params["warmup_fraction"]), use_amp)
+                                    lr_at(step, total, params["lr"], params["warmup_fraction"]), use_amp, local_views)
             step += 1
             if after_step is not None:
                 after_step(step, out)

@@ -152,9 +152,9 @@ def run_rings(args: argparse.Namespace) -> None:
     import torch
 
     from workflow.curate.hierarchical import hierarchical_kmeans
-    from workflow.curate.kmeans import kmeans_plusplus
     from workflow.curate.sampling import balanced_hierarchical_sample
     from workflow.data.builtin import RING_SIZES, make_rings
+    from workflow.kmeans import kmeans_plusplus
 
     torch.set_num_threads(args.threads)
     warm_up(args.device)

@@ -24,7 +24,7 @@ would subsample 256 points per centroid).
 "strata (pruned)" forces the exact Yinyang pruning (``prune=True``), "strata (unpruned)" turns it off; Strata's
 default (``prune=None``) prunes only passes of at least 2^30 multiply-adds (n k d), so at the small default size
 it runs the unpruned path. Pruning (Ding et al. 2015) depends on cluster structure, so two data sets are reported:
-``blobs`` (k/4 Gaussian blobs, centres N(0, 4²), unit noise: points keep their cluster once the centres settle,
+``blobs`` (k/4 Gaussian blobs, means N(0, 4²), unit noise: points keep their cluster once the centroids settle,
 most distance computations are skipped after a few iterations) and ``uniform`` (uniform noise in the unit cube:
 no structure, boundaries everywhere, little is skipped and the pruned run costs about as much as the plain one).
 Real embeddings sit in between. The first iteration is always a full pass (it builds the bounds).
@@ -33,7 +33,7 @@ Seeding: Strata's greedy k-means++ (2 + ln k candidates drawn by D², the best k
 ``kmeans_plusplus`` (the same algorithm) and faiss's whole run (which seeds randomly).
 
 ``--kpp`` times greedy k-means++ seeding alone for each of ``--kpp-dims`` on blobs and uniform data: Strata's
-compiled loop for low-dimensional data (``workflow/curate/kpp_lowdim.py``, run at every dimension here), the torch
+compiled loop for low-dimensional data (``workflow/kmeans/seeding_lowdim.py``, run at every dimension here), the torch
 path of ``kmeans_plusplus`` and scikit-learn's ``kmeans_plusplus`` (the same algorithm; the reference), with the
 potential φ of each seeding against scikit-learn's. Strata uses the compiled loop up to ``LOWDIM_MAX_DIM``
 dimensions, where it beats the torch path (``benchmarks/results/kmeans_kpp.json``).
@@ -68,7 +68,7 @@ SKLEARN_SEEDING_MAX = 2**34
 
 
 def make_data(kind: str, n: int, dim: int, k: int, seed: int = 0) -> np.ndarray:
-    """``blobs``: k/4 + 1 Gaussian blobs (centres N(0, 4²), noise N(0, 1)); ``uniform``: U[0, 1)^dim."""
+    """``blobs``: k/4 + 1 Gaussian blobs (means N(0, 4²), noise N(0, 1)); ``uniform``: U[0, 1)^dim."""
     rng = np.random.default_rng(seed)
     if kind == "uniform":
         return rng.random((n, dim), dtype=np.float32)
@@ -113,7 +113,9 @@ def matmul_rate(dim: int, k: int, threads: int, seconds: float = 0.3) -> dict[st
 def run_strata(x: np.ndarray, init: np.ndarray, iters: int, prune: bool) -> dict[str, Any]:
     import torch
 
-    from workflow.curate.kmeans import DataSource, LocalLloyd, PassResult, lloyd_iterations
+    from workflow.kmeans import DataSource
+    from workflow.kmeans.engine import PassResult, local_engine
+    from workflow.kmeans.lloyd import lloyd_iterations
 
     stamps: list[float] = []
     stats: list[dict[str, int] | None] = []
@@ -123,7 +125,7 @@ def run_strata(x: np.ndarray, init: np.ndarray, iters: int, prune: bool) -> dict
         stats.append(part.stats)
 
     start = time.perf_counter()
-    engine = LocalLloyd(DataSource(x, check=False), prune=prune)
+    engine = local_engine(DataSource(x, check=False), prune=prune)  # threaded when torch has several threads
     centroids, n_run = lloyd_iterations(engine, torch.from_numpy(init.copy()), iters, on_pass=on_pass)
     seconds = time.perf_counter() - start
     per_pass = np.diff([start, *stamps]).tolist()
@@ -211,7 +213,7 @@ def bench_seeding(x: np.ndarray, args: argparse.Namespace, faiss_run: float, ref
     from sklearn.cluster import kmeans_plusplus
     from threadpoolctl import threadpool_limits
 
-    from workflow.curate.kmeans import kmeans_plusplus as strata_kpp
+    from workflow.kmeans import kmeans_plusplus as strata_kpp
 
     out: dict[str, tuple[float, np.ndarray]] = {}
     for _ in range(args.repeats):
@@ -243,20 +245,20 @@ def bench_kpp_lowdim(args: argparse.Namespace) -> list[dict[str, Any]]:
     from sklearn.cluster import kmeans_plusplus
     from threadpoolctl import threadpool_limits
 
-    import workflow.curate.kmeans as km
-    from workflow.curate import kpp_lowdim
+    from workflow.kmeans import kmeans_plusplus as strata_kpp
+    from workflow.kmeans import seeding_lowdim, tuning
 
     trials = 2 + int(math.log(args.k))
 
     def compiled(x: np.ndarray) -> np.ndarray:
-        return x[kpp_lowdim.kmeans_plusplus_lowdim(x, args.k, torch.Generator().manual_seed(0), trials)]
+        return x[seeding_lowdim.kmeans_plusplus_lowdim(x, args.k, torch.Generator().manual_seed(0), trials)]
 
     def torch_path(x: np.ndarray) -> np.ndarray:
-        saved, km.LOWDIM_MAX_DIM = km.LOWDIM_MAX_DIM, 0  # kmeans_plusplus without the compiled loop
+        saved, tuning.LOWDIM_MAX_DIM = tuning.LOWDIM_MAX_DIM, 0  # kmeans_plusplus without the compiled loop
         try:
-            return km.kmeans_plusplus(torch.from_numpy(x), args.k, torch.Generator().manual_seed(0)).numpy()
+            return strata_kpp(torch.from_numpy(x), args.k, torch.Generator().manual_seed(0)).numpy()
         finally:
-            km.LOWDIM_MAX_DIM = saved
+            tuning.LOWDIM_MAX_DIM = saved
 
     def sklearn(x: np.ndarray) -> np.ndarray:
         with threadpool_limits(args.threads):
@@ -269,7 +271,7 @@ def bench_kpp_lowdim(args: argparse.Namespace) -> list[dict[str, Any]]:
         for kind in args.data.split(","):
             x = make_data(kind.strip(), args.n, dim, args.k)
             times: dict[str, float] = {}
-            centres: dict[str, np.ndarray] = {}
+            centroids: dict[str, np.ndarray] = {}
             for _ in range(args.repeats):
                 torch.set_num_threads(args.threads)
                 for name, fn in runs.items():
@@ -277,14 +279,14 @@ def bench_kpp_lowdim(args: argparse.Namespace) -> list[dict[str, Any]]:
                     c = fn(x)
                     t = time.perf_counter() - start
                     if t < times.get(name, math.inf):
-                        times[name], centres[name] = t, c
-            phi = {name: inertia(x, c) for name, c in centres.items()}
+                        times[name], centroids[name] = t, c
+            phi = {name: inertia(x, c) for name, c in centroids.items()}
             rows.append({"dim": dim, "data": kind, "compiled_s": times["compiled"], "torch_s": times["torch"],
                          "sklearn_s": times["sklearn"], "torch_over_compiled": times["torch"] / times["compiled"],
                          "sklearn_over_compiled": times["sklearn"] / times["compiled"],
                          "phi_compiled_vs_sklearn": phi["compiled"] / phi["sklearn"],
                          "phi_torch_vs_sklearn": phi["torch"] / phi["sklearn"],
-                         "same_centres": bool(np.array_equal(centres["compiled"], centres["torch"]))})
+                         "same_centroids": bool(np.array_equal(centroids["compiled"], centroids["torch"]))})
     return rows
 
 
@@ -311,7 +313,7 @@ def memory_child(path: str, k: int, iters: int, prune: bool, threads: int) -> No
     """Run in a fresh interpreter: k-means on the memmap, print peak RSS figures as JSON."""
     import torch
 
-    from workflow.curate.kmeans import kmeans
+    from workflow.kmeans import kmeans
 
     torch.set_num_threads(threads)
     mm = np.load(path, mmap_mode="r")
@@ -405,11 +407,11 @@ def main() -> None:
         return
 
     if args.kpp:
-        import workflow.curate.kmeans as km
+        from workflow.kmeans import tuning
 
         rows = bench_kpp_lowdim(args)
         print(f"greedy k-means++: n={args.n} k={args.k} threads={args.threads} (best of {args.repeats}); Strata "
-              f"uses the compiled loop up to {km.LOWDIM_MAX_DIM} dimensions")
+              f"uses the compiled loop up to {tuning.LOWDIM_MAX_DIM} dimensions")
         print_table(rows)
         write_results("kmeans_kpp" + ("" if (args.n, args.k) == (20000, 256) else f"_{args.n}_k{args.k}"),
                       vars(args), rows)

@@ -75,11 +75,13 @@ def matmul_rate(rows: int, dim: int, k: int, seconds: float = 0.5) -> float:
 def run_strata(x: Any, init: Any, iters: int, prune: bool) -> dict[str, Any]:
     import torch
 
-    from workflow.curate.kmeans import DataSource, LocalLloyd, lloyd_iterations
+    from workflow.kmeans import DataSource
+    from workflow.kmeans.engine import local_engine
+    from workflow.kmeans.lloyd import lloyd_iterations
 
     sync()
     start = time.perf_counter()
-    engine = LocalLloyd(DataSource(x, x.device, check=False), prune=prune)
+    engine = local_engine(DataSource(x, x.device, check=False), prune=prune)
     centroids, n_run = lloyd_iterations(engine, init.clone(), iters)
     sync()
     seconds = time.perf_counter() - start
@@ -120,10 +122,10 @@ def run_faiss(x: np.ndarray, init: np.ndarray, iters: int, threads: int) -> dict
 
 
 def inertia(x: Any, c: np.ndarray) -> float:
-    """Σ min_j ‖x_i − c_j‖² in float64 on the GPU (exact nearest centre by Strata's assign)."""
+    """Σ min_j ‖x_i − c_j‖² in float64 on the GPU (exact nearest centroid by Strata's assign)."""
     import torch
 
-    from workflow.curate.kmeans import assign
+    from workflow.kmeans import assign
 
     _, dist = assign(x, torch.from_numpy(np.ascontiguousarray(c)).to(x.device))
     return float(dist.double().sum().item())
@@ -132,7 +134,8 @@ def inertia(x: Any, c: np.ndarray) -> float:
 def bench_data(kind: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import torch
 
-    from workflow.curate.kmeans import default_chunk_size, kmeans_plusplus
+    from workflow.kmeans import kmeans_plusplus
+    from workflow.kmeans.tuning import default_chunk_size
 
     x_np = make_data(kind, args.n, args.dim, args.k)
     init_np = x_np[np.sort(np.random.default_rng(1).choice(args.n, args.k, replace=False))].copy()

@@ -19,10 +19,11 @@ from workflow.curate.hierarchical import (
     flat_sizes,
     hierarchical_kmeans,
 )
-from workflow.curate.kmeans import assign, kmeans, kmeans_plusplus, update_centroids
 from workflow.curate.sampling import balanced_hierarchical_sample, water_fill
 from workflow.data.builtin import RING_SIZES, make_rings
 from workflow.errors import StrataError
+from workflow.kmeans import assign, kmeans, kmeans_plusplus
+from workflow.kmeans.lloyd import update_centroids
 
 # ---------------------------------------------------------------------------------------------
 # water_fill
@@ -167,11 +168,13 @@ def test_assign_chunked_equals_unchunked_and_brute_force() -> None:
     c = torch.randn(37, 8, generator=g)
     idx_small, d_small = assign(x, c, chunk_size=7)
     idx_big, d_big = assign(x, c, chunk_size=100000)
-    torch.testing.assert_close(d_small, d_big)
+    assert torch.equal(d_small, d_big)  # exact: the chunking changes nothing
     assert torch.equal(idx_small, idx_big) and idx_small.dtype == torch.int64
     brute = ((x.double()[:, None, :] - c.double()[None]) ** 2).sum(-1)
     assert torch.equal(idx_small, brute.argmin(1))
-    torch.testing.assert_close(d_small.double(), brute.min(1).values, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(d_small, brute.min(1).values, atol=1e-4, rtol=1e-4)
+    with pytest.raises(StrataError):
+        assign(x, c[:, :3])
     assert bool((d_small >= 0).all())
 
 
@@ -236,12 +239,14 @@ def test_kmeans_init_options_and_device_fallback() -> None:
 def test_update_keeps_empty_cluster_centroid() -> None:
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [12.0, 10.0]])
     old = torch.tensor([[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]])
-    new = update_centroids(x, torch.tensor([0, 0, 2, 2]), old)
+    a = torch.tensor([0, 0, 2, 2])
+    sums = torch.zeros((3, 2), dtype=torch.float64).index_add_(0, a, x.double())
+    new = update_centroids(sums, torch.bincount(a, minlength=3), old)
     torch.testing.assert_close(new, torch.tensor([[1.0, 0.0], [5.0, 5.0], [11.0, 10.0]]))
 
 
 def test_kmeans_with_forced_empty_cluster() -> None:
-    # Only 2 distinct points but k = 3: k-means++ must duplicate a centre, whose cluster stays empty.
+    # Only 2 distinct points but k = 3: k-means++ must duplicate a centroid, whose cluster stays empty.
     x = np.array([[0.0, 0.0]] * 10 + [[5.0, 5.0]] * 10, dtype=np.float32)
     res = kmeans(x, 3, n_iters=10, seed=0)
     assert res.centroids.shape == (3, 2) and np.isfinite(res.centroids).all()
@@ -282,12 +287,12 @@ def test_kmeans_plusplus_beats_random_init_and_picks_data_points() -> None:
     pp, rand = [], []
     for seed in range(5):
         g = torch.Generator().manual_seed(seed)
-        centres = kmeans_plusplus(x, k, g)
-        assert centres.shape == (k, 5)
-        # each centre is a row of x
-        assert bool((centres[:, None, :] == x[None]).all(-1).any(1).all())
-        assert len({tuple(c.tolist()) for c in centres}) == k  # distinct
-        pp.append(potential(centres))
+        centroids = kmeans_plusplus(x, k, g)
+        assert centroids.shape == (k, 5)
+        # each centroid is a row of x
+        assert bool((centroids[:, None, :] == x[None]).all(-1).any(1).all())
+        assert len({tuple(c.tolist()) for c in centroids}) == k  # distinct
+        pp.append(potential(centroids))
         idx = np.random.default_rng(seed).choice(len(x), k, replace=False)
         rand.append(potential(x[idx]))
     assert np.mean(pp) < 0.3 * np.mean(rand)

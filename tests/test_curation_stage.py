@@ -18,10 +18,12 @@ import torch
 from workflow.curate.diagnostics import gini, size_entropy, vendi_score
 from workflow.curate.features import load_features_memmap
 from workflow.curate.hierarchical import hierarchical_kmeans
-from workflow.curate.kmeans import DataSource, LocalLloyd, _memmap_path, _shard_bounds, _ShardWorker, kmeans
 from workflow.curate.semdedup import semdedup_keep
 from workflow.curate.stage import curate
 from workflow.errors import StrataError
+from workflow.kmeans import DataSource, kmeans
+from workflow.kmeans.engine import LocalLloyd
+from workflow.kmeans.ray_shards import ShardWorker, memmap_path, shard_bounds
 from workflow.tables import VectorTable, write_table
 
 
@@ -228,17 +230,17 @@ def test_shard_worker_maps_its_rows_of_a_npy_file(tmp_path: Path) -> None:
     x = np.random.default_rng(5).normal(size=(1000, 6)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
-    assert _memmap_path(DataSource(mm)) == str(tmp_path / "x.npy")
-    assert _memmap_path(DataSource(mm[:10])) is None  # a slice is not the whole file
-    bounds = _shard_bounds(1000, 2, 300)
+    assert memmap_path(DataSource(mm)) == str(tmp_path / "x.npy")
+    assert memmap_path(DataSource(mm[:10])) is None  # a slice is not the whole file
+    bounds = shard_bounds(1000, 2, 300)
     assert bounds == [(0, 600), (600, 1000)]  # aligned to the 300-row chunk grid
     c = x[:9].copy()
     whole = LocalLloyd(DataSource(x), 300).accumulate(torch.from_numpy(c))
     sums = np.zeros((9, 6))
     counts = np.zeros(9, dtype=np.int64)
     for a, b in bounds:
-        s, n, _, changed = _ShardWorker(str(tmp_path / "x.npy"), a, b, 300, "cpu").accumulate(c)
-        s_mem, n_mem, _, _ = _ShardWorker(x[a:b], a, b, 300, "cpu").accumulate(c)
+        s, n, _, changed = ShardWorker(str(tmp_path / "x.npy"), a, b, 300, "cpu").accumulate(c)
+        s_mem, n_mem, _, _ = ShardWorker(x[a:b], a, b, 300, "cpu").accumulate(c)
         np.testing.assert_array_equal(s, s_mem)
         np.testing.assert_array_equal(n, n_mem)
         assert changed == b - a

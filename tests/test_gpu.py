@@ -3,7 +3,7 @@
 CI has no GPU: these run on a GPU machine (``python -m pytest tests/test_gpu.py``). Every random choice of the
 k-means comes from a CPU ``torch.Generator``, so the CUDA run draws the same candidates as the CPU run; the
 float32 GEMM rounds differently on the GPU, but the exact assignment rule (float64 re-check of near ties,
-workflow/curate/lloyd.py) makes the assignments, and with them the float64 centroid sums, agree.
+workflow/kmeans/exact.py) makes the assignments, and with them the float64 centroid sums, agree.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from sklearn.datasets import make_blobs
 
 from workflow.curate.hierarchical import hierarchical_kmeans
-from workflow.curate.kmeans import kmeans
 from workflow.curate.sampling import balanced_hierarchical_sample
 from workflow.data.builtin import make_rings
+from workflow.kmeans import kmeans
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 
@@ -159,7 +159,7 @@ def test_kmeans_cuda_is_deterministic() -> None:
 def test_lowdim_kmeans_plusplus_on_cuda_data_is_the_cpu_seeding() -> None:
     """Data of d ≤ LOWDIM_MAX_DIM are seeded by the host's compiled loop whatever their device: the centres of
     CUDA data are those of the same data on the CPU, returned on the GPU."""
-    from workflow.curate.kmeans import kmeans_plusplus
+    from workflow.kmeans import kmeans_plusplus
 
     x, _ = make_rings(0)
     on_gpu = kmeans_plusplus(torch.from_numpy(x).cuda(), 500, torch.Generator().manual_seed(3))

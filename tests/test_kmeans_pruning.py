@@ -1,4 +1,4 @@
-"""Exact Lloyd assignment and its bound-based pruning (workflow/curate/lloyd.py).
+"""Exact Lloyd assignment and its bound-based pruning (workflow/kmeans/exact.py, bounds.py, pruner.py).
 
 Pruning (Hamerly 2010; Yinyang k-means, Ding et al. 2015) must not change anything: the pruned and unpruned
 runs are compared *bitwise* (assignments, centroids, inertia and distances), on clustered data, uniform
@@ -13,8 +13,10 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-from workflow.curate import lloyd
-from workflow.curate.kmeans import DataSource, LocalLloyd, _divide, kmeans, sum_block_rows
+from workflow.kmeans import DataSource, exact, kmeans, kmeans_plusplus, tuning
+from workflow.kmeans.api import prune_for
+from workflow.kmeans.engine import LocalLloyd
+from workflow.kmeans.lloyd import update_centroids
 
 
 def brute_argmin(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -63,7 +65,7 @@ def run_passes(x: np.ndarray, c0: np.ndarray, n_passes: int, **engine_kwargs: ob
         part = engine.accumulate(c)
         assignments.append(engine.assignment.clone())
         stats.append(part.stats)
-        c = _divide(part.sums, part.counts, c)
+        c = update_centroids(part.sums, part.counts, c)
     return assignments, stats, engine
 
 
@@ -81,8 +83,8 @@ def test_every_pass_exact_and_pruning_skips_rows(groups: int, chunk_size: int | 
     for a, b in zip(plain, pruned, strict=True):
         assert torch.equal(a, b)
     assert stats[0] is None  # the first pass is dense (it builds the bounds)
-    assert engine.bounds is not None and engine.bounds.n_groups == groups
-    if groups > 1:  # clustered data: once the centres settle, most rows are skipped
+    assert engine.pruner.bounds is not None and engine.pruner.bounds.n_groups == groups
+    if groups > 1:  # clustered data: once the centroids settle, most rows are skipped
         skipped = [(s["global"] + s["tight"]) / s["rows"] for s in stats if s is not None]
         assert max(skipped) > 0.75 and sum(f > 0.5 for f in skipped) >= 3
 
@@ -97,12 +99,12 @@ def test_bounds_are_valid() -> None:
     checked = 0
     for _ in range(12):
         part = engine.accumulate(c)
-        b = engine.bounds
-        if b.centres is None:  # backed off to plain passes (no bounds kept)
-            c = _divide(part.sums, part.counts, c)
+        b = engine.pruner.bounds
+        if b.centroids is None:  # backed off to plain passes (no bounds kept)
+            c = update_centroids(part.sums, part.counts, c)
             continue
         checked += 1
-        cc = b.centres.double().numpy()
+        cc = b.centroids.double().numpy()
         d = np.sqrt(((x.astype(np.float64)[:, None, :] - cc[None]) ** 2).sum(-1))
         a = engine.assignment.numpy()
         rows = np.arange(len(x))
@@ -111,49 +113,48 @@ def test_bounds_are_valid() -> None:
         group = b.layout.group.numpy()
         for g in range(b.n_groups):
             assert np.all(b.lower[:, g].numpy() <= d[:, group == g].min(1))
-        c = _divide(part.sums, part.counts, c)
+        c = update_centroids(part.sums, part.counts, c)
     assert checked >= 6
 
 
 def test_dense_assign_resolves_near_ties_exactly() -> None:
-    # points exactly between two centres (far from the origin, where float32 GEMM values are ~1e6 and their
-    # rounding exceeds the gap) and duplicated centres: the float64 rule decides, first index on ties
+    # points exactly between two centroids (far from the origin, where float32 GEMM values are ~1e6 and their
+    # rounding exceeds the gap) and duplicated centroids: the float64 rule decides, first index on ties
     rng = np.random.default_rng(5)
     c = (rng.normal(size=(20, 10)) + 300).astype(np.float32)
-    c[7] = c[3]  # duplicate centre: index 3 must win
+    c[7] = c[3]  # duplicate centroid: index 3 must win
     mid = ((c[:10].astype(np.float64) + c[10:].astype(np.float64)) / 2).astype(np.float32)
     x = np.concatenate([mid, c, c[3:4] + 1e-3, rng.normal(size=(200, 10)).astype(np.float32) + 300])
-    cen = lloyd.Centres.build(torch.from_numpy(c), None)
+    cen = exact.Centroids.build(torch.from_numpy(c), None)
     xt = torch.from_numpy(x)
-    out = lloyd.dense_assign(xt, xt.double().norm(dim=1), cen, torch.empty(len(x), 20), torch.empty(len(x),
-                                                                                                   dtype=torch.int64))
+    out = exact.dense_assign(xt, xt.double().norm(dim=1), cen)
     np.testing.assert_array_equal(out.idx.numpy(), brute_argmin(x, c))
     assert 7 not in out.idx.tolist()
     # the reference value is computed the same way whatever the batch
-    f_all = lloyd.exact_sq(xt, xt.flip(0))
+    f_all = exact.exact_sq(xt, xt.flip(0))
     for s in (0, 3, 100):
-        np.testing.assert_array_equal(lloyd.exact_sq(xt[s:s + 17], xt.flip(0)[s:s + 17]).numpy(), f_all[s:s + 17])
+        np.testing.assert_array_equal(exact.exact_sq(xt[s:s + 17], xt.flip(0)[s:s + 17]).numpy(), f_all[s:s + 17])
 
 
 def test_float32_rounding_helpers() -> None:
     v = torch.tensor([0.1, 1 / 3, 1e-30, 3.0, float("inf")], dtype=torch.float64)
-    up, down = lloyd.f32_up(v), lloyd.f32_down(v)
+    up, down = exact.f32_up(v), exact.f32_down(v)
     assert up.dtype == torch.float32 and bool((up.double() >= v).all()) and bool((down.double() <= v).all())
     assert up[3] == 3.0 and down[3] == 3.0 and torch.isinf(up[4]) and torch.isinf(down[4])
-    assert lloyd.matmul_roundoff(torch.device("cpu")) == 2.0**-24
+    assert exact.matmul_roundoff(torch.device("cpu")) == 2.0**-24
     previous = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("medium")  # reduced-precision matmuls widen the error bound
-        assert lloyd.matmul_roundoff(torch.device("cpu")) == 2.0**-8
+        assert exact.matmul_roundoff(torch.device("cpu")) == 2.0**-8
     finally:
         torch.set_float32_matmul_precision(previous)
 
 
 def test_sum_blocks_and_memmap_with_pruning(tmp_path: object) -> None:
     # a multiple of the chunk, at least n/64 rows and 2^27 / (k·d) rows, at most about 2^14 rows
-    assert sum_block_rows(100000, 500, 1000 * 128) % 500 == 0
-    assert sum_block_rows(10**7, 300, 1000 * 128) <= 2**14 + 300
-    assert sum_block_rows(20000, 2048, 256 * 64) == 8192 and sum_block_rows(10, 4) >= 10
+    assert tuning.sum_block_rows(100000, 500, 1000 * 128) % 500 == 0
+    assert tuning.sum_block_rows(10**7, 300, 1000 * 128) <= 2**14 + 300
+    assert tuning.sum_block_rows(20000, 2048, 256 * 64) == 8192 and tuning.sum_block_rows(10, 4) >= 10
     x, _ = make_blobs(n_samples=2500, centers=12, n_features=8, random_state=3)
     x = x.astype(np.float32)
     path = tmp_path / "x.npy"  # type: ignore[operator]
@@ -202,26 +203,24 @@ def test_backoff_to_plain_passes_on_unstructured_data() -> None:
 def test_kmeans_plusplus_pruning_keeps_the_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
     # The triangle-inequality skipping of k-means++ (rows no candidate can improve) leaves the seeds unchanged:
     # same candidates, same choice (compared with the path that computes every row).
-    import workflow.curate.kmeans as km
 
     x, _ = make_blobs(n_samples=6000, centers=60, n_features=16, cluster_std=1.0, center_box=(-40, 40),
                       random_state=8)
     xt = torch.from_numpy(x.astype(np.float32))
-    monkeypatch.setattr(km, "KMPP_PRUNE_MIN", 0)  # prune even this small input
-    pruned = [km.kmeans_plusplus(xt, 150, torch.Generator().manual_seed(s)) for s in range(3)]
-    monkeypatch.setattr(km, "KMPP_PRUNE_MIN", 2**62)  # every row, every step
-    full = [km.kmeans_plusplus(xt, 150, torch.Generator().manual_seed(s)) for s in range(3)]
+    monkeypatch.setattr(tuning, "KMPP_PRUNE_MIN", 0)  # prune even this small input
+    pruned = [kmeans_plusplus(xt, 150, torch.Generator().manual_seed(s)) for s in range(3)]
+    monkeypatch.setattr(tuning, "KMPP_PRUNE_MIN", 2**62)  # every row, every step
+    full = [kmeans_plusplus(xt, 150, torch.Generator().manual_seed(s)) for s in range(3)]
     for a, b in zip(pruned, full, strict=True):
         assert torch.equal(a, b)
 
 
 def test_default_prunes_only_large_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import workflow.curate.kmeans as km
 
     x = np.random.default_rng(9).normal(size=(2000, 8)).astype(np.float32)
     assert not LocalLloyd(DataSource(x)).pruning(64)  # 2000 x 64 x 8 multiply-adds: a plain pass is cheaper
     assert LocalLloyd(DataSource(x), prune=True).pruning(64) and not LocalLloyd(DataSource(x), prune=True).pruning(8)
     assert not LocalLloyd(DataSource(x), prune=False).pruning(64)
-    monkeypatch.setattr(km, "PRUNE_MIN_WORK", 2000 * 64 * 8)
+    monkeypatch.setattr(tuning, "PRUNE_MIN_WORK", 2000 * 64 * 8)
     assert LocalLloyd(DataSource(x)).pruning(64)
-    assert km._prune_for(None, 2) is False and km._prune_for(True, 2) is True and km._prune_for(None, 50) is None
+    assert prune_for(None, 2) is False and prune_for(True, 2) is True and prune_for(None, 50) is None

@@ -1,6 +1,6 @@
-"""Greedy k-means++ of low-dimensional data (workflow/curate/kpp_lowdim.py, numba).
+"""Greedy k-means++ of low-dimensional data (workflow/kmeans/seeding_lowdim.py, numba).
 
-The compiled kernel skips rows by the triangle inequality and draws by block sums; it must pick the same centres
+The compiled kernel skips rows by the triangle inequality and draws by block sums; it must pick the same centroids
 as an independent float64 NumPy implementation of the definition (Arthur & Vassilvitskii 2007, greedy variant of
 scikit-learn and Vo et al. 2024) fed the same random draws, and as the torch path of ``kmeans_plusplus``.
 """
@@ -14,9 +14,9 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-import workflow.curate.kmeans as km
-from workflow.curate.kpp_lowdim import kmeans_plusplus_lowdim
 from workflow.data.builtin import make_rings
+from workflow.kmeans import DataSource, kmeans_plusplus, tuning
+from workflow.kmeans.seeding_lowdim import kmeans_plusplus_lowdim
 
 
 def reference_kpp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -44,8 +44,8 @@ def lowdim(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return kmeans_plusplus_lowdim(x, k, torch.Generator().manual_seed(seed), 2 + int(math.log(k)))
 
 
-def potential(x: np.ndarray, centres: np.ndarray) -> float:
-    return float(((x.astype(np.float64)[:, None] - centres.astype(np.float64)[None]) ** 2).sum(-1).min(1).sum())
+def potential(x: np.ndarray, centroids: np.ndarray) -> float:
+    return float(((x.astype(np.float64)[:, None] - centroids.astype(np.float64)[None]) ** 2).sum(-1).min(1).sum())
 
 
 CASES = {
@@ -67,9 +67,9 @@ def test_lowdim_kpp_matches_float64_reference(name: str) -> None:
 def test_lowdim_kpp_matches_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     x, k = CASES["blobs_3d"]
     xt = torch.from_numpy(x.astype(np.float32))
-    fused = [km.kmeans_plusplus(xt, k, torch.Generator().manual_seed(s)) for s in range(3)]
-    monkeypatch.setattr(km, "LOWDIM_MAX_DIM", 0)  # the torch path
-    plain = [km.kmeans_plusplus(xt, k, torch.Generator().manual_seed(s)) for s in range(3)]
+    fused = [kmeans_plusplus(xt, k, torch.Generator().manual_seed(s)) for s in range(3)]
+    monkeypatch.setattr(tuning, "LOWDIM_MAX_DIM", 0)  # the torch path
+    plain = [kmeans_plusplus(xt, k, torch.Generator().manual_seed(s)) for s in range(3)]
     for a, b in zip(fused, plain, strict=True):
         assert torch.equal(a, b)
 
@@ -79,10 +79,10 @@ def test_lowdim_kpp_on_rings_is_as_good_as_torch_path(monkeypatch: pytest.Monkey
     # different float32 rounding, so the seeds can part ways; their quality must not.
     x, _ = make_rings(0)
     x = x[np.random.default_rng(0).choice(len(x), 4000, replace=False)]
-    fused = [km.kmeans_plusplus(torch.from_numpy(x), 300, torch.Generator().manual_seed(s)).numpy()
+    fused = [kmeans_plusplus(torch.from_numpy(x), 300, torch.Generator().manual_seed(s)).numpy()
              for s in range(3)]
-    monkeypatch.setattr(km, "LOWDIM_MAX_DIM", 0)
-    plain = [km.kmeans_plusplus(torch.from_numpy(x), 300, torch.Generator().manual_seed(s)).numpy()
+    monkeypatch.setattr(tuning, "LOWDIM_MAX_DIM", 0)
+    plain = [kmeans_plusplus(torch.from_numpy(x), 300, torch.Generator().manual_seed(s)).numpy()
              for s in range(3)]
     for c in fused:  # distinct rows of x
         assert len({tuple(r) for r in c.tolist()}) == len(c)
@@ -102,12 +102,12 @@ def test_lowdim_kpp_with_fewer_distinct_points_than_k(monkeypatch: pytest.Monkey
     # leaves some at ~1e-7 and the draw lands on those
     assert (x[chosen[30:]] == x[-1]).all()
     xt = torch.from_numpy(x)
-    fused = km.kmeans_plusplus(xt, 40, torch.Generator().manual_seed(0))
-    monkeypatch.setattr(km, "LOWDIM_MAX_DIM", 0)
-    assert torch.equal(fused[:30], km.kmeans_plusplus(xt, 40, torch.Generator().manual_seed(0))[:30])
+    fused = kmeans_plusplus(xt, 40, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(tuning, "LOWDIM_MAX_DIM", 0)
+    assert torch.equal(fused[:30], kmeans_plusplus(xt, 40, torch.Generator().manual_seed(0))[:30])
 
 
-def test_lowdim_kpp_single_centre_and_k_equal_n() -> None:
+def test_lowdim_kpp_single_centroid_and_k_equal_n() -> None:
     x = np.random.default_rng(5).normal(size=(50, 2)).astype(np.float32)
     assert lowdim(x, 1, 0).tolist() == reference_kpp(x, 1, 0).tolist()
     assert sorted(lowdim(x, 50, 0).tolist()) == list(range(50))
@@ -117,6 +117,6 @@ def test_lowdim_kpp_reads_a_memmap(tmp_path) -> None:
     x = CASES["gauss_2d"][0].astype(np.float32)
     path = tmp_path / "x.npy"
     np.save(path, x)
-    from_file = km.kmeans_plusplus(km.DataSource(np.load(path, mmap_mode="r")), 50, torch.Generator().manual_seed(1))
-    in_memory = km.kmeans_plusplus(torch.from_numpy(x), 50, torch.Generator().manual_seed(1))
+    from_file = kmeans_plusplus(DataSource(np.load(path, mmap_mode="r")), 50, torch.Generator().manual_seed(1))
+    in_memory = kmeans_plusplus(torch.from_numpy(x), 50, torch.Generator().manual_seed(1))
     assert torch.equal(from_file, in_memory)

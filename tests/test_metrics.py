@@ -568,7 +568,7 @@ def test_vendi_bad_inputs():
 
 
 def test_cluster_scores_strata_backend():
-    from workflow.curate.kmeans import kmeans
+    from workflow.kmeans import kmeans
 
     x, y = _blobs(30, 3, 6, seed=8)
     scores = cluster_scores(x, y, backend="strata", n_init=2, seed=3)

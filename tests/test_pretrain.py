@@ -40,7 +40,8 @@ def test_each_method_trains_in_process(name: str) -> None:
         first = scalars if first is None else first
     expected_terms = {"simclr": {"nt_xent"}, "byol": {"cosine"}, "barlowtwins": {"on_diagonal", "off_diagonal"},
                       "vicreg": {"invariance", "variance", "covariance"}, "swav": {"swapped_ce"},
-                      "tldr": {"on_diagonal", "off_diagonal"}}[name]
+                      "tldr": {"on_diagonal", "off_diagonal"},
+                      "dino": {"cross_entropy", "teacher_entropy", "teacher_temperature"}}[name]
     assert set(first) == {"loss"} | expected_terms
 
 

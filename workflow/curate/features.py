@@ -3,7 +3,7 @@
 A Parquet feature table (the ``vector`` or ``embedding`` column of :mod:`workflow.tables`) is converted
 once into a float32 ``.npy`` file in a cache folder, streaming one record batch at a time
 (``pyarrow.parquet.ParquetFile.iter_batches``; the whole table is never held in memory), and then opened
-with ``numpy.load(..., mmap_mode="r")``. The k-means of :mod:`workflow.curate.kmeans` reads such a
+with ``numpy.load(..., mmap_mode="r")``. The k-means of :mod:`workflow.kmeans` reads such a
 memmap chunk by chunk, and Ray actors open the same file for their own row range.
 
 The cache file name holds a key of the source's absolute path, size, modification time, vector

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workflow.curate.kmeans import DataSource, kmeans, lloyd_engine, resolve_device
 from workflow.errors import StrataError
+from workflow.kmeans import DataSource, KMeansOptions, kmeans, lloyd_engine, resolve_device
 
 SAMPLE_STRATEGIES = ("closest", "random")
 
@@ -254,8 +254,8 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
             progress(msg)
 
     dev = resolve_device(device, progress)
-    common = dict(n_iters=n_iters, tol=tol, chunk_size=chunk_size, init_max_points=init_max_points,
-                  init_method=init_method, device=str(dev), prune=prune)
+    options = KMeansOptions(n_iters=n_iters, tol=tol, chunk_size=chunk_size, init_max_points=init_max_points,
+                            init_method=init_method, device=str(dev), prune=prune)
     source = DataSource(x, dev, where)
     levels: list[Level] = []
     for t, k_req in enumerate(ks, start=1):
@@ -267,15 +267,15 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
         r = int(rs[t - 1]) if rs is not None else max(2, round(0.5 * n_in / k))
         say(f"level {t}: clustering {n_in} inputs into {k} clusters (r={r}, resamples={n_resamples})")
         with lloyd_engine(source, k, workers if t == 1 else 1, ray_address, chunk_size, str(dev), prune) as engine:
-            res = kmeans(source, k, seed=derive_seed(seed, t, 0), progress=progress, engine=engine,
-                         label=f"level {t} k-means", **common)
+            res = kmeans(source, k, options, seed=derive_seed(seed, t, 0), progress=progress, engine=engine,
+                         label=f"level {t} k-means")
             centroids = torch.from_numpy(res.centroids).to(dev)
             index, sq_dist = res.assignment, res.distances
             if r > 1:
                 for step in range(1, n_resamples + 1):
                     rng = np.random.default_rng(derive_seed(seed, t, step, 1))
                     subset = resample_indices(index, sq_dist, centroids.shape[0], r, sample_strategy, rng)
-                    res = kmeans(source.rows(subset), k, seed=derive_seed(seed, t, step), **common)
+                    res = kmeans(source.rows(subset), k, options, seed=derive_seed(seed, t, step))
                     centroids = torch.from_numpy(res.centroids).to(dev)
                     idx_t, dist_t = engine.finalize(centroids)
                     index, sq_dist = idx_t.cpu().numpy(), dist_t.cpu().numpy()

@@ -3,7 +3,7 @@
 Abbas, Tirumala, Simig, Ganguli & Morcos (2023), "SemDeDup: Data-efficient learning at web-scale
 through semantic deduplication", arXiv:2303.09540 (spec ``shared/notes/curation-spec.md`` section 5):
 
-1. L2-normalise the features and cluster them with k-means (:func:`workflow.curate.kmeans.kmeans`);
+1. L2-normalise the features and cluster them with k-means (:func:`workflow.kmeans.kmeans`);
 2. inside every cluster, visit the points **closest to the centroid first** (ascending squared
    distance, ties by row index) and keep a point unless its cosine similarity to an already *kept*
    point of the same cluster exceeds ``1 − ε``.

@@ -198,8 +198,8 @@ def _select(x: np.ndarray, n: int, params: dict[str, Any], seed: int, stats: dic
         stats["n_clusters"] = [len(s) for s in sizes]
         return rows, cluster_ids_per_level(levels), sizes
     if method == "semdedup":
-        from workflow.curate.kmeans import kmeans, resolve_device
         from workflow.curate.semdedup import semdedup_keep
+        from workflow.kmeans import kmeans, resolve_device
 
         k = int(params["n_clusters"][0])
         if k > n:

@@ -296,7 +296,7 @@ def cluster_scores(
     clustered into ``K`` clusters by one of two backends:
 
     * ``"sklearn"``: ``KMeans(n_clusters=K, n_init=n_init, random_state=seed, max_iter=max_iter)``;
-    * ``"strata"``: :func:`workflow.curate.kmeans.kmeans` (torch, greedy k-means++, Lloyd until the
+    * ``"strata"``: :func:`workflow.kmeans.kmeans` (torch, greedy k-means++, Lloyd until the
       assignment is a fixed point or ``max_iter`` updates) run with seeds ``seed, ..., seed + n_init - 1``;
       the run with the lowest inertia ``Σ_i ‖x_i − c_{a(i)}‖²`` is kept (ties: the first).
 
@@ -352,18 +352,18 @@ def cluster_scores(
         raise StrataError(
             f"backend must be one of {list(_CLUSTER_BACKENDS)}, got {backend!r}.",
             where="backend",
-            fix='Use backend="sklearn" (scikit-learn KMeans) or backend="strata" (workflow.curate.kmeans).',
+            fix='Use backend="sklearn" (scikit-learn KMeans) or backend="strata" (workflow.kmeans).',
         )
     xn = _l2_normalize(x, "embeddings")
     if backend == "sklearn":
         pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed, max_iter=max_iter).fit_predict(xn)
     else:
-        from workflow.curate.kmeans import kmeans
+        from workflow.kmeans import KMeansOptions, kmeans
 
         seed = _check_int(seed, "seed", 0)
         best = None
         for run_seed in range(seed, seed + n_init):
-            result = kmeans(xn, k, n_iters=max_iter, seed=run_seed)
+            result = kmeans(xn, k, KMeansOptions(n_iters=max_iter, seed=run_seed))
             if best is None or result.inertia < best.inertia:
                 best = result
         pred = np.asarray(best.assignment, dtype=np.int64)

@@ -21,8 +21,8 @@ class SignalAugment:
     """
 
     def __init__(self, min_crop: float = 0.75, max_shift: int = 8, scale: tuple[float, float] = (0.8, 1.2),
-                 slope: float = 0.3, noise: float = 0.05, mask_fraction: float = 0.15) -> None:
-        self.min_crop, self.max_shift, self.scale = min_crop, max_shift, scale
+                 slope: float = 0.3, noise: float = 0.05, mask_fraction: float = 0.15, max_crop: float = 1.0) -> None:
+        self.min_crop, self.max_crop, self.max_shift, self.scale = min_crop, max_crop, max_shift, scale
         self.slope, self.noise, self.mask_fraction = slope, noise, mask_fraction
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -32,8 +32,8 @@ class SignalAugment:
         def rand(*shape: int) -> torch.Tensor:
             return torch.rand(*shape, generator=gen, device=dev)
 
-        # Random crop of relative length in [min_crop, 1], resized back to L by linear interpolation.
-        crop = self.min_crop + (1 - self.min_crop) * rand(b, 1)
+        # Random crop of relative length in [min_crop, max_crop], resized back to L by linear interpolation.
+        crop = self.min_crop + (self.max_crop - self.min_crop) * rand(b, 1)
         start = (1 - crop) * rand(b, 1)
         grid = start + crop * torch.linspace(0, 1, length, device=dev)[None, :]  # positions in [0, 1]
         pos = grid * (length - 1)
@@ -87,15 +87,16 @@ class ImageAugment:
     in torchvision's ``RandomResizedCrop`` (ten tries, else the central crop of the closest allowed ratio).
 
     Images are rows (B, C*H*W) of a vector table, or (B, C, H, W), with values in [0, 1]; the output has the
-    input's shape and dtype. Every random draw comes from the ``torch.Generator`` passed in, so a seeded
-    generator gives the same views on the same device.
+    input's shape and dtype. With an ``output_size`` (h, w) other than (H, W) (DINO's smaller local crops) the
+    crops are resized to it and the output is (B, C, h, w). Every random draw comes from the ``torch.Generator``
+    passed in, so a seeded generator gives the same views on the same device.
     """
 
     def __init__(self, image_shape: Sequence[int], crop_scale: Sequence[float] = (0.2, 1.0),
                  crop_ratio: Sequence[float] = (3 / 4, 4 / 3), horizontal_flip: float = 0.5,
                  color_jitter_probability: float = 0.8, color_jitter_strength: float = 0.5,
                  grayscale_probability: float = 0.2, blur_probability: float = 0.0,
-                 blur_sigma: Sequence[float] = (0.1, 2.0)) -> None:
+                 blur_sigma: Sequence[float] = (0.1, 2.0), output_size: Sequence[int] | None = None) -> None:
         c, h, w = (int(v) for v in image_shape)
         if c not in (1, 3):
             raise ValueError(f"images need 1 or 3 channels, got shape {list(image_shape)}")
@@ -109,7 +110,12 @@ class ImageAugment:
         self.grayscale_probability = float(grayscale_probability)
         self.blur_probability = float(blur_probability)
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
-        side = min(h, w)
+        self.set_output_size(output_size or (h, w))
+
+    def set_output_size(self, size: Sequence[int]) -> None:
+        """Resize the crops to ``size`` (h, w); the blur kernel follows the output's side."""
+        self.output_size = (int(size[0]), int(size[1]))
+        side = min(self.output_size)
         self.blur_kernel = max(3, round(0.1 * side) // 2 * 2 + 1)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -122,7 +128,7 @@ class ImageAugment:
         img = self._grayscale(img, gen)
         img = self._blur(img, gen)
         img = img.to(dtype)
-        return img.reshape(x.shape) if flat else img
+        return img.reshape(x.shape) if flat and self.output_size == self.image_shape[1:] else img
 
     @staticmethod
     def _chosen(b: int, p: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -158,12 +164,12 @@ class ImageAugment:
         u = torch.rand(b, 2, generator=gen, device=dev)
         x0 = torch.where(found, torch.floor(u[:, 0] * (w - cw + 1)), torch.full_like(cw, (w - fw) // 2))
         y0 = torch.where(found, torch.floor(u[:, 1] * (h - ch + 1)), torch.full_like(ch, (h - fh) // 2))
-        if bool(((cw == w) & (ch == h)).all()):
+        if bool(((cw == w) & (ch == h)).all()) and self.output_size == (h, w):
             return img  # every crop is the whole image: nothing to resample
         x1, y1 = x0 + cw - 1, y0 + ch - 1
         boxes = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1), torch.stack([x1, y1], -1),
                              torch.stack([x0, y1], -1)], dim=1)  # (B, 4, 2): corners clockwise from top-left
-        return crop_and_resize(img, boxes.to(img.dtype), (h, w), mode="bilinear", align_corners=True)
+        return crop_and_resize(img, boxes.to(img.dtype), self.output_size, mode="bilinear", align_corners=True)
 
     def _flip(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         idx = self._chosen(img.shape[0], self.horizontal_flip, gen, img.device)

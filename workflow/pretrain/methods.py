@@ -1,8 +1,9 @@
-"""The six self-supervised methods as (trainable module, loss step) pairs on a shared backbone.
+"""The seven self-supervised methods as (trainable module, loss step) pairs on a shared backbone.
 
 Each method builds one ``nn.Module`` holding everything trained by gradient (wrapped in DDP by Ray Train),
-plus, for BYOL, an EMA target network kept outside DDP (updated identically on every rank). ``step_loss``
-turns a batch into a :class:`~workflow.pretrain.losses.LossTerms`.
+plus, for BYOL and DINO, an EMA target (teacher) network kept outside DDP (updated identically on every rank;
+DINO's target also holds the loss's centre, so checkpoints keep it). ``views`` makes a batch's views (two, or
+DINO's multi-crop) and ``step_loss`` turns them into a :class:`~workflow.pretrain.losses.LossTerms`.
 
 ==========  ==========================================  ======================================
 method      views                                       loss
@@ -13,21 +14,24 @@ barlowtwins two augmentations                           cross-correlation (Zbont
 vicreg      two augmentations                           var/inv/cov (Bardes et al. 2022)
 swav        two augmentations, prototypes, Sinkhorn     swapped prediction (Caron et al. 2020)
 tldr        each item and one of its k input-space NNs  Barlow Twins, 1/32 (Kalantidis et al. 2022)
+dino        2 global + N local crops, EMA teacher       centred/sharpened CE (Caron et al. 2021)
 ==========  ==========================================  ======================================
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from workflow.pretrain import losses as L
+from workflow.pretrain.dino import DINOHead, DINOLoss, MultiCrop
 from workflow.pretrain.models import ProjectionHead
 
-METHODS = ("simclr", "byol", "barlowtwins", "vicreg", "swav", "tldr")
+METHODS = ("simclr", "byol", "barlowtwins", "vicreg", "swav", "tldr", "dino")
 
 # Method defaults where the papers differ (small-data settings; every one is a config key).
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -37,6 +41,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "vicreg": {"projection_dim": 512},
     "swav": {"temperature": 0.1, "projection_dim": 64},
     "tldr": {"projection_dim": 512, "lambda_param": 3.9e-3},
+    "dino": {"projection_dim": 256},  # the DINO head's bottleneck (Caron et al. 2021)
 }
 
 
@@ -51,11 +56,17 @@ def resolved(params: dict[str, Any], n_train: int) -> dict[str, Any]:
             out["swav_prototypes"] = int(min(3000, max(10, n_train // 10)))
         if out.get("swav_freeze_prototypes_steps") is None:
             out["swav_freeze_prototypes_steps"] = int(min(313, out["steps"] // 10))
+    if params["method"] == "dino":
+        if out.get("dino_out_dim") is None:  # 65536 in the paper; about four training items per output here
+            out["dino_out_dim"] = int(min(65536, max(256, n_train // 4)))
+        if out.get("dino_freeze_last_layer_steps") is None:  # the paper's first epoch, at most a tenth of the run
+            out["dino_freeze_last_layer_steps"] = int(min(max(1, n_train // out["batch_size"]), out["steps"] // 10))
     return out
 
 
 class Trainable(nn.Module):
-    """Backbone + projector (+ predictor for BYOL, + prototypes for SwAV); ``forward`` gives what the loss sees."""
+    """Backbone + projector (DINO's head for DINO; + predictor for BYOL, + prototypes for SwAV); ``forward``
+    gives what the loss sees, for one batch or (multi-crop) a list of views, each resolution one backbone batch."""
 
     def __init__(self, encoder: nn.Module, params: dict[str, Any], embedding_dim: int) -> None:
         super().__init__()
@@ -63,14 +74,24 @@ class Trainable(nn.Module):
         self.method = method
         hidden = params["projector_hidden_dim"]
         self.encoder = encoder
-        self.projector = ProjectionHead(embedding_dim, hidden, params["projection_dim"])
+        self.projector: nn.Module = DINOHead(embedding_dim, hidden, params["projection_dim"], params["dino_out_dim"]) \
+            if method == "dino" else ProjectionHead(embedding_dim, hidden, params["projection_dim"])
         self.predictor = ProjectionHead(params["projection_dim"], hidden, params["projection_dim"]) \
             if method == "byol" else None
         self.prototypes = L.SwAVPrototypes(params["projection_dim"], params["swav_prototypes"],
                                            params["swav_freeze_prototypes_steps"]) if method == "swav" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.projector(self.encoder(x))
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):  # views in order; consecutive views of one shape share a batch
+            groups: list[list[torch.Tensor]] = []
+            for view in x:
+                if groups and groups[-1][0].shape[1:] == view.shape[1:]:
+                    groups[-1].append(view)
+                else:
+                    groups.append([view])
+            z = self.projector(torch.cat([self.encoder(torch.cat(g)) for g in groups]))
+        else:
+            z = self.projector(self.encoder(x))
         if self.predictor is not None:
             return self.predictor(z)
         if self.prototypes is not None:
@@ -86,10 +107,11 @@ class Method:
         self.name = params["method"]
         self.module = Trainable(encoder, params, embedding_dim)
         self.target: nn.Module | None = None
-        if self.name == "byol":
+        if self.name in ("byol", "dino"):
             self.target = nn.Sequential(copy.deepcopy(encoder), copy.deepcopy(self.module.projector))
             for p in self.target.parameters():
                 p.requires_grad_(False)
+        self.multi_crop: MultiCrop | None = None  # DINO's views, built from the data's augmentation on first use
         p = params
         if self.name == "simclr":
             self.criterion: nn.Module = L.NTXentLoss(p["temperature"])
@@ -103,6 +125,12 @@ class Method:
             self.criterion = L.SwAVLoss(p["temperature"], p["swav_epsilon"], p["swav_sinkhorn_iterations"])
         elif self.name == "tldr":
             self.criterion = L.TLDRLoss(p["lambda_param"])
+        elif self.name == "dino":
+            self.criterion = DINOLoss(p["dino_out_dim"], p["dino_warmup_teacher_temp"], p["dino_teacher_temp"],
+                                      round(p["dino_warmup_teacher_temp_fraction"] * p["steps"]),
+                                      p["dino_student_temp"], p["dino_center_momentum"])
+            # The teacher (EMA network) and the centre travel together: one state dict, saved in checkpoints.
+            self.target = nn.ModuleDict({"network": self.target, "loss": self.criterion})
         else:
             raise ValueError(f"unknown method {self.name!r}")
 
@@ -123,20 +151,45 @@ class Method:
     def before_optimizer_step(self, step: int) -> None:
         if self.module.prototypes is not None:
             self.module.prototypes.freeze_if_needed(step)
+        if self.name == "dino" and step < self.params["dino_freeze_last_layer_steps"]:
+            self.module.projector.last_layer.weight.grad = None  # DINO keeps its output layer fixed at first
 
     def after_step(self, step: int, total: int) -> None:
-        if self.target is not None:
+        if self.name == "byol":
+            assert self.target is not None
             tau = L.byol_tau(step, total, self.params["byol_tau_base"])
             L.ema_update(nn.Sequential(self.module.encoder, self.module.projector), self.target, tau)
+        elif self.name == "dino":  # the teacher follows BYOL's cosine schedule from dino_teacher_momentum to 1
+            tau = L.byol_tau(step, total, self.params["dino_teacher_momentum"])
+            L.ema_update(nn.Sequential(self.module.encoder, self.module.projector), self.teacher, tau)
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The EMA network (BYOL's target, DINO's teacher)."""
+        assert self.target is not None
+        return self.target["network"] if isinstance(self.target, nn.ModuleDict) else self.target
+
+    def views(self, batch: torch.Tensor, augment: Any, gen: torch.Generator) -> list[torch.Tensor]:
+        """A batch's views, every draw from ``gen``: two augmentations, or DINO's two global and
+        ``dino_local_crops`` local ones (:class:`~workflow.pretrain.dino.MultiCrop`)."""
+        if self.name != "dino":
+            return [augment(batch, gen), augment(batch, gen)]
+        if self.multi_crop is None or self.multi_crop.augment is not augment:
+            p = self.params
+            self.multi_crop = MultiCrop(augment, p["dino_local_crops"], p["dino_local_crop_scale"],
+                                        p["dino_local_crop_size"])
+        return self.multi_crop(batch, gen)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, v0: torch.Tensor, v1: torch.Tensor,
-                   step: int, total: int, lr: float, use_amp: bool = False) -> L.LossTerms:
-        """One optimisation step on a batch's two views, with the method's hooks in their places."""
+                   step: int, total: int, lr: float, use_amp: bool = False,
+                   local_views: Sequence[torch.Tensor] = ()) -> L.LossTerms:
+        """One optimisation step on a batch's two views (and DINO's local views), with the method's hooks in
+        their places."""
         for group in optimizer.param_groups:
             group["lr"] = lr
         self.before_step(step)
         with torch.autocast(v0.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = self.step_loss(model, v0, v1)
+            out = self.step_loss(model, v0, v1, local_views, step)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.before_optimizer_step(step)
@@ -144,17 +197,25 @@ class Method:
         self.after_step(step, total)
         return out
 
-    def step_loss(self, model: nn.Module, v0: torch.Tensor, v1: torch.Tensor) -> L.LossTerms:
-        """The loss of one batch given its two views (``model`` is the possibly DDP-wrapped ``module``)."""
+    def step_loss(self, model: nn.Module, v0: torch.Tensor, v1: torch.Tensor,
+                  local_views: Sequence[torch.Tensor] = (), step: int = 0) -> L.LossTerms:
+        """The loss of one batch given its views (``model`` is the possibly DDP-wrapped ``module``; local
+        views only for DINO)."""
+        if self.name == "dino":
+            student = model([v0, v1, *local_views]).float()
+            with torch.no_grad():
+                teacher = self.teacher(torch.cat([v0, v1])).float()
+            return self.criterion(teacher.chunk(2), student.chunk(2 + len(local_views)), step)
+        if len(local_views):
+            raise ValueError(f"{self.name} takes two views, got {2 + len(local_views)}")
         n = v0.shape[0]
         out = model(torch.cat([v0, v1])).float()
         a, b = out[:n], out[n:]
         if self.name == "simclr":
             return self.criterion.terms(a, b)
         if self.name == "byol":
-            assert self.target is not None
             with torch.no_grad():
-                t = self.target(torch.cat([v0, v1])).float()
+                t = self.teacher(torch.cat([v0, v1])).float()
             return self.criterion(a, t[n:], b, t[:n])
         if self.name == "swav":
             return self.criterion([a, b])

@@ -170,11 +170,11 @@ def train_worker(cfg: dict[str, Any]) -> None:
             lr = lr_at(step, total, params["lr"], params["warmup_fraction"])
             if method.uses_augmentation:
                 batch = batch_of(idx)
-                v0, v1 = augment(batch, gen), augment(batch, gen)
+                v0, v1, *local_views = method.views(batch, augment, gen)  # two, or DINO's multi-crop
             else:  # TLDR: an item and one of its nearest neighbours in the input space
                 assert pairs is not None
-                v0, v1 = batch_of(idx), batch_of(pairs[idx])
-            out = method.train_step(model, optimizer, v0, v1, step, total, lr, use_amp)
+                v0, v1, local_views = batch_of(idx), batch_of(pairs[idx]), []
+            out = method.train_step(model, optimizer, v0, v1, step, total, lr, use_amp, local_views)
             step += 1
             for k, v in out.scalars().items():
                 window[k] = window.get(k, 0.0) + v

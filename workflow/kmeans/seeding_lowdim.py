@@ -1,23 +1,23 @@
 """Greedy k-means++ seeding of low-dimensional data: one compiled loop on the host (numba).
 
-Why a second implementation: for ``d ≤`` :data:`workflow.curate.kmeans.LOWDIM_MAX_DIM` a k-means++ step of
+Why a second implementation: for ``d ≤`` :data:`workflow.kmeans.tuning.LOWDIM_MAX_DIM` a k-means++ step of
 the torch path is a skinny ``(L × d) · (d × n)`` product that BLAS runs far below its rate, plus some 30 small
 tensor operations; on 15k 2-D points a step costs ~0.4 ms on a CPU, and a GPU is launch bound on the same
-steps. The five-ring example of Vo et al. (2024, arXiv:2405.15613) seeds 1000 centres eleven times on such
+steps. The five-ring example of Vo et al. (2024, arXiv:2405.15613) seeds 1000 centroids eleven times on such
 data. Here a step is a few loops over the rows that a candidate can improve, compiled once (cached on disk) by
 numba: ~0.1 ms on the same 15k points.
 
-The definition is the one of :func:`workflow.curate.kmeans.kmeans_plusplus` (Arthur & Vassilvitskii 2007,
-greedy variant): the first centre is uniform; each next one is the best of ``L`` candidates drawn with
+The definition is the one of :func:`workflow.kmeans.seeding.kmeans_plusplus` (Arthur & Vassilvitskii 2007,
+greedy variant): the first centroid is uniform; each next one is the best of ``L`` candidates drawn with
 probability ∝ D², "best" maximising the improvement Σ_i max(0, D_i² − ‖x_i − cand‖²). The random numbers are
-the same draws from the same ``torch.Generator`` (one uniform for the first centre, then ``L`` per step), so
+the same draws from the same ``torch.Generator`` (one uniform for the first centroid, then ``L`` per step), so
 the seeds do not depend on the device. Distances use the same float32 expansion ‖x‖² + ‖c‖² − 2 x·c, so the
 choice equals the torch path's up to float rounding of near-ties.
 
 Skipped work (exact, Elkan 2003, "Using the triangle inequality to accelerate k-means", ICML, lemma 1): every
-row keeps its nearest chosen centre j and every centre a radius R_j ≥ max D over its rows; a candidate at
+row keeps its nearest chosen centroid j and every centroid a radius R_j ≥ max D over its rows; a candidate at
 ‖cand − c_j‖ ≥ 2 R_j cannot improve any row of j, and per row, one at ‖cand − c_j‖ ≥ 2 D_i cannot improve
-row i. The rows of each centre are kept in a linked list, so a step touches only the rows of centres near a
+row i. The rows of each centroid are kept in a linked list, so a step touches only the rows of centroids near a
 candidate; the D² draw uses per-block sums of D² (blocks of :data:`DRAW_BLOCK` rows), recomputed only where a
 row changed.
 """
@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from workflow.curate import lloyd
+from workflow.kmeans.exact import seeding_margins
 
 #: Rows per block of the D² draw's block sums.
 DRAW_BLOCK = 128
@@ -36,7 +36,7 @@ DRAW_BLOCK = 128
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _move(i: int, c: int, near: np.ndarray, nxt: np.ndarray, prv: np.ndarray, head: np.ndarray) -> None:
-    """Unlink row ``i`` from its centre's list and push it onto centre ``c``'s list."""
+    """Unlink row ``i`` from its centroid's list and push it onto centroid ``c``'s list."""
     j = near[i]
     p, q = prv[i], nxt[i]
     if p >= 0:
@@ -64,13 +64,13 @@ def _seed(x: np.ndarray, first: int, uniforms: np.ndarray, chosen: np.ndarray, e
     rel = 1.0 + 1e-6  # relative margin of the skip tests (float32 distances against float64 bounds)
 
     x_sq = np.empty(n, np.float32)
-    closest = np.empty(n, np.float32)  # D², to the nearest chosen centre
+    closest = np.empty(n, np.float32)  # D², to the nearest chosen centroid
     near = np.zeros(n, np.int64)
-    nxt = np.empty(n, np.int64)  # linked list of the rows of every centre
+    nxt = np.empty(n, np.int64)  # linked list of the rows of every centroid
     prv = np.empty(n, np.int64)
     head = np.full(k, -1, np.int64)
-    radius_sq = np.zeros(k, np.float64)  # R_j² ≥ max (D² + err) over the rows of centre j
-    centers = np.empty((k, d), np.float64)
+    radius_sq = np.zeros(k, np.float64)  # R_j² ≥ max (D² + err) over the rows of centroid j
+    centroids = np.empty((k, d), np.float64)
     block_sum = np.zeros(n_blocks, np.float64)
     dirty = np.ones(n_blocks, np.bool_)
     rows = np.empty(n, np.int64)
@@ -83,7 +83,7 @@ def _seed(x: np.ndarray, first: int, uniforms: np.ndarray, chosen: np.ndarray, e
     dot = np.empty(trials, np.float32)
 
     for q in range(d):
-        centers[0, q] = x[first, q]
+        centroids[0, q] = x[first, q]
     for i in range(n):
         s = zero32
         for q in range(d):
@@ -135,14 +135,14 @@ def _seed(x: np.ndarray, first: int, uniforms: np.ndarray, chosen: np.ndarray, e
                 cand_t[q, t] = x[pick, q]
             cand_sq[t] = x_sq[pick]
             gains[t] = 0.0
-        # centres a candidate may improve: ‖cand − c_j‖ < 2 R_j
+        # centroids a candidate may improve: ‖cand − c_j‖ < 2 R_j
         for j in range(c):
             bound = 4.0 * radius_sq[j] * rel + slack
             h = False
             for t in range(trials):
                 v = 0.0
                 for q in range(d):
-                    diff = np.float64(cand_t[q, t]) - centers[j, q]
+                    diff = np.float64(cand_t[q, t]) - centroids[j, q]
                     v += diff * diff
                 cc[j, t] = v
                 h = h or v < bound
@@ -181,7 +181,7 @@ def _seed(x: np.ndarray, first: int, uniforms: np.ndarray, chosen: np.ndarray, e
             if gains[t] > gains[best]:  # the first on ties
                 best = t
         chosen_row = cand[best]
-        # move the improved rows to the new centre; exact radii of the centres that were looked at
+        # move the improved rows to the new centroid; exact radii of the centroids that were looked at
         for j in range(c):
             if hit[j]:
                 radius_sq[j] = 0.0
@@ -200,22 +200,22 @@ def _seed(x: np.ndarray, first: int, uniforms: np.ndarray, chosen: np.ndarray, e
                     dirty[i // DRAW_BLOCK] = True
             jn = near[i]
             radius_sq[jn] = max(radius_sq[jn], np.float64(closest[i]) + err)
-        if near[chosen_row] != c:  # not reached by the loop (every D² was 0): it still becomes a centre
+        if near[chosen_row] != c:  # not reached by the loop (every D² was 0): it still becomes a centroid
             closest[chosen_row] = zero32
             _move(chosen_row, c, near, nxt, prv, head)
             dirty[chosen_row // DRAW_BLOCK] = True
         radius_sq[c] = max(radius_sq[c], err)
         chosen[c] = chosen_row
         for q in range(d):
-            centers[c, q] = x[chosen_row, q]
+            centroids[c, q] = x[chosen_row, q]
 
 
 def kmeans_plusplus_lowdim(x: np.ndarray, k: int, generator: torch.Generator, trials: int) -> np.ndarray:
-    """Row indices of ``k`` greedy k-means++ centres of the ``(n, d)`` float32 array ``x`` (``d`` small).
+    """Row indices of ``k`` greedy k-means++ centroids of the ``(n, d)`` float32 array ``x`` (``d`` small).
 
     Args:
         x: C-contiguous float32 ``(n, d)`` array, ``1 ≤ k ≤ n``.
-        k: Number of centres.
+        k: Number of centroids.
         generator: CPU ``torch.Generator``; draws one ``randint(n)`` and then ``(k − 1) × trials`` float64
             uniforms, the stream of the torch path.
         trials: Candidates per step (``L``).
@@ -227,7 +227,7 @@ def kmeans_plusplus_lowdim(x: np.ndarray, k: int, generator: torch.Generator, tr
     first = int(torch.randint(n, (1,), generator=generator).item())
     uniforms = torch.rand((k - 1, trials), generator=generator, dtype=torch.float64).numpy()
     # the skip tests' margins of the torch path (float32 distances on the host's CPU)
-    err, slack = lloyd.seeding_margins(float(np.einsum("ij,ij->i", x, x).max()), x.shape[1], torch.device("cpu"))
+    err, slack = seeding_margins(float(np.einsum("ij,ij->i", x, x).max()), x.shape[1], torch.device("cpu"))
     chosen = np.empty(k, np.int64)
     _seed(x, first, uniforms, chosen, err, slack)
     return chosen
