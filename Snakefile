@@ -35,13 +35,16 @@ rule all:
 
 onstart:
     start_run_cluster()
+    start_tracking_spool()
 
 
 onsuccess:
     stop_run_cluster()
+    flush_tracking()
     attach_job_files()
 
 
 onerror:
     stop_run_cluster()
+    flush_tracking()
     attach_job_files()

@@ -5,8 +5,9 @@
 import os
 import sys
 
-# Rules whose jobs use Ray; curate only with more than one thread (its k-means then runs on Ray actors).
-RAY_RULES = {"pretrain", "embed_pool", "embed_probes"}
+# Rules whose jobs use Ray: embed always; pretrain with GPUs or `num_workers` (on CPU with one worker it runs in
+# Ray Train's local mode, in the job's process); curate with more than one thread (k-means on Ray actors).
+RAY_RULES = {"embed_pool", "embed_probes"}
 
 
 def _resource_value(name):
@@ -20,7 +21,18 @@ def _run_needs_ray():
         jobs = list(workflow.dag.needrun_jobs())
     except Exception:  # an older Snakemake without this API: assume it does
         return True
-    return any(job.rule.name in RAY_RULES or (job.rule.name == "curate" and job.threads > 1) for job in jobs)
+    workers = any((cfg or {}).get("num_workers") for cfg in config.get("ssl", {}).values())
+
+    def uses_ray(job):
+        name = job.rule.name
+        if name == "pretrain":
+            try:
+                return workers or int(job.resources.get("gpu", 0) or 0) > 0
+            except Exception:  # resources not evaluable here: assume Ray
+                return True
+        return name in RAY_RULES or (name == "curate" and job.threads > 1)
+
+    return any(uses_ray(job) for job in jobs)
 
 
 def start_run_cluster():
@@ -42,3 +54,30 @@ def stop_run_cluster():
         stop_cluster()
     except Exception as err:  # the supervisor stops it anyway once this process is gone
         print(f"strata: could not stop the run's Ray cluster: {err}", file=sys.stderr)
+
+
+TRACKING_SPOOL = os.path.abspath(f"{RESULTS}/.work/tracking-spool")
+
+
+def start_tracking_spool():
+    """`onstart`: local jobs spool their MLflow records (workflow/tracking.py, SPOOL_ENV); log a killed run's."""
+    from workflow.tracking import SPOOL_ENV
+
+    if not workflow.local_exec or not workflow.is_main_process or workflow.touch:
+        return
+    flush_tracking()
+    os.environ[SPOOL_ENV] = TRACKING_SPOOL
+
+
+def flush_tracking():
+    """`onsuccess` / `onerror` (before attach_job_files): log the spooled records in this one process."""
+    from workflow.tracking import flush_spool
+
+    try:
+        n = flush_spool(TRACKING_SPOOL)
+    except Exception as err:  # tracking must never turn a finished workflow into a failed one
+        print(f"strata: could not log the jobs' records to MLflow (kept in {TRACKING_SPOOL}): {err}",
+              file=sys.stderr)
+    else:
+        if n:
+            print(f"strata: logged {n} job record(s) to MLflow", file=sys.stderr)

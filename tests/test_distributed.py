@@ -1,18 +1,18 @@
-"""Ray inside jobs (workflow.distributed): short temp dirs, GPU requests that cannot be met, and two Ray jobs
-that become ready at once on one machine (serialised, neither colliding nor deadlocking)."""
+"""Ray inside jobs (workflow.distributed): short temp dirs, GPU requests that cannot be met, two private Rays
+that become ready at once on one machine (serialised, neither colliding nor deadlocking), and the local study's
+Ray jobs on the run's one cluster (tests/test_raycluster.py tests that cluster itself)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from workflow.distributed import AF_UNIX_PATH_MAX, RAY_SOCKET_SUFFIX, ray_session, ray_temp_dir, visible_gpus
@@ -95,17 +95,22 @@ def test_two_local_ray_jobs_ready_at_once_take_turns() -> None:
 
 
 @pytest.mark.e2e
-def test_ray_jobs_of_the_local_study_never_overlapped(study: Path) -> None:
-    """`snakemake --cores 2` with the default profile: Ray stages ready together ran one at a time (`ray: 1`).
+def test_the_local_study_ran_its_ray_jobs_on_one_cluster(study: Path) -> None:
+    """`snakemake --cores 2`: every Ray job joined the run's one Ray cluster (workflow/raycluster.py), no job
+    started a Ray of its own, and the cluster is gone; pretrain on CPU with one worker runs in Ray Train's local
+    mode (no Ray processes to start)."""
+    from workflow.raycluster import SUPERVISOR_LOG, cluster_dir, cluster_processes
 
-    A job's span is [end − s, end], end being when Snakemake wrote its benchmark file (right after the job).
-    """
-    spans = []
-    for stage in ("pretrain", "embed", "embed_pool"):
-        for tsv in (study / "results" / "benchmarks" / stage).rglob("*.tsv"):
-            end = tsv.stat().st_mtime
-            spans.append((end - float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]), end, str(tsv)))
-    assert len(spans) == 6 + 6 + 2  # pretrain, embed_probes, embed_pool of configs/test.yaml
-    spans.sort()
-    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
-        assert start >= end - 0.5, f"{first} and {second} overlapped"
+    joined = set()
+    for stage in ("embed", "embed_pool"):
+        for log in (study / "results" / "logs" / stage).rglob("*.log"):
+            text = log.read_text()
+            assert "started a private local Ray" not in text, log
+            found = re.findall(r"joined the run's Ray cluster (\S+) ", text)
+            assert found, log
+            joined.update(found)
+    assert len(joined) == 1, joined
+    for log in (study / "results" / "logs" / "pretrain").rglob("*.log"):
+        assert "Running in local mode" in log.read_text(), log
+    cdir = cluster_dir(study / "results")
+    assert " up in " in (cdir / SUPERVISOR_LOG).read_text() and not cluster_processes(cdir)

@@ -122,11 +122,15 @@ def test_a_killed_runs_cluster_is_recovered(tmp_path: Path) -> None:
     proc = _study(tmp_path, "--config", "jobs=1", "sleep=300")
     _running_task(tmp_path, proc)
     cdir = cluster_dir(tmp_path / "results")
-    supervisor = read_state(cdir)["supervisor_pid"]
+    state = read_state(cdir)
+    assert state.get("supervisor_pid"), (state, (cdir / SUPERVISOR_LOG).read_text())
+    supervisor = state["supervisor_pid"]
     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its jobs
     os.kill(supervisor, signal.SIGKILL)
     proc.communicate(timeout=60)
     _wait(lambda: not cluster_processes(cdir), 60, "the killed run's Ray to end")
+    unlock = _study(tmp_path, "--unlock")  # Snakemake's own lock on the folder outlives a kill -9
+    assert unlock.wait(timeout=300) == 0
     rerun = _study(tmp_path, "--config", "jobs=1", "sleep=1", "--rerun-incomplete")
     out = rerun.communicate(timeout=600)[0]
     assert rerun.returncode == 0, out[-4000:]
@@ -174,9 +178,11 @@ def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killing_a_pretrain_driver_leaves_no_training_worker(tiny_pool: tuple[Path, Path], tmp_path: Path,
-                                                              sig: signal.Signals) -> None:
+                                                              sig: signal.Signals,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A pretrain job on the run's cluster (one Ray Train worker) whose driver dies: worker and controller go."""
     pool, selection = tiny_pool
+    monkeypatch.setenv("STRATA_RAY_CLUSTER", "")  # start_cluster exports it: restored (unset) after the test
     cdir = start_cluster(tmp_path / "results", num_cpus=2)
     try:
         wait_for_cluster(cdir, timeout=300)
@@ -211,3 +217,37 @@ def _title(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return ""
+
+
+PRIVATE_JOB = """
+import sys, time
+import ray
+from workflow.distributed import ray_session
+
+with ray_session(num_cpus=1):
+    actor = ray.remote(num_cpus=1)(type("Spin", (), {"spin": lambda self: time.sleep(600)})).remote()
+    actor.spin.remote()
+    time.sleep(2)
+    print("READY", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_driver_of_a_private_ray_leaves_no_ray_process(tmp_path: Path) -> None:
+    """Outside a Snakemake run (``strata`` by hand, SLURM) a job starts a private Ray; kill -9 of its driver
+    leaves none of its processes, Ray's agents included (the guard of workflow.raycluster)."""
+    from workflow.raycluster import descendants
+
+    env = {**_env(), "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([sys.executable, "-c", PRIVATE_JOB], env=env, cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        if "READY" in line:
+            break
+    started = [p for p in descendants(driver.pid) if _title(p)]
+    assert any(_title(p).startswith("ray::") for p in started), [_title(p) for p in started]
+    driver.kill()
+    driver.wait()
+    _wait(lambda: not [p for p in started if alive(p)], 30,
+          f"the private Ray's processes to end: {[_title(p) for p in started if alive(p)]}")

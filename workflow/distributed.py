@@ -18,7 +18,9 @@ A private Ray keeps its sockets under a short temp dir derived from the job's ``
 long ``$TMPDIR`` falls back to ``/tmp/strata-ray-<uid>-<pid>``.
 
 A driver that dies takes its work with it: its actors and tasks are not detached, so Ray kills them when the
-driver's connection drops (tested with a SIGKILLed pretrain driver, tests/test_raycluster.py).
+driver's connection drops (tested with a SIGKILLed pretrain driver, tests/test_raycluster.py). A private Ray's
+daemons die with the driver too, but not the agents its raylet starts; a guard process
+(:func:`workflow.raycluster.guard`) kills those.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
         # cluster started elsewhere keeps its own: docs/cluster.md says which to export there.
         for var, value in RAY_ENV_DEFAULTS.items():
             os.environ.setdefault(var, value)
-        temp_dir = None
+        temp_dir, guard = None, None
         if cluster:
             from workflow.raycluster import wait_for_cluster
 
@@ -161,6 +163,9 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
             temp_dir = ray_temp_dir()
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      _temp_dir=temp_dir, logging_level="WARNING", configure_logging=True)
+            from workflow.raycluster import start_guard
+
+            guard = start_guard()  # Ray's agents outlive a killed driver: the guard ends them
             how = f"started a private local Ray (temp dir {temp_dir})"
         else:
             ray.init(address=address, logging_level="WARNING")
@@ -177,6 +182,9 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
             failed = False
         finally:
             ray.shutdown()
+            if guard is not None:  # a clean end: nothing left to guard
+                guard.terminate()
+                guard.wait()
             if temp_dir is not None:
                 if failed:  # keep Ray's session logs for the post-mortem
                     print(f"ray: session logs kept in {temp_dir}", file=sys.stderr, flush=True)

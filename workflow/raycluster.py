@@ -133,6 +133,56 @@ def kill_cluster_processes(cdir: Path) -> int:
     return len(pids)
 
 
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if stat[0] != "Z":
+                    children.setdefault(int(stat[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def guard(owner: int, owner_start: int | None, poll: float = 0.5) -> int:
+    """Watch a job that started a private Ray; when it dies, SIGKILL what is left of the processes it started.
+
+    Ray ties its daemons to the driver (parent-death signal), but not the agents its raylet starts
+    (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``), which outlive a SIGKILLed driver. The guard notes the
+    driver's descendants while it lives and kills the survivors afterwards (start times guard against reused pids).
+    """
+    known: dict[int, int | None] = {}
+    while alive(owner, owner_start):
+        for pid in descendants(owner):
+            if pid != os.getpid():
+                known.setdefault(pid, _start_time(pid))
+        time.sleep(poll)
+    time.sleep(1.0)  # Ray's own teardown first
+    killed = 0
+    for pid, start in known.items():
+        if alive(pid, start):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def start_guard() -> subprocess.Popen:
+    """Start a :func:`guard` for this process (a job with a private Ray); terminate it after ``ray.shutdown()``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.Popen([sys.executable, "-m", "workflow.raycluster", "guard", str(os.getpid()),
+                             str(_start_time(os.getpid()) or 0)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+                            close_fds=True)
+
+
 def _free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -364,7 +414,7 @@ def serve(cdir: Path, owner: int, owner_start: int | None, num_cpus: int, num_gp
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its daemons gracefully
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
+            proc.wait(timeout=5)  # then SIGKILL: the cluster keeps nothing worth a slow goodbye
     leftovers = kill_group(proc.pid) + kill_cluster_processes(cdir)  # Ray's workers have process groups of their own
     with contextlib.suppress(OSError):
         (cdir / STATE).unlink()
@@ -388,9 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=int, default=None)
     p = sub.add_parser("stop", help="stop a cluster dir's cluster (or reap what a killed run left)")
     p.add_argument("dir", type=Path)
+    p = sub.add_parser("guard", help="kill what is left of a job's private Ray once the job is gone")
+    p.add_argument("pid", type=int)
+    p.add_argument("start", type=int)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.dir, args.owner, args.owner_start, args.num_cpus, args.num_gpus)
+    if args.command == "guard":
+        guard(args.pid, args.start or None)
+        return 0
     state = read_state(args.dir)
     if alive(state.get("supervisor_pid"), state.get("supervisor_start")):
         os.kill(state["supervisor_pid"], signal.SIGTERM)
