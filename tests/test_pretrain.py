@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,17 +71,17 @@ RESUME_PARAMS = {"method": "simclr", "steps": 40, "batch_size": 64, "embedding_d
                  "num_workers": 2, "checkpoint_every": 1}  # two DDP ranks resume
 
 
-def _train(pool: Path, selection: Path, out: Path, work: Path) -> list[dict[str, float]]:
+def _train(pool: Path, selection: Path, out: Path, work: Path, **overrides: Any) -> list[dict[str, float]]:
     return run_pretrain(str(pool), str(selection), str(out / "encoder.safetensors"), str(out / "history.parquet"),
-                        validate(dict(RESUME_PARAMS), "ssl"), seed=3, threads=2, work_root=str(work))
+                        validate({**RESUME_PARAMS, **overrides}, "ssl"), seed=3, threads=2, work_root=str(work))
 
 
-def _crash(pool: Path, selection: Path, out: Path, work: Path, after_step: int) -> None:
+def _crash(pool: Path, selection: Path, out: Path, work: Path, after_step: int, **overrides: Any) -> None:
     """Train until the first checkpoint at or after ``after_step`` (epochs of 18 steps here), then fail."""
     os.environ[FAIL_AT_STEP_ENV] = str(after_step)
     try:
         with pytest.raises(Exception, match="simulated crash"):
-            _train(pool, selection, out, work)
+            _train(pool, selection, out, work, **overrides)
     finally:
         del os.environ[FAIL_AT_STEP_ENV]
     assert not (out / "encoder.safetensors").exists()
@@ -108,6 +109,16 @@ def test_killed_job_resumes_to_the_same_weights(tiny_pool: tuple[Path, Path], st
     history = _train(*tiny_pool, tmp_path, tmp_path / "work")
     assert history[-1]["step"] == 40
     _assert_same_weights(straight_weights, tmp_path / "encoder.safetensors")
+
+
+def test_one_cpu_worker_in_ray_train_local_mode_resumes_to_the_same_weights(tiny_pool: tuple[Path, Path],
+                                                                           tmp_path: Path) -> None:
+    local = {"num_workers": None}  # one CPU worker: Ray Train's local mode, in this process
+    _train(*tiny_pool, tmp_path / "straight", tmp_path / "work_straight", **local)
+    _crash(*tiny_pool, tmp_path / "resumed", tmp_path / "work", after_step=10, **local)
+    assert _train(*tiny_pool, tmp_path / "resumed", tmp_path / "work", **local)[-1]["step"] == 40
+    _assert_same_weights(load_file(str(tmp_path / "straight" / "encoder.safetensors")),
+                         tmp_path / "resumed" / "encoder.safetensors")
 
 
 @pytest.mark.e2e
