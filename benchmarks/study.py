@@ -102,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--label", default=None, help="keep this run under runs.<label> in study.json")
     parser.add_argument("--keep", action="store_true", help="keep the study's temporary directory")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="run the study in this folder and keep it (e.g. the checkout, for make readme-results)")
     args = parser.parse_args(argv)
 
-    workdir = Path(tempfile.mkdtemp(prefix="strata-study-"))
+    workdir = args.workdir.resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="strata-study-"))
     load_before = os.getloadavg()
     wall, cpu, _ = run_study(args.configfile.resolve(), args.cores, workdir)
     load_after = os.getloadavg()
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[args.label] = {k: v for k, v in record.items() if k != "per_job"}
     path.write_text(json.dumps({**record, "runs": runs}, indent=2) + "\n")
     print(f"wrote {path}")
-    if args.keep:
+    if args.keep or args.workdir:
         print(f"study kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
