@@ -238,24 +238,3 @@ def write_selection(pool: VectorTable, rows: np.ndarray, levels_ids: np.ndarray 
         pq.write_table(pa.table(columns), tmp)
 
 
-def read_selection(path: str) -> np.ndarray:
-    """The selected pool ids of a ``selection.parquet``."""
-    from pathlib import Path
-
-    if not Path(path).exists():
-        raise StrataError("selection file not found", where=str(path), fix="run the curate stage first.")
-    fix = "re-run the curate stage that writes it."
-    try:
-        parquet = pq.ParquetFile(path)
-        if "id" not in parquet.schema_arrow.names:
-            raise StrataError("the selection has no `id` column", where=str(path), fix=fix)
-        table = parquet.read(columns=["id"])
-    except (pa.ArrowException, OSError) as err:
-        raise StrataError(f"not a readable Parquet file ({err})", where=str(path), fix=fix) from err
-    if table.num_rows == 0:
-        raise StrataError("the selection is empty", where=str(path), fix="curate with a positive target_size.")
-    ids = table.column("id")
-    if not pa.types.is_integer(ids.type) or ids.null_count:
-        raise StrataError(f"column `id` must hold integers without nulls (type {ids.type}, {ids.null_count} nulls)",
-                          where=str(path), fix=fix)
-    return ids.to_numpy()

@@ -15,11 +15,34 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from workflow.errors import StrataError
 from workflow.tables import iter_table
 
 STREAM_ROWS = 65536  # pool rows per streamed batch
+
+
+def read_selection(path: str | Path) -> np.ndarray:
+    """The selected pool ids of a curation's ``selection.parquet`` (docs/tables.md), checked."""
+    if not Path(path).exists():
+        raise StrataError("selection file not found", where=str(path), fix="run the curate stage first.")
+    fix = "re-run the curate stage that writes it."
+    try:
+        parquet = pq.ParquetFile(path)
+        if "id" not in parquet.schema_arrow.names:
+            raise StrataError("the selection has no `id` column", where=str(path), fix=fix)
+        table = parquet.read(columns=["id"])
+    except (pa.ArrowException, OSError) as err:
+        raise StrataError(f"not a readable Parquet file ({err})", where=str(path), fix=fix) from err
+    if table.num_rows == 0:
+        raise StrataError("the selection is empty", where=str(path), fix="curate with a positive target_size.")
+    ids = table.column("id")
+    if not pa.types.is_integer(ids.type) or ids.null_count:
+        raise StrataError(f"column `id` must hold integers without nulls (type {ids.type}, {ids.null_count} nulls)",
+                          where=str(path), fix=fix)
+    return ids.to_numpy()
 
 
 def scan_pool(pool_path: str, wanted: np.ndarray, selection_path: str) -> int:
@@ -29,9 +52,6 @@ def scan_pool(pool_path: str, wanted: np.ndarray, selection_path: str) -> int:
     Raises:
         StrataError: a selected id is missing from the pool, or the pool repeats one.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     dim = next(iter_table(pool_path, batch_size=1)).dim  # also checks the schema
     found = 0
     try:

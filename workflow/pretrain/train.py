@@ -264,11 +264,10 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from workflow.curate.stage import read_selection
     from workflow.distributed import job_resources, ray_session, resolve_address
     from workflow.pretrain.losses import knn_pairs
     from workflow.pretrain.methods import METHODS, resolved
-    from workflow.pretrain.rows import TrainingRows, scan_pool, write_training_rows
+    from workflow.pretrain.rows import TrainingRows, read_selection, scan_pool, write_training_rows
 
     if params["method"] not in METHODS:
         raise StrataError(f"unknown ssl method {params['method']!r}", where="ssl.method", fix=f"use one of {METHODS}.")
