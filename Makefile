@@ -49,7 +49,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 ui: setup
-	$(BIN)/python -m workflow.ui --tracking-uri sqlite:///$(abspath results)/mlflow.db --port $(UI_PORT)
+	$(BIN)/python -m workflow.ui --config $(CONFIG) --port $(UI_PORT)
 
 screenshots: setup
 	$(BIN)/python docs/screenshots.py

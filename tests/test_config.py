@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from workflow.config import (
     REPO_ROOT,
@@ -278,3 +279,18 @@ def test_snakemake_config_override_of_the_seeds(tmp_path: Path) -> None:
     assert "seed4" in ok.stdout + ok.stderr
     bad = snakemake(tmp_path, "-n", "--config", 'seeds=[0,"x"]')
     assert bad.returncode == 2 and "with --config seeds: seeds.1: 'x'" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_make_ui_follows_the_study_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from workflow.ui import _study_store, main
+
+    study = load_yaml(REPO_ROOT / "configs" / "test.yaml")
+    study.update({"study": "my-study", "tracking": {"uri": "sqlite:////tmp/elsewhere/mlflow.db"}})
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert _study_store(str(path)) == ("sqlite:////tmp/elsewhere/mlflow.db", "my-study")
+    path.write_text("seeds: [0]\n")  # not a study: one message naming the file, status 2, said at once
+    assert main(["--config", str(path), "--port", "9"]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("strata ui: starting the MLflow UI")
+    assert err.startswith("strata ui: error: ") and str(path) in err and "Traceback" not in err

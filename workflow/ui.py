@@ -74,8 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default=None, help="study name (default: the only experiment in the store)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address; keep 127.0.0.1 unless you mean to share")
     parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--config", default=None,
+                        help="a study config: its tracking store and experiment (what `make ui CONFIG=…` passes)")
     args = parser.parse_args(argv)
+    print(f"strata ui: starting the MLflow UI on {args.host}:{args.port} (the first start can take a minute) ...",
+          flush=True)
     try:
+        if args.config:
+            args.tracking_uri, args.experiment = _study_store(args.config)
         proc = start_ui(args.tracking_uri, args.host, args.port)
     except StrataError as err:
         print(f"strata ui: error: {err}", file=sys.stderr)
@@ -90,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         proc.terminate()
     return 0
+
+
+def _study_store(config_path: str) -> tuple[str, str]:
+    """The tracking URI and experiment name a study config logs to (the workflow's own resolution)."""
+    from workflow.config import check_study, load_yaml
+    from workflow.tracking import resolve_tracking_uri
+
+    study = check_study(load_yaml(config_path), config_path)
+    return resolve_tracking_uri(study["tracking"]["uri"], "results"), study["study"]
 
 
 def _only_study(tracking_uri: str) -> str | None:
