@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +125,12 @@ def test_bad_manifest_world_size_and_random_state_are_rejected(tmp_path: Path) -
 def test_incomplete_checkpoints_are_removed_and_old_ones_pruned(tmp_path: Path) -> None:
     for step in (10, 20, 30):
         _write(tmp_path, step)
+    (tmp_path / "step-000000030.rejected").mkdir()  # set aside earlier: neither counted nor removed
+    (tmp_path / "step-000000030.rejected" / checkpoint.MANIFEST).write_text("{}")
     checkpoint.prune(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000020", "step-000000030"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000020", "step-000000030",
+                                                          "step-000000030.rejected"]
+    shutil.rmtree(tmp_path / "step-000000030.rejected")
     partial = checkpoint.step_dir(tmp_path, 40)
     partial.mkdir()
     (partial / "rng0.json").write_text("{}")

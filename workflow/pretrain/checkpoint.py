@@ -80,12 +80,12 @@ def save_manifest(folder: Path, step: int, epoch: int, history: list[dict[str, f
 
 def prune(root: Path, keep: int = KEEP) -> None:
     """Remove all but the ``keep`` newest complete checkpoints (and any incomplete older ones)."""
-    complete = [d for d in sorted(root.glob("step-*")) if d.is_dir() and (d / MANIFEST).exists()]
+    complete = [d for d in sorted(root.glob("step-*")) if d.is_dir() and d.suffix == "" and (d / MANIFEST).exists()]
     if len(complete) <= keep:
         return
     oldest_kept = complete[-keep].name
-    for folder in sorted(root.glob("step-*")):
-        if folder.is_dir() and folder.name < oldest_kept:
+    for folder in sorted(root.glob("step-*")):  # rejected ones (step-N.rejected) stay for a post-mortem
+        if folder.is_dir() and folder.suffix == "" and folder.name < oldest_kept:
             shutil.rmtree(folder, ignore_errors=True)
 
 
