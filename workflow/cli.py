@@ -200,11 +200,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     from workflow.summarize import log_summary_to_mlflow, summarize
     from workflow.verdict import read_verdict, verdict_markdown
 
-    def as_json(text: str | None, flag: str) -> Any:
-        try:
-            return json.loads(text) if text else None
-        except json.JSONDecodeError as err:
-            raise StrataError(f"{flag} is not JSON ({err})", where="summarize", fix=f"pass {flag} as JSON.") from err
+    def as_json(text: str | None, flag: str) -> dict[str, Any] | None:
+        return _json_object(text, flag, f"pass {flag} as a JSON object.") if text else None
 
     summary = as_json(args.summary, "--summary") or {"baseline": args.baseline}
     with timing.compute():

@@ -48,6 +48,14 @@ CHECK_TIMEOUT_S = 5.0
 #: MLflow's HTTP client settings while a job logs (MLflow's defaults retry for minutes); the environment wins.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def _bound_http_retries() -> None:
+    """Apply :data:`MLFLOW_HTTP_DEFAULTS` to this process (variables the user set win)."""
+    for var, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(var, value)
+
+
 _DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 _TRACKING_FIX = ("start the tracking server, or point `tracking.uri` (or $MLFLOW_TRACKING_URI, or --tracking) at "
                  "a store you can reach or write, e.g. sqlite:///results/mlflow.db.")
@@ -251,8 +259,7 @@ def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: di
         return
     from workflow.errors import StrataError
 
-    for var, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(var, value)
+    _bound_http_retries()
     try:
         _log_stage(spec, record, parent_metrics)
     except StrataError:
@@ -355,8 +362,7 @@ def attach_job_files(uri: str, experiment: str) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return 0  # no job logged anything (e.g. the run failed on its config): do not create the database
     check_tracking_uri(uri)  # an unreachable store fails in seconds, not after MLflow's retries
-    for var, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(var, value)
+    _bound_http_retries()
     with file_lock(_lock_path(uri)):
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
