@@ -1,7 +1,7 @@
 # Strata: does curating the pool make self-supervised representations better, and by how much?
 # The study is the product datasets x curations x ssl x seeds from the config; see README.md.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -28,12 +28,13 @@ include: "rules/ray.smk"
 rule all:
     default_target: True
     input:
-        "results/summary.md",
-        "results/summary.csv",
+        rules.summarize.output.md,
+        rules.summarize.output.csv,
         all_figures(),
 
 
 onstart:
+    write_job_files()
     start_run_cluster()
     start_tracking_spool()
 

@@ -135,7 +135,7 @@ def probe_rows(method: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, raw: str, le
     """Linear-probe and weighted-kNN accuracy on ``probe_test`` of the raw inputs and of the trained encoder."""
     import torch
 
-    from workflow.evaluate.metrics import linear_probe_accuracy, weighted_knn_accuracy
+    from workflow.evaluate.probes import linear_probe_accuracy, weighted_knn_accuracy
 
     method.module.eval()
     with torch.no_grad():

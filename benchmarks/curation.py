@@ -95,9 +95,10 @@ def long_tailed_blobs(n: int, dim: int, n_components: int, seed: int) -> tuple[n
 def run_blobs(args: argparse.Namespace) -> None:
     import torch
 
-    from workflow.curate.diagnostics import gini, size_entropy, vendi_summary
+    from workflow.curate.diagnostics import vendi_summary
     from workflow.curate.hierarchical import flat_sizes, hierarchical_kmeans
     from workflow.curate.sampling import balanced_hierarchical_sample
+    from workflow.measures import entropy, gini
 
     torch.set_num_threads(args.threads)
     warm_up(args.device)
@@ -118,7 +119,7 @@ def run_blobs(args: argparse.Namespace) -> None:
     rows.append({"phase": "balanced hierarchical sampling", "seconds": time.perf_counter() - t})
     t = time.perf_counter()
     sizes = flat_sizes(levels)
-    balance = {"gini": [gini(s) for s in sizes], "entropy": [size_entropy(s) for s in sizes]}
+    balance = {"gini": [gini(s) for s in sizes], "entropy": [entropy(s) for s in sizes]}
     vendi = vendi_summary(x, sel, args.seed)
     rows.append({"phase": "diagnostics (Gini, entropy, Vendi)", "seconds": time.perf_counter() - t})
     rows.append({"phase": "total", "seconds": time.perf_counter() - t0})

@@ -21,9 +21,10 @@ pruned run an *effective* rate: it skips most of those flops). Strata pruned and
 bitwise identical centroids. faiss is told to use every point (``max_points_per_centroid`` = 1e9; its default
 would subsample 256 points per centroid).
 
-"strata (pruned)" forces the exact Yinyang pruning (``prune=True``), "strata (unpruned)" turns it off; Strata's
-default (``prune=None``) prunes only passes of at least 2^30 multiply-adds (n k d), so at the small default size
-it runs the unpruned path. Pruning (Ding et al. 2015) depends on cluster structure, so two data sets are reported:
+"strata (pruned)" forces the exact Yinyang pruning (engine ``prune=True``, ``kmeans(prune="always")``),
+"strata (unpruned)" turns it off; Strata's default (``prune="auto"``) prunes only passes of at least 2^30
+multiply-adds (n k d), so at the small default size it runs the unpruned path. Pruning (Ding et al. 2015) depends
+on cluster structure, so two data sets are reported:
 ``blobs`` (k/4 Gaussian blobs, means N(0, 4²), unit noise: points keep their cluster once the centroids settle,
 most distance computations are skipped after a few iterations) and ``uniform`` (uniform noise in the unit cube:
 no structure, boundaries everywhere, little is skipped and the pruned run costs about as much as the plain one).
@@ -319,7 +320,7 @@ def memory_child(path: str, k: int, iters: int, prune: bool, threads: int) -> No
     mm = np.load(path, mmap_mode="r")
     base = peak_rss()
     start = time.perf_counter()
-    res = kmeans(mm, k, n_iters=iters, seed=0, init_method="random", prune=prune)
+    res = kmeans(mm, k, n_iters=iters, seed=0, init_method="random", prune="always" if prune else "never")
     seconds = time.perf_counter() - start
     print(json.dumps({"baseline_rss": base, "peak_rss": peak_rss(), "seconds": seconds, "iters": res.n_iters_run}))
 

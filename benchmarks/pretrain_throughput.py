@@ -53,8 +53,8 @@ def bare_loop(pool_path: str, params: dict[str, Any], seed: int, threads: int, d
     import torch
 
     from workflow.pretrain.augment import build_augment
-    from workflow.pretrain.losses import knn_pairs
     from workflow.pretrain.methods import resolved
+    from workflow.pretrain.pairs import knn_pairs
     from workflow.pretrain.train import encoder_spec
     from workflow.tables import read_metadata, read_table
 

@@ -47,7 +47,7 @@ def main() -> None:
 
     import faiss
 
-    from workflow.evaluate.metrics import retrieval_scores
+    from workflow.evaluate.retrieval import retrieval_scores
 
     x, y = clustered_data(args.n, args.dim, args.classes)
     counts = np.bincount(y)

@@ -40,7 +40,7 @@ def main() -> None:
     from workflow.config import validate
     from workflow.data import build_dataset
     from workflow.pretrain.augment import build_augment
-    from workflow.pretrain.losses import knn_pairs
+    from workflow.pretrain.pairs import knn_pairs
 
     torch.set_num_threads(args.threads)
     splits = build_dataset(validate({"kind": "mnist1d-lt"}, "dataset"), "mnist1d")

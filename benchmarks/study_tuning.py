@@ -40,7 +40,7 @@ def validation_knn(method: Any, x_gallery: np.ndarray, y_gallery: np.ndarray, x_
     """Weighted kNN accuracy of the encoder's embeddings on the probe_train validation split."""
     import torch
 
-    from workflow.evaluate.metrics import weighted_knn_accuracy
+    from workflow.evaluate.probes import weighted_knn_accuracy
 
     method.module.eval()
     with torch.no_grad():

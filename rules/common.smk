@@ -1,10 +1,14 @@
-# Helpers shared by the rule files: config validation, the experiment grid, MLflow tracking specs.
+# Helpers shared by the rule files: config validation, the experiment grid, each job's files and MLflow spec.
 
 import json
+import os
+import shlex
 import sys
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
+from snakemake.settings.types import DeploymentMethod  # noqa: E402
 from snakemake.utils import update_config  # noqa: E402
 
 from workflow.config import check_study, config_hash, relevant, ssl_for_dataset, typed_overrides  # noqa: E402
@@ -19,17 +23,24 @@ if CONFIG_OVERRIDES:
     CONFIG_SOURCE += " with --config " + ", ".join(CONFIG_OVERRIDES)
 
 try:
-    # Same schema as snakemake.utils.validate (defaults filled in), with messages naming the key.
+    # The one validation of the study (configs/schema.yaml, defaults filled in, as snakemake.utils.validate would),
+    # with messages naming the key.
     check_study(config, CONFIG_SOURCE)
 except StrataError as err:
     # One line and exit status 2, like every `strata` command; nothing is created (no results/, no mlflow.db).
     print(f"strata: invalid config: {err}", file=sys.stderr, flush=True)
     sys.exit(2)
-validate(config, "../configs/schema.yaml")
 
 RESULTS = "results"
 TRACKING_URI = resolve_tracking_uri(config["tracking"]["uri"], RESULTS)
 NAME = "[A-Za-z0-9_.-]+"
+
+# The `strata` CLI, run by the interpreter that runs Snakemake (so an unactivated `.venv/bin/snakemake` works),
+# or with `--sdm conda` by the `python` of the rules' conda env (envs/strata.yaml).
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    STRATA = "python -m workflow"
+else:
+    STRATA = f"{shlex.quote(sys.executable)} -m workflow"
 
 
 wildcard_constraints:
@@ -75,30 +86,30 @@ def dataset_files(wildcards):
     return [cfg[key] for key in ("path", "labels_path", "probe_train_path", "probe_test_path") if cfg.get(key)]
 
 
-def all_metrics():
-    return [
-        f"{RESULTS}/{d}/evaluate/{c}/{s}/seed{seed}/metrics.json"
-        for d, c, s, seed in variants()
-    ]
+def for_variants(pattern):
+    """A rule's output pattern (e.g. ``rules.evaluate.output.metrics``) for every variant of the study."""
+    d, c, s, seed = zip(*variants())
+    return expand(pattern, zip, dataset=d, curation=c, ssl=s, seed=seed)
 
 
 def all_figures():
     """Each variant's training curves and embedding map (the report's per-variant figures)."""
     if not config["report"]["figures"]:
         return []
-    return [
-        f"{RESULTS}/{d}/figures/{c}/{s}/seed{seed}/{name}.png"
-        for d, c, s, seed in variants()
-        for name in ("training", "embeddings")
-    ]
+    return for_variants(rules.plot_training.output.png) + for_variants(rules.plot_embeddings.output.png)
 
 
 def curation_features(wildcards):
     """The feature table a curation runs on: the raw pool or pool embeddings of an encoder trained on it."""
     features = curation_config(wildcards.curation).get("features", "raw")
     if curation_config(wildcards.curation)["method"] == "none" or features == "raw":
-        return f"{RESULTS}/{wildcards.dataset}/data/pool.parquet"
-    return f"{RESULTS}/{wildcards.dataset}/embed/none/{features}/seed{wildcards.seed}/pool.parquet"
+        return expand(rules.data.output.pool, dataset=wildcards.dataset)
+    return expand(rules.embed_pool.output.pool, dataset=wildcards.dataset, ssl=features, seed=wildcards.seed)
+
+
+def one_per_line(args):
+    """Shell arguments one per line (continued with backslashes): lists that grow with the study stay readable."""
+    return " \\\n            ".join(args)
 
 
 def as_json(obj):
@@ -124,32 +135,77 @@ def variant_parent(dataset, curation, ssl, seed):
     return {"parent_kind": "variant", "parent_key": key, "parent_name": name, "parent_params": params}
 
 
-def tracking(stage, parent):
-    """A params function: the MLflow spec of a job (JSON for `strata --tracking`)."""
+VARIANT = "{dataset}/{curation}/{ssl}/seed{seed}"
 
-    def spec(wildcards):
-        parts = [wildcards[k] for k in ("dataset", "curation", "ssl") if k in wildcards.keys()]
-        if "seed" in wildcards.keys():
-            parts.append(f"seed{wildcards.seed}")
-        job = "/".join([stage, *parts])
-        if parent == "dataset":
-            p = dataset_parent(wildcards.dataset)
-        else:
-            curation = wildcards.curation if "curation" in wildcards.keys() else "none"
-            p = variant_parent(wildcards.dataset, curation, wildcards.ssl, wildcards.seed)
-        return as_json(
-            {
-                "uri": TRACKING_URI,
-                "experiment": config["study"],
-                "job": job,
-                # Every rule names its log and benchmark files results/{logs,benchmarks}/<job>.{log,tsv}.
-                "log": f"{RESULTS}/logs/{job}.log",
-                "benchmark": f"{RESULTS}/benchmarks/{job}.tsv",
-                **p,
-            }
-        )
+# Each rule's job name (its stage, then the wildcards that tell its jobs apart) and the MLflow run its stage runs
+# nest under (None: no stage run).
+JOBS = {
+    "data": ("data/{dataset}", "dataset"),
+    "curate": ("curate/{dataset}/{curation}/seed{seed}", "dataset"),
+    "pretrain": (f"pretrain/{VARIANT}", "variant"),
+    "embed_pool": ("embed_pool/{dataset}/{ssl}/seed{seed}", "variant"),
+    "embed_probes": (f"embed/{VARIANT}", "variant"),
+    "evaluate": (f"evaluate/{VARIANT}", "variant"),
+    "plot_training": (f"plot_training/{VARIANT}", "variant"),
+    "plot_embeddings": (f"plot_embeddings/{VARIANT}", "variant"),
+    "summarize": ("summarize", None),
+}
+JOB_FILES = {
+    "log": "logs/{}.log",
+    "benchmark": "benchmarks/{}.tsv",
+    # Written by `onstart` (write_job_files) for the job to read, so that no JSON travels on the command line.
+    "tracking": ".work/jobs/{}/tracking.json",  # the MLflow spec (`strata --tracking`)
+    "params": ".work/jobs/{}/params.json",  # the stage's config section, params.cfg (`strata --params-file`)
+}
 
-    return spec
+
+def job_file(rule_name, kind):
+    """A job's log, benchmark, tracking-spec or params file (a wildcard pattern), e.g. results/logs/<job>.log."""
+    return f"{RESULTS}/" + JOB_FILES[kind].format(JOBS[rule_name][0])
+
+
+def tracking_spec(rule_name, wildcards):
+    """The MLflow spec of a job (workflow.tracking.TrackingSpec): its stage run, and the run that holds it."""
+    w = dict(wildcards)
+    job, parent = JOBS[rule_name]
+    if parent == "dataset":
+        p = dataset_parent(w["dataset"])
+    else:
+        p = variant_parent(w["dataset"], w.get("curation", "none"), w["ssl"], w["seed"])
+    return {
+        "uri": TRACKING_URI,
+        "experiment": config["study"],
+        "job": job.format(**w),
+        "log": job_file(rule_name, "log").format(**w),
+        "benchmark": job_file(rule_name, "benchmark").format(**w),
+        **p,
+    }
+
+
+def _write(path, text):
+    """Write a job file atomically, and only when it changes (another run's job may be reading it)."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_job_files():
+    """`onstart`: the tracking spec and params file of each job to run (JOB_FILES), in the main process."""
+    if not workflow.is_main_process or workflow.touch:
+        return
+    for job in workflow.dag.needrun_jobs(exclude_finished=False):
+        rule_name = job.rule.name
+        if rule_name not in JOBS:
+            continue
+        w = job.wildcards_dict
+        if JOBS[rule_name][1]:
+            _write(job_file(rule_name, "tracking").format(**w), as_json(tracking_spec(rule_name, w)))
+        if "cfg" in job.params.keys():
+            _write(job_file(rule_name, "params").format(**w), job.params.cfg)
 
 
 def attach_job_files():

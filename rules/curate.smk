@@ -1,7 +1,7 @@
 rule curate:
     """Select a subset of the pool: none, random, kmeans, hkmeans (Vo et al. 2024) or semdedup."""
     input:
-        pool=f"{RESULTS}/{{dataset}}/data/pool.parquet",
+        pool=rules.data.output.pool,
         features=curation_features,
     output:
         selection=f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/selection.parquet",
@@ -15,17 +15,24 @@ rule curate:
         ),
     params:
         cfg=lambda w: as_json(curation_config(w.curation)),
-        tracking=tracking("curate", "dataset"),
+        cfg_file=job_file("curate", "params"),
+        tracking=job_file("curate", "tracking"),
     log:
-        f"{RESULTS}/logs/curate/{{dataset}}/{{curation}}/seed{{seed}}.log",
+        job_file("curate", "log"),
     benchmark:
-        f"{RESULTS}/benchmarks/curate/{{dataset}}/{{curation}}/seed{{seed}}.tsv"
+        job_file("curate", "benchmark")
+    conda:
+        "../envs/strata.yaml"
+    message:
+        "curate: {wildcards.curation} subset of {wildcards.dataset}, seed {wildcards.seed} (log: {log})"
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,  # memory-bound: more on each retry
         runtime=60,
     shell:
-        "strata curate --params {params.cfg:q} --tracking {params.tracking:q} --seed {wildcards.seed}"
-        " --pool {input.pool} --features {input.features}"
-        " --selection {output.selection} --stats {output.stats} --diagnostics {output.diagnostics}"
-        " --cache-dir {RESULTS}/.work/curate-cache --threads {threads} > {log} 2>&1"
+        """
+        {STRATA} curate --params-file {params.cfg_file} --tracking {params.tracking} --seed {wildcards.seed} \\
+            --pool {input.pool} --features {input.features} \\
+            --selection {output.selection} --stats {output.stats} --diagnostics {output.diagnostics} \\
+            --cache-dir {RESULTS}/.work/curate-cache --threads {threads} > {log} 2>&1
+        """

@@ -9,16 +9,23 @@ rule data:
         info=f"{RESULTS}/{{dataset}}/data/info.json",
     params:
         cfg=lambda w: as_json(dataset_config(w.dataset)),
-        tracking=tracking("data", "dataset"),
+        cfg_file=job_file("data", "params"),
+        tracking=job_file("data", "tracking"),
     log:
-        f"{RESULTS}/logs/data/{{dataset}}.log",
+        job_file("data", "log"),
     benchmark:
-        f"{RESULTS}/benchmarks/data/{{dataset}}.tsv"
+        job_file("data", "benchmark")
+    conda:
+        "../envs/strata.yaml"
+    message:
+        "data: pool and probe splits of {wildcards.dataset} (log: {log})"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "strata data --name {wildcards.dataset} --params {params.cfg:q} --tracking {params.tracking:q}"
-        " --pool {output.pool} --probe-train {output.probe_train} --probe-test {output.probe_test}"
-        " --info {output.info} > {log} 2>&1"
+        """
+        {STRATA} data --name {wildcards.dataset} --params-file {params.cfg_file} --tracking {params.tracking} \\
+            --pool {output.pool} --probe-train {output.probe_train} --probe-test {output.probe_test} \\
+            --info {output.info} > {log} 2>&1
+        """

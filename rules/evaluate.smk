@@ -1,29 +1,37 @@
 rule evaluate:
     """Clustering (ACC/NMI/ARI), retrieval (Recall@K, mAP@R) and kNN / linear-probe accuracy of a variant."""
     input:
-        probe_train=f"{RESULTS}/{{dataset}}/embed/{{curation}}/{{ssl}}/seed{{seed}}/probe_train.parquet",
-        probe_test=f"{RESULTS}/{{dataset}}/embed/{{curation}}/{{ssl}}/seed{{seed}}/probe_test.parquet",
-        curation_stats=f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/stats.json",
+        probe_train=rules.embed_probes.output.probe_train,
+        probe_test=rules.embed_probes.output.probe_test,
+        curation_stats=rules.curate.output.stats,
     output:
         metrics=f"{RESULTS}/{{dataset}}/evaluate/{{curation}}/{{ssl}}/seed{{seed}}/metrics.json",
     params:
         cfg=as_json(config["evaluation"]),
+        cfg_file=job_file("evaluate", "params"),
+        tracking=job_file("evaluate", "tracking"),
         variant=lambda w: as_json(
             {"dataset": w.dataset, "curation": w.curation, "ssl": w.ssl, "seed": int(w.seed)}
         ),
-        tracking=tracking("evaluate", "variant"),
     log:
-        f"{RESULTS}/logs/evaluate/{{dataset}}/{{curation}}/{{ssl}}/seed{{seed}}.log",
+        job_file("evaluate", "log"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{curation}}/{{ssl}}/seed{{seed}}.tsv"
+        job_file("evaluate", "benchmark")
+    conda:
+        "../envs/strata.yaml"
+    message:
+        "evaluate: {wildcards.curation} · {wildcards.ssl} on {wildcards.dataset}, seed {wildcards.seed} (log: {log})"
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,  # memory-bound: more on each retry
         runtime=30,
     shell:
-        "strata evaluate --params {params.cfg:q} --tracking {params.tracking:q} --seed {wildcards.seed}"
-        " --variant {params.variant:q} --probe-train {input.probe_train} --probe-test {input.probe_test}"
-        " --curation-stats {input.curation_stats} --output {output.metrics} > {log} 2>&1"
+        """
+        {STRATA} evaluate --params-file {params.cfg_file} --tracking {params.tracking} --seed {wildcards.seed} \\
+            --variant {params.variant:q} \\
+            --probe-train {input.probe_train} --probe-test {input.probe_test} \\
+            --curation-stats {input.curation_stats} --output {output.metrics} > {log} 2>&1
+        """
 
 
 def summary_curve_outputs():
@@ -39,7 +47,7 @@ def summary_curve_outputs():
 rule summarize:
     """The study's answer: the pre-registered verdict, the paired differences, every variant (report: Answer)."""
     input:
-        all_metrics(),
+        for_variants(rules.evaluate.output.metrics),
     output:
         csv=f"{RESULTS}/summary.csv",
         md=f"{RESULTS}/summary.md",
@@ -50,6 +58,7 @@ rule summarize:
         verdict=report(f"{RESULTS}/verdict.json", caption="../report/verdict.rst", category="Answer"),
         **summary_curve_outputs(),
     params:
+        metrics=lambda w, input: one_per_line(input),
         summary=as_json(config["summary"]),
         curations=as_json(
             {n: {k: c[k] for k in ("method", "target_size") if k in c} for n, c in config["curations"].items()}
@@ -60,15 +69,23 @@ rule summarize:
         tracking_uri=TRACKING_URI,
         experiment=config["study"],
     log:
-        f"{RESULTS}/logs/summarize.log",
+        job_file("summarize", "log"),
     benchmark:
-        f"{RESULTS}/benchmarks/summarize.tsv"
+        job_file("summarize", "benchmark")
+    conda:
+        "../envs/strata.yaml"
+    message:
+        "summarize: the verdict and summary of study {params.experiment} (log: {log})"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "strata summarize --metrics {input} --csv {output.csv} --md {output.md}"
-        " --stats {output.stats} --png {output.png} --forest {output.forest} --verdict {output.verdict}"
-        " --summary {params.summary:q} --curations {params.curations:q} {params.curve}"
-        " --tracking-uri {params.tracking_uri:q} --experiment {params.experiment:q} > {log} 2>&1"
+        """
+        {STRATA} summarize --csv {output.csv} --md {output.md} --stats {output.stats} \\
+            --png {output.png} --forest {output.forest} --verdict {output.verdict} {params.curve} \\
+            --summary {params.summary:q} \\
+            --curations {params.curations:q} \\
+            --tracking-uri {params.tracking_uri:q} --experiment {params.experiment:q} \\
+            --metrics {params.metrics} > {log} 2>&1
+        """

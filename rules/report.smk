@@ -27,7 +27,7 @@ config["_report_verdict"] = report_verdict_rst()
 rule plot_training:
     """Training curves of a pretraining run: every loss term, learning rate, throughput, collapse monitors."""
     input:
-        history=f"{RESULTS}/{{dataset}}/pretrain/{{curation}}/{{ssl}}/seed{{seed}}/history.parquet",
+        history=rules.pretrain.output.history,
     output:
         png=report(
             f"{RESULTS}/{{dataset}}/figures/{{curation}}/{{ssl}}/seed{{seed}}/training.png",
@@ -38,24 +38,30 @@ rule plot_training:
         ),
     params:
         title=lambda w: f"{w.curation} · {w.ssl} · {w.dataset} · seed {w.seed}",
-        tracking=tracking("plot_training", "variant"),
+        tracking=job_file("plot_training", "tracking"),
     log:
-        f"{RESULTS}/logs/plot_training/{{dataset}}/{{curation}}/{{ssl}}/seed{{seed}}.log",
+        job_file("plot_training", "log"),
     benchmark:
-        f"{RESULTS}/benchmarks/plot_training/{{dataset}}/{{curation}}/{{ssl}}/seed{{seed}}.tsv"
+        job_file("plot_training", "benchmark")
+    conda:
+        "../envs/strata.yaml"
+    message:
+        "plot_training: {wildcards.curation} · {wildcards.ssl} on {wildcards.dataset}, seed {wildcards.seed} (log: {log})"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "strata plot-training --history {input.history} --output {output.png} --title {params.title:q}"
-        " --tracking {params.tracking:q} > {log} 2>&1"
+        """
+        {STRATA} plot-training --history {input.history} --output {output.png} --title {params.title:q} \\
+            --tracking {params.tracking} > {log} 2>&1
+        """
 
 
 rule plot_embeddings:
     """2-D t-SNE map of a variant's probe_test embeddings, coloured by label."""
     input:
-        embeddings=f"{RESULTS}/{{dataset}}/embed/{{curation}}/{{ssl}}/seed{{seed}}/probe_test.parquet",
+        embeddings=rules.embed_probes.output.probe_test,
     output:
         png=report(
             f"{RESULTS}/{{dataset}}/figures/{{curation}}/{{ssl}}/seed{{seed}}/embeddings.png",
@@ -66,16 +72,22 @@ rule plot_embeddings:
         ),
     params:
         title=lambda w: f"{w.curation} · {w.ssl} · {w.dataset} · seed {w.seed}",
-        tracking=tracking("plot_embeddings", "variant"),
+        tracking=job_file("plot_embeddings", "tracking"),
         max_points=config["report"]["map_max_points"],
     log:
-        f"{RESULTS}/logs/plot_embeddings/{{dataset}}/{{curation}}/{{ssl}}/seed{{seed}}.log",
+        job_file("plot_embeddings", "log"),
     benchmark:
-        f"{RESULTS}/benchmarks/plot_embeddings/{{dataset}}/{{curation}}/{{ssl}}/seed{{seed}}.tsv"
+        job_file("plot_embeddings", "benchmark")
+    conda:
+        "../envs/strata.yaml"
+    message:
+        "plot_embeddings: {wildcards.curation} · {wildcards.ssl} on {wildcards.dataset}, seed {wildcards.seed} (log: {log})"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
     shell:
-        "strata plot-embeddings --embeddings {input.embeddings} --output {output.png} --seed {wildcards.seed}"
-        " --title {params.title:q} --max-points {params.max_points} --tracking {params.tracking:q} > {log} 2>&1"
+        """
+        {STRATA} plot-embeddings --embeddings {input.embeddings} --output {output.png} --seed {wildcards.seed} \\
+            --title {params.title:q} --max-points {params.max_points} --tracking {params.tracking} > {log} 2>&1
+        """

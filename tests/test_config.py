@@ -10,12 +10,16 @@ import pytest
 import yaml
 
 from workflow.config import (
+    IMAGE_DATASET_KINDS,
     REPO_ROOT,
     check_study,
     config_hash,
+    enum,
     load_schema,
     load_yaml,
     parse_params,
+    relevant,
+    ssl_for_dataset,
     typed_overrides,
     validate,
 )
@@ -294,3 +298,102 @@ def test_make_ui_follows_the_study_config(tmp_path: Path, capsys: pytest.Capture
     out, err = capsys.readouterr()
     assert out.startswith("strata ui: starting the MLflow UI")
     assert err.startswith("strata ui: error: ") and str(path) in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------
+# applicability and allowed values come from the schema
+# --------------------------------------------------------------------------------------------------
+
+# The hand-kept table that `relevant` replaced (issue 21): the schema's annotations must give the same keys.
+_DATA_GENERATOR = ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",
+                   "probe_train_per_class", "probe_test_per_class", "input_kind"]
+_KMEANS = ["method", "target_size", "features", "n_clusters", "sample_sizes", "n_resamples", "sample_strategy",
+           "leaf_strategy", "n_iters", "tol", "normalize", "init_method", "init_max_points"]
+FORMER_RELEVANT = {
+    ("curation", "none"): ["method"],
+    ("curation", "random"): ["method", "target_size"],
+    ("curation", "kmeans"): _KMEANS,
+    ("curation", "hkmeans"): _KMEANS,
+    ("curation", "semdedup"): ["method", "target_size", "features", "n_clusters", "n_iters", "tol",
+                               "semdedup_epsilon", "init_method", "init_max_points"],
+    ("dataset", "mnist1d-lt"): _DATA_GENERATOR,
+    ("dataset", "digits"): _DATA_GENERATOR,
+    ("dataset", "blobs"): [*_DATA_GENERATOR, "n_classes", "dim", "n_subclusters"],
+    ("dataset", "file"): ["kind", "path", "vector_column", "labels_path", "probe_train_path", "probe_test_path",
+                          "input_kind"],
+    ("dataset", "digits-images"): [*_DATA_GENERATOR, "image_size", "image_mode"],
+    ("dataset", "image-folder"): ["kind", "seed", "path", "probe_train_path", "probe_test_path",
+                                  "probe_train_per_class", "probe_test_per_class", "input_kind", "image_size",
+                                  "image_mode", "resize", "on_corrupt", "extensions"],
+}
+
+
+@pytest.mark.parametrize(("section", "value"), sorted(FORMER_RELEVANT))
+def test_relevant_keys_come_from_the_schema(section: str, value: str) -> None:
+    key = "method" if section == "curation" else "kind"
+    cfg = validate({key: value, "target_size": 5} if section == "curation" else {key: value, "path": "p"}, section)
+    assert sorted(relevant(section, cfg)) == sorted(FORMER_RELEVANT[(section, value)])
+
+
+def test_ssl_keys_follow_the_method_and_the_data() -> None:
+    ssl_keys = set(load_schema()["$defs"]["ssl"]["properties"])
+    image_only = {"image_augment", "resnet_widths", "resnet_blocks", "dino_local_crop_size"}
+    dino_only = {k for k in ssl_keys if k.startswith("dino_")}
+    for method in enum("ssl", "method"):
+        cfg = validate({"method": method}, "ssl")
+        for dataset, image in (({"kind": "blobs", "input_kind": "auto"}, False), ({"kind": "digits-images"}, True),
+                               ({"kind": "file", "input_kind": "image"}, True), ({"kind": "mnist1d-lt"}, False)):
+            dropped = set(cfg) - set(ssl_for_dataset(cfg, dataset))
+            expected = (set() if image else image_only) | (set() if method == "dino" else dino_only)
+            assert dropped == expected, (method, dataset)
+
+
+def test_annotations_name_allowed_values_only() -> None:
+    defs = load_schema()["$defs"]
+    discriminators = {"method": None, "kind": None, "input": ("image",)}
+    for section in ("dataset", "curation", "ssl"):
+        for key, spec in defs[section]["properties"].items():
+            for name, allowed in spec.get("x-applies-to", {}).items():
+                values = discriminators[name] or enum(section, name)
+                assert allowed and set(allowed) <= set(values), (section, key, name, allowed)
+            assert spec.get("x-parameter", True) in (True, False)
+    assert set(IMAGE_DATASET_KINDS) <= set(enum("dataset", "kind"))
+
+
+def test_code_enums_are_the_schemas() -> None:
+    from workflow.curate.hierarchical import SAMPLE_STRATEGIES
+    from workflow.curate.sampling import LEAF_STRATEGIES
+    from workflow.curate.stage import METHODS
+    from workflow.kmeans import INIT_METHODS, PRUNE_MODES
+
+    assert enum("ssl", "method") == ("simclr", "byol", "barlowtwins", "vicreg", "swav", "tldr", "dino")
+    assert METHODS == enum("curation", "method") == ("none", "random", "kmeans", "hkmeans", "semdedup")
+    assert INIT_METHODS == enum("curation", "init_method") and SAMPLE_STRATEGIES == enum("curation", "sample_strategy")
+    assert LEAF_STRATEGIES == enum("curation", "leaf_strategy")
+    assert PRUNE_MODES == enum("curation", "prune") == ("auto", "never", "always")
+
+
+def test_keys_a_method_or_kind_needs() -> None:
+    config = _minimal()
+    config["datasets"]["mine"] = {"kind": "file"}
+    err = _error(config)
+    assert (err.message, err.fix) == ("a `file` dataset needs `path`", "set path: to a Parquet or .npy file.")
+    config["datasets"]["mine"] = {"kind": "image-folder", "path": ""}
+    assert _error(config).where == f"{SOURCE}: datasets.mine.path"
+    config["datasets"]["mine"] = {"kind": "image-folder"}
+    assert _error(config).message == "an `image-folder` dataset needs `path`"
+    # the CLI's boundary (a stage's --params) gives the study's message
+    for method in ("random", "kmeans", "hkmeans"):
+        with pytest.raises(StrataError) as info:
+            parse_params(f'{{"method": "{method}"}}', None, "curation", "curation")
+        assert info.value.message == f"method {method!r} needs `target_size`"
+        assert info.value.fix == "add target_size: <number of pool items to keep>."
+    for method in ("none", "semdedup"):
+        assert "target_size" not in parse_params(f'{{"method": "{method}"}}', None, "curation", "curation")
+
+
+def test_prune_is_a_mode() -> None:
+    assert validate({"method": "hkmeans", "target_size": 3}, "curation")["prune"] == "auto"
+    with pytest.raises(StrataError) as info:
+        validate({"method": "hkmeans", "target_size": 3, "prune": True}, "curation", "curations.hk")
+    assert info.value.where == "curations.hk: prune" and "['auto', 'never', 'always']" in info.value.message

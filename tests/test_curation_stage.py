@@ -7,24 +7,30 @@ computation: hand counts, a brute-force greedy loop, the in-memory / single-proc
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from workflow.curate.diagnostics import gini, size_entropy, vendi_score
+from workflow.config import validate
 from workflow.curate.features import load_features_memmap
 from workflow.curate.hierarchical import hierarchical_kmeans
 from workflow.curate.semdedup import semdedup_keep
-from workflow.curate.stage import curate
+from workflow.curate.stage import Curation, curate
 from workflow.errors import StrataError
 from workflow.kmeans import DataSource, kmeans
 from workflow.kmeans.engine import LocalLloyd
 from workflow.kmeans.ray_shards import ShardWorker, memmap_path, shard_bounds
+from workflow.measures import entropy, gini
 from workflow.tables import VectorTable, write_table
+
+
+def curation(cfg: dict[str, Any]) -> Curation:
+    """A curation entry as the CLI hands it to the stage: validated (defaults filled), then typed."""
+    return Curation.from_config(validate(dict(cfg), "curation"))
 
 
 def table(x: np.ndarray, labels: np.ndarray | None = None) -> VectorTable:
@@ -43,27 +49,6 @@ def separated_blobs(sizes: list[int], dim: int = 4, seed: int = 0) -> tuple[np.n
 
 
 # ---------------------------------------------------------------------------------------------
-# diagnostics numbers
-
-
-def test_gini_entropy_and_vendi_hand_values() -> None:
-    assert gini([1, 1, 1, 1]) == 0.0
-    assert size_entropy([1, 1, 1, 1]) == pytest.approx(math.log(4))
-    assert gini([0, 0, 0, 4]) == pytest.approx(0.75)
-    assert size_entropy([0, 0, 0, 4]) == 0.0
-    sizes = np.array([1, 2, 3, 10])
-    pairwise = np.abs(sizes[:, None] - sizes[None]).sum() / (2 * len(sizes) ** 2 * sizes.mean())
-    assert gini(sizes) == pytest.approx(pairwise)
-    p = sizes / sizes.sum()
-    assert size_entropy(sizes) == pytest.approx(-(p * np.log(p)).sum())
-    assert gini([]) == 0.0 and size_entropy([0, 0]) == 0.0
-    row = np.random.default_rng(0).normal(size=(1, 6))
-    assert vendi_score(np.repeat(row, 50, axis=0)) == pytest.approx(1.0)
-    assert vendi_score(np.eye(5)) == pytest.approx(5.0)  # orthogonal rows: 5 distinct points
-    assert vendi_score(3.0 * np.eye(5)) == pytest.approx(5.0)  # cosine kernel: scale-free
-
-
-# ---------------------------------------------------------------------------------------------
 # semdedup
 
 
@@ -78,7 +63,7 @@ def test_semdedup_drops_exact_and_near_duplicates() -> None:
     perm = rng.permutation(group.size)
     x, group = x[perm], group[perm]
     messages: list[str] = []
-    rows, levels_ids, stats = curate(table(x), table(x), {"method": "semdedup", "n_clusters": [6]}, seed=0,
+    rows, levels_ids, stats = curate(table(x), table(x), curation({"method": "semdedup", "n_clusters": [6]}), seed=0,
                                      progress=messages.append)
     assert np.bincount(group[rows], minlength=80).tolist() == [1] * 80  # one survivor per group
     assert stats["semdedup"] == {"epsilon": 0.05, "survivors": 80, "removed": 50}
@@ -89,10 +74,10 @@ def test_semdedup_drops_exact_and_near_duplicates() -> None:
         members = np.flatnonzero(group == g)
         assert len(np.unique(levels_ids[members, 0])) == 1
     # a target below the survivors draws a seeded subset of them; above, all survivors and a warning
-    sub, _, _ = curate(table(x), table(x), {"method": "semdedup", "n_clusters": [6], "target_size": 30}, seed=0,
-                       progress=messages.append)
+    sub, _, _ = curate(table(x), table(x), curation({"method": "semdedup", "n_clusters": [6], "target_size": 30}),
+                       seed=0, progress=messages.append)
     assert len(sub) == 30 and set(sub) <= set(rows)
-    more, _, st = curate(table(x), table(x), {"method": "semdedup", "n_clusters": [6], "target_size": 100},
+    more, _, st = curate(table(x), table(x), curation({"method": "semdedup", "n_clusters": [6], "target_size": 100}),
                          seed=0, progress=messages.append)
     np.testing.assert_array_equal(more, rows)
     assert len(st["warnings"]) == 1 and "80" in st["warnings"][0]
@@ -138,17 +123,18 @@ def test_kmeans_baseline_is_balanced() -> None:
     sizes = [800, 200, 80, 40, 20]
     x, labels = separated_blobs(sizes)
     params = {"method": "kmeans", "n_clusters": [5, 2], "target_size": 100, "normalize": False}
-    rows, levels_ids, stats = curate(table(x, labels), table(x, labels), params, seed=0, progress=lambda m: None)
+    rows, levels_ids, stats = curate(table(x, labels), table(x, labels), curation(params), seed=0,
+                                     progress=lambda m: None)
     assert np.bincount(labels[rows], minlength=5).tolist() == [20] * 5  # water-filling: equal shares
     assert levels_ids.shape == (len(x), 1) and stats["n_clusters"] == [5]
     assert sorted(stats["cluster_sizes"][0]) == sorted(sizes)
     assert stats["cluster_size_gini"] == [pytest.approx(gini(sizes))]
-    assert stats["cluster_size_entropy"] == [pytest.approx(size_entropy(sizes))]
+    assert stats["cluster_size_entropy"] == [pytest.approx(entropy(sizes))]
     assert stats["labels_after"]["normalized_entropy"] == pytest.approx(1.0)
     assert set(stats["vendi"]) == {"selected", "pool", "sample_size"} and stats["vendi"]["sample_size"] == 100
     # small clusters (40 and 20 points) cannot give more than they have: the rest flows to the others
     # (cap 46: 3 * 46 + 40 + 20 = 198, and the 2 left go to two of the three large clusters)
-    rows, _, _ = curate(table(x, labels), table(x, labels), {**params, "target_size": 200}, seed=0,
+    rows, _, _ = curate(table(x, labels), table(x, labels), curation({**params, "target_size": 200}), seed=0,
                         progress=lambda m: None)
     counts = np.bincount(labels[rows], minlength=5)
     assert sorted(counts[:3].tolist()) == [46, 47, 47] and counts[3:].tolist() == [40, 20]
@@ -159,12 +145,12 @@ def test_target_larger_than_pool_selects_everything_with_a_warning(method: str) 
     x, labels = separated_blobs([30, 20, 10])
     messages: list[str] = []
     params = {"method": method, "n_clusters": [4, 2], "target_size": len(x) + 5, "n_iters": 10}
-    rows, _, stats = curate(table(x, labels), table(x, labels), params, seed=0, progress=messages.append)
+    rows, _, stats = curate(table(x, labels), table(x, labels), curation(params), seed=0, progress=messages.append)
     np.testing.assert_array_equal(rows, np.arange(len(x)))
     assert len(stats["warnings"]) == 1 and "larger than the pool (60 items)" in stats["warnings"][0]
     assert any(m.startswith("warning:") and "65" in m for m in messages)
     with pytest.raises(StrataError, match="target_size"):
-        curate(table(x), table(x), {"method": method}, seed=0, progress=messages.append)
+        curate(table(x), table(x), curation({"method": method}), seed=0, progress=messages.append)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,13 +183,13 @@ def test_memmap_features_equal_in_memory(tmp_path: Path) -> None:
     # the whole stage from the Parquet path (memmapped, normalised in the cache) equals the in-memory stage
     params = {"method": "hkmeans", "n_clusters": [12, 3], "target_size": 80, "n_iters": 15, "n_resamples": 3,
               "leaf_strategy": "closest", "chunk_size": 100}
-    r1, ids1, s1 = curate(pool, pool, params, seed=1, progress=lambda m: None)
-    r2, ids2, s2 = curate(pool, str(path), params, seed=1, progress=lambda m: None, cache_dir=str(cache))
+    r1, ids1, s1 = curate(pool, pool, curation(params), seed=1, progress=lambda m: None)
+    r2, ids2, s2 = curate(pool, str(path), curation(params), seed=1, progress=lambda m: None, cache_dir=str(cache))
     np.testing.assert_array_equal(r1, r2)
     np.testing.assert_array_equal(ids1, ids2)
     assert s1 == s2
     with pytest.raises(StrataError, match="differ"):
-        curate(table(x[:-1]), str(path), params, seed=1, progress=lambda m: None, cache_dir=str(cache))
+        curate(table(x[:-1]), str(path), curation(params), seed=1, progress=lambda m: None, cache_dir=str(cache))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +249,7 @@ def test_shard_worker_maps_its_rows_of_a_npy_file(tmp_path: Path) -> None:
 def test_diagnostics_files_and_stats(tmp_path: Path) -> None:
     x, labels = separated_blobs([200, 60, 20], dim=5, seed=3)
     params = {"method": "hkmeans", "n_clusters": [9, 3], "target_size": 45, "n_iters": 10, "n_resamples": 2}
-    _, _, stats = curate(table(x, labels), table(x, labels), params, seed=0, progress=lambda m: None,
+    _, _, stats = curate(table(x, labels), table(x, labels), curation(params), seed=0, progress=lambda m: None,
                          diagnostics_dir=str(tmp_path / "diag"))
     assert stats["diagnostics"] == ["cluster_sizes.png", "labels.png", "map.png"]
     for name in stats["diagnostics"]:
@@ -271,11 +257,11 @@ def test_diagnostics_files_and_stats(tmp_path: Path) -> None:
         assert head == b"\x89PNG\r\n\x1a\n"
     for t, sizes in enumerate(stats["cluster_sizes"]):
         assert stats["cluster_size_gini"][t] == pytest.approx(gini(sizes))
-        assert stats["cluster_size_entropy"][t] == pytest.approx(size_entropy(sizes))
+        assert stats["cluster_size_entropy"][t] == pytest.approx(entropy(sizes))
     assert stats["labels_after"]["entropy"] > stats["labels_before"]["entropy"]
     # 2-D data without labels: the map draws the points themselves, no labels.png
     y = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
-    _, _, st = curate(table(y), table(y), {"method": "random", "target_size": 40}, seed=0, progress=lambda m: None,
-                      diagnostics_dir=str(tmp_path / "diag2"))
+    _, _, st = curate(table(y), table(y), curation({"method": "random", "target_size": 40}), seed=0,
+                      progress=lambda m: None, diagnostics_dir=str(tmp_path / "diag2"))
     assert st["diagnostics"] == ["map.png"] and "cluster_size_gini" not in st
     assert sorted(os.listdir(tmp_path / "diag2")) == ["map.png"]

@@ -42,8 +42,8 @@ def test_kmeans_cuda_matches_cpu(init_method: str) -> None:
 
 def test_kmeans_cuda_pruned_is_bitwise_identical() -> None:
     x = blobs(40000, 16, 100)
-    plain = kmeans(x, 128, n_iters=15, seed=0, device="cuda", prune=False)
-    pruned = kmeans(x, 128, n_iters=15, seed=0, device="cuda", prune=True)
+    plain = kmeans(x, 128, n_iters=15, seed=0, device="cuda", prune="never")
+    pruned = kmeans(x, 128, n_iters=15, seed=0, device="cuda", prune="always")
     np.testing.assert_array_equal(pruned.assignment, plain.assignment)
     np.testing.assert_array_equal(pruned.centroids, plain.centroids)
 

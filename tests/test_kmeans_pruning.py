@@ -13,6 +13,7 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
+from workflow.errors import StrataError
 from workflow.kmeans import DataSource, exact, kmeans, kmeans_plusplus, tuning
 from workflow.kmeans.api import prune_for
 from workflow.kmeans.engine import LocalLloyd
@@ -46,8 +47,8 @@ def datasets() -> dict[str, tuple[np.ndarray, int]]:
 @pytest.mark.parametrize("init_method", ["kmeans++", "random"])
 def test_pruned_kmeans_is_bitwise_identical(name: str, init_method: str) -> None:
     x, k = datasets()[name]
-    plain = kmeans(x, k, n_iters=15, seed=3, init_method=init_method, prune=False)
-    pruned = kmeans(x, k, n_iters=15, seed=3, init_method=init_method, prune=True)
+    plain = kmeans(x, k, n_iters=15, seed=3, init_method=init_method, prune="never")
+    pruned = kmeans(x, k, n_iters=15, seed=3, init_method=init_method, prune="always")
     np.testing.assert_array_equal(pruned.assignment, plain.assignment)
     np.testing.assert_array_equal(pruned.centroids, plain.centroids)  # bitwise: same sums, same order
     np.testing.assert_array_equal(pruned.distances, plain.distances)
@@ -160,15 +161,15 @@ def test_sum_blocks_and_memmap_with_pruning(tmp_path: object) -> None:
     path = tmp_path / "x.npy"  # type: ignore[operator]
     np.save(path, x)
     mm = np.load(path, mmap_mode="r")
-    a = kmeans(x, 24, n_iters=10, seed=1, chunk_size=100, prune=False)
-    b = kmeans(mm, 24, n_iters=10, seed=1, chunk_size=100, prune=True)
+    a = kmeans(x, 24, n_iters=10, seed=1, chunk_size=100, prune="never")
+    b = kmeans(mm, 24, n_iters=10, seed=1, chunk_size=100, prune="always")
     np.testing.assert_array_equal(a.centroids, b.centroids)
     np.testing.assert_array_equal(a.assignment, b.assignment)
     # threads change neither result
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        c = kmeans(x, 24, n_iters=10, seed=1, chunk_size=100, prune=True)
+        c = kmeans(x, 24, n_iters=10, seed=1, chunk_size=100, prune="always")
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(a.centroids, c.centroids)
@@ -180,8 +181,8 @@ def test_ray_pruned_equals_unpruned_and_local() -> None:
     x, _ = make_blobs(n_samples=3000, centers=20, n_features=8, cluster_std=0.8, random_state=7)
     x = x.astype(np.float32)
     local = kmeans(x, 32, n_iters=10, seed=2, chunk_size=250)
-    ray_plain = kmeans(x, 32, n_iters=10, seed=2, chunk_size=250, workers=2, prune=False)
-    ray_pruned = kmeans(x, 32, n_iters=10, seed=2, chunk_size=250, workers=2, prune=True)
+    ray_plain = kmeans(x, 32, n_iters=10, seed=2, chunk_size=250, workers=2, prune="never")
+    ray_pruned = kmeans(x, 32, n_iters=10, seed=2, chunk_size=250, workers=2, prune="always")
     np.testing.assert_array_equal(ray_pruned.assignment, ray_plain.assignment)
     np.testing.assert_array_equal(ray_pruned.centroids, ray_plain.centroids)
     np.testing.assert_array_equal(ray_pruned.assignment, local.assignment)
@@ -223,4 +224,7 @@ def test_default_prunes_only_large_passes(monkeypatch: pytest.MonkeyPatch) -> No
     assert not LocalLloyd(DataSource(x), prune=False).pruning(64)
     monkeypatch.setattr(tuning, "PRUNE_MIN_WORK", 2000 * 64 * 8)
     assert LocalLloyd(DataSource(x)).pruning(64)
-    assert prune_for(None, 2) is False and prune_for(True, 2) is True and prune_for(None, 50) is None
+    assert prune_for("auto", 2) == "never" and prune_for("always", 2) == "always" and prune_for("auto", 50) == "auto"
+    assert prune_for("never", 50) == "never"
+    with pytest.raises(StrataError, match="prune"):
+        kmeans(np.zeros((4, 2), dtype=np.float32), 2, prune=True)  # the old boolean: say which mode

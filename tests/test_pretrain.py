@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from workflow.pretrain.augment import build_augment
 from workflow.pretrain.methods import METHODS, Method, resolved
 from workflow.pretrain.models import build_encoder
 from workflow.pretrain.optim import LARS, build_optimizer
-from workflow.pretrain.train import FAIL_AT_STEP_ENV, run_pretrain
+from workflow.pretrain.train import FAIL_AT_STEP_ENV, lr_at, run_pretrain
 from workflow.tables import write_table
 
 
@@ -54,6 +55,16 @@ def test_lars_trust_ratio_scales_weight_updates() -> None:
     # update = eta * ||w|| / ||g|| * g = 0.001 * 4 / 20 * 10 = 0.002; biases get plain SGD.
     assert torch.allclose(w, torch.full((2, 2), 2.0 - 0.002))
     assert torch.allclose(b, -torch.ones(2))
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    total, peak = 100, 1.0
+    lrs = [lr_at(s, total, peak, 0.1) for s in range(total)]
+    assert lrs[9] == pytest.approx(peak)  # end of the 10-step warm-up
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert lrs[10] == pytest.approx(peak)  # cosine starts at the peak
+    assert lrs[55] == pytest.approx(0.5 * peak, abs=0.02)
+    assert lrs[-1] < 0.01
 
 
 @pytest.fixture(scope="module")

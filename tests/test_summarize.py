@@ -15,6 +15,7 @@ from workflow.errors import StrataError
 from workflow.summarize import (
     STATS_COLUMNS,
     log_summary_to_mlflow,
+    study_metrics,
     summarize,
     summary_stats,
     t_interval,
@@ -130,6 +131,19 @@ def test_duplicate_variant_raises(tmp_path):
     with pytest.raises(StrataError, match="share their variant keys"):
         summarize(_write(tmp_path, dup), str(tmp_path / "s.csv"), str(tmp_path / "s.md"))
 
+
+
+def test_study_metrics_names_and_undefined_values():
+    st = summary_stats(PAIRED, baseline="random")
+    m = study_metrics(st)
+    row = st.set_index(["curation", "metric"]).loc[("hkmeans", "map_at_r")]
+    assert m["hkmeans.map_at_r.sd"] == pytest.approx(row["sd"])
+    assert m["hkmeans.map_at_r.diff_ci95"] == pytest.approx(row["diff_ci95_high"] - row["diff_mean"])
+    assert m["none.knn_accuracy.n"] == 1 and "none.knn_accuracy.sd" not in m  # one seed: no sd, no interval
+    assert m["none.knn_accuracy.diff_mean"] == pytest.approx(0.61 - 0.50) and "none.knn_accuracy.p_value" not in m
+    assert not any(k.startswith("random.") and ".diff_" in k for k in m)  # the baseline has no difference
+    two = pd.concat([PAIRED, PAIRED.assign(ssl="t")], ignore_index=True)  # two (dataset, ssl) pairs: prefixed
+    assert set(study_metrics(summary_stats(two, baseline="random"))) == {f"d.{ssl}.{k}" for ssl in "st" for k in m}
 
 def test_log_summary_to_mlflow(tmp_path):
     from mlflow.entities import Metric, Param

@@ -28,9 +28,20 @@ EXIT_USER_ERROR = 2
 
 
 def _tracking(args: argparse.Namespace) -> Any:
+    """The job's MLflow spec: ``--tracking`` names the JSON file the workflow wrote for the job, or holds the JSON."""
     from workflow.tracking import TrackingSpec
 
-    return TrackingSpec.from_json(args.tracking) if args.tracking else None
+    if not args.tracking:
+        return None
+    text = args.tracking
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise StrataError("the tracking spec file does not exist", where=f"--tracking {text}",
+                              fix="let Snakemake write it (its `onstart` handler, so not with --no-hooks), "
+                                  "pass the spec as JSON, or omit --tracking.")
+        text = path.read_text()
+    return TrackingSpec.from_json(text)
 
 
 ARTIFACT_MAX_BYTES = 64 * 2**20  # larger outputs are tracked by digest only
@@ -75,7 +86,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_curate(args: argparse.Namespace) -> None:
     from workflow.config import parse_params
-    from workflow.curate.stage import curate, write_selection
+    from workflow.curate.stage import Curation, curate, write_selection
     from workflow.tables import read_table, write_json
     from workflow.tracking import log_stage
 
@@ -86,7 +97,7 @@ def cmd_curate(args: argparse.Namespace) -> None:
     features = pool if args.features in (None, args.pool) else args.features
     if args.diagnostics:
         Path(args.diagnostics).mkdir(parents=True, exist_ok=True)
-    rows, levels_ids, stats = curate(pool, features, params, args.seed,
+    rows, levels_ids, stats = curate(pool, features, Curation.from_config(params), args.seed,
                                      progress=lambda msg: print(f"curate: {msg}", flush=True),
                                      workers=args.threads, ray_address=args.ray_address,
                                      diagnostics_dir=args.diagnostics, cache_dir=args.cache_dir,
@@ -293,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         if params:
             p.add_argument("--params", help="the stage's config section as JSON/YAML (defaults from the schema)")
             p.add_argument("--params-file", help="...or a YAML file holding it")
-        p.add_argument("--tracking", help="MLflow tracking spec (JSON, written by the Snakemake rules); "
-                       "omit to run without MLflow")
+        p.add_argument("--tracking", help="MLflow tracking spec: a JSON file (the Snakemake rules write one per "
+                       "job) or the JSON itself; omit to run without MLflow")
         return p
 
     p = stage("data", cmd_data, "Build a data set's pool and probe tables.",

@@ -1,8 +1,11 @@
 """Study configuration: loading, validation against ``configs/schema.yaml``, hashing.
 
-The schema is the single source of truth for keys, allowed values and defaults. Validation fills
-defaults in place (like ``snakemake.utils.validate``) and turns the first schema violation into a
-:class:`StrataError` that names the file, the key path and what is allowed.
+The schema is the single source of truth for keys, allowed values, defaults and which keys apply to which
+method or data set kind (its ``x-applies-to`` and ``x-parameter`` annotations). Validation fills defaults in
+place (like ``snakemake.utils.validate``) and turns the first schema violation into a :class:`StrataError` that
+names the file, the key path and what is allowed. It runs once at each boundary: the Snakefile
+(:func:`check_study`) and each ``strata`` command (:func:`parse_params`); the stages trust what they receive.
+Code that needs an allowed set of values reads it with :func:`enum`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from workflow.errors import StrataError
@@ -29,12 +31,28 @@ SCHEMA_PATH = REPO_ROOT / "configs" / "schema.yaml"
 def load_schema() -> dict[str, Any]:
     """The study's JSON schema (YAML-encoded)."""
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def _extend_with_defaults(validator_class: type) -> type:
+def _properties(section: str) -> dict[str, Any]:
+    return load_schema()["$defs"][section]["properties"]
+
+
+def enum(section: str, key: str) -> tuple[Any, ...]:
+    """The allowed values of ``$defs.<section>.<key>`` in the schema's order, e.g. ``enum("ssl", "method")``."""
+    return tuple(_properties(section)[key]["enum"])
+
+
+#: Data set kinds whose tables hold images (the schema's ``x-image-kinds``).
+IMAGE_DATASET_KINDS: tuple[str, ...] = tuple(_properties("dataset")["kind"]["x-image-kinds"])
+
+
+@cache
+def _validator_class() -> type:
     # The jsonschema FAQ recipe: fill `default` values of absent properties before validating them.
-    validate_properties = validator_class.VALIDATORS["properties"]
+    import jsonschema
+
+    validate_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator: Any, properties: Mapping[str, Any], instance: Any, schema: Any) -> Any:
         if isinstance(instance, dict):
@@ -43,21 +61,21 @@ def _extend_with_defaults(validator_class: type) -> type:
                     instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": set_defaults})
 
 
-_DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft202012Validator)
-
-
-def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
+def _describe(error: Any) -> tuple[str, str, str | None]:
+    """``(key path, message, fix or None)`` of a ``jsonschema.ValidationError``."""
     path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     schema = error.schema if isinstance(error.schema, dict) else {}
     if error.validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
-        return path, f"{error.message}. Allowed keys here: {', '.join(allowed)}"
+        return path, f"{error.message}. Allowed keys here: {', '.join(allowed)}", None
     if error.validator == "enum":
-        return path, f"{error.instance!r} is not allowed; choose one of {schema.get('enum')}"
-    return path, error.message
+        return path, f"{error.instance!r} is not allowed; choose one of {schema.get('enum')}", None
+    if "x-message" in schema:  # a `then` clause: a key that a method or kind needs
+        return path, schema["x-message"].format(**error.instance), schema.get("x-fix")
+    return path, error.message, None
 
 
 def validate(instance: dict[str, Any], schema_ref: str | None = None, source: str = "config") -> dict[str, Any]:
@@ -74,12 +92,12 @@ def validate(instance: dict[str, Any], schema_ref: str | None = None, source: st
     schema = load_schema()
     if schema_ref is not None:
         schema = {"$ref": f"#/$defs/{schema_ref}", "$defs": schema["$defs"]}
-    validator = _DefaultFillingValidator(schema)
+    validator = _validator_class()(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
-        path, message = _describe(errors[0])
+        path, message, fix = _describe(errors[0])
         raise StrataError(message, where=f"{source}: {path}",
-                          fix=f"edit that key to match {SCHEMA_PATH.relative_to(REPO_ROOT)}.")
+                          fix=fix or f"edit that key to match {SCHEMA_PATH.relative_to(REPO_ROOT)}.")
     return instance
 
 
@@ -112,9 +130,6 @@ def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any
     validate(config, None, source)
     for name, cur in config["curations"].items():
         where = f"{source}: curations.{name}"
-        if cur["method"] not in ("none", "semdedup") and "target_size" not in cur:
-            raise StrataError(f"method {cur['method']!r} needs `target_size`", where=where,
-                              fix="add target_size: <number of pool items to keep>.")
         if cur["method"] == "none" and name != "none":
             raise StrataError("the whole-pool curation must be named `none`", where=where,
                               fix="rename it to `none` (the pretrain-on-pool job is shared under that name).")
@@ -132,13 +147,6 @@ def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any
     from workflow.comparisons import check_summary  # summary.primary and the size sweep's pairing
 
     check_summary(config, source)
-    for name, ds in config["datasets"].items():
-        if ds["kind"] == "file" and not ds.get("path"):
-            raise StrataError("a `file` dataset needs `path`", where=f"{source}: datasets.{name}",
-                              fix="set path: to a Parquet or .npy file.")
-        if ds["kind"] == "image-folder" and not ds.get("path"):
-            raise StrataError("an `image-folder` dataset needs `path`", where=f"{source}: datasets.{name}",
-                              fix="set path: to the folder of images (one subfolder per class, or flat).")
     return config
 
 
@@ -198,60 +206,33 @@ def code_version() -> str:
             return "unknown"
 
 
-# Keys that matter for each method / data set kind (the schema fills defaults for every key; these are
-# the ones that change the result, and hence go into run parameters, hashes and rerun triggers).
-_RELEVANT = {
-    ("curation", "none"): ["method"],
-    ("curation", "random"): ["method", "target_size"],
-    ("curation", "kmeans"): ["method", "target_size", "features", "n_clusters", "sample_sizes", "n_resamples",
-                             "sample_strategy", "leaf_strategy", "n_iters", "tol", "normalize", "init_method",
-                             "init_max_points"],
-    ("curation", "hkmeans"): ["method", "target_size", "features", "n_clusters", "sample_sizes", "n_resamples",
-                              "sample_strategy", "leaf_strategy", "n_iters", "tol", "normalize", "init_method",
-                              "init_max_points"],
-    ("curation", "semdedup"): ["method", "target_size", "features", "n_clusters", "n_iters", "tol",
-                               "semdedup_epsilon", "init_method", "init_max_points"],
-    ("dataset", "mnist1d-lt"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",
-                                "probe_train_per_class", "probe_test_per_class", "input_kind"],
-    ("dataset", "digits"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",
-                            "probe_train_per_class", "probe_test_per_class", "input_kind"],
-    ("dataset", "blobs"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction", "duplicate_noise",
-                           "probe_train_per_class", "probe_test_per_class", "input_kind", "n_classes", "dim",
-                           "n_subclusters"],
-    ("dataset", "file"): ["kind", "path", "vector_column", "labels_path", "probe_train_path", "probe_test_path",
-                          "input_kind"],
-    ("dataset", "digits-images"): ["kind", "seed", "n_max", "imbalance_ratio", "duplicate_fraction",
-                                   "duplicate_noise", "probe_train_per_class", "probe_test_per_class", "input_kind",
-                                   "image_size", "image_mode"],
-    ("dataset", "image-folder"): ["kind", "seed", "path", "probe_train_path", "probe_test_path",
-                                  "probe_train_per_class", "probe_test_per_class", "input_kind", "image_size",
-                                  "image_mode", "resize", "on_corrupt", "extensions"],
-}
+def applies(section: str, key: str, context: Mapping[str, Any]) -> bool:
+    """Whether ``key`` of ``$defs.<section>`` applies where the discriminators are ``context`` (``method``,
+    ``kind``, ``input``): every list of its ``x-applies-to`` that ``context`` names holds the context's value."""
+    rule = _properties(section).get(key, {}).get("x-applies-to", {})
+    return all(context[name] in allowed for name, allowed in rule.items() if name in context)
 
 
-#: SSL keys that only image data sets use (the ResNet backbone and its augmentations).
-IMAGE_SSL_KEYS = ("image_augment", "resnet_widths", "resnet_blocks", "dino_local_crop_size")
-#: Data set kinds whose tables hold images.
-IMAGE_DATASET_KINDS = ("digits-images", "image-folder")
-#: SSL methods whose keys (named ``<prefix>...``) are dropped from every other method's entry.
-METHOD_SSL_KEY_PREFIXES = {"dino": "dino_"}
+def is_image_data(dataset_cfg: Mapping[str, Any]) -> bool:
+    """Whether a data set holds images: an image kind (``x-image-kinds``), or ``input_kind: image``."""
+    return dataset_cfg.get("kind") in IMAGE_DATASET_KINDS or dataset_cfg.get("input_kind") == "image"
 
 
 def ssl_for_dataset(ssl_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> dict[str, Any]:
-    """An SSL entry without the image-only keys when the data set holds no images, and without the keys of
-    another method (``METHOD_SSL_KEY_PREFIXES``: DINO's ``dino_*`` unless the method is dino).
+    """An SSL entry without the keys that do not apply (``x-applies-to``) to its method or to the data set's
+    input (``input: [image]``: the image-only keys are dropped unless the data set holds images).
 
     Keeps the parameters (a Snakemake rerun trigger), the config hash and the MLflow params of signal and vector
     variants free of settings that cannot affect them.
     """
-    is_image = dataset_cfg.get("kind") in IMAGE_DATASET_KINDS or dataset_cfg.get("input_kind") == "image"
-    drop = set() if is_image else set(IMAGE_SSL_KEYS)
-    drop |= {k for k in ssl_cfg for method, prefix in METHOD_SSL_KEY_PREFIXES.items()
-             if ssl_cfg.get("method") != method and k.startswith(prefix)}
-    return {k: v for k, v in ssl_cfg.items() if k not in drop}
+    context = {"method": ssl_cfg.get("method"), "input": "image" if is_image_data(dataset_cfg) else "other"}
+    return {k: v for k, v in ssl_cfg.items() if applies("ssl", k, context)}
 
 
 def relevant(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a validated config entry that apply to its method (curation) or kind (dataset)."""
-    keys = _RELEVANT.get((section, cfg.get("method", cfg.get("kind"))))
-    return dict(cfg) if keys is None else {k: cfg[k] for k in keys if k in cfg}
+    """The keys of a validated ``curation`` or ``dataset`` entry that change its result: those that apply to its
+    method or kind (``x-applies-to``), less the settings of how it runs (``x-parameter: false``). They go into
+    run parameters, hashes and rerun triggers."""
+    context = {name: cfg[name] for name in ("method", "kind") if name in cfg}
+    return {k: cfg[k] for k, spec in _properties(section).items()
+            if k in cfg and spec.get("x-parameter", True) and applies(section, k, context)}

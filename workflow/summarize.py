@@ -16,7 +16,8 @@ Outputs (every file written atomically):
 Each curation is compared with its reference (:func:`workflow.comparisons.references`): the baseline, or in
 a size sweep the control of the same size. The statistics themselves live in :mod:`workflow.effects`.
 
-:func:`log_summary_to_mlflow` puts the same numbers into the study's MLflow experiment.
+:func:`log_summary_to_mlflow` puts the same numbers into the study's MLflow experiment, through
+:func:`workflow.tracking.log_study`.
 
 Statistics (``n`` seeds, values ``x_1..x_n``):
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ from workflow.effects import paired_difference, t_interval
 from workflow.errors import StrataError
 from workflow.tables import atomic_path
 
-__all__ = ["HEADLINE", "KEYS", "STATS_COLUMNS", "load_metrics", "log_summary_to_mlflow", "summarize",
-           "summary_stats", "t_interval", "variant_record"]
+__all__ = ["HEADLINE", "KEYS", "STATS_COLUMNS", "load_metrics", "log_summary_to_mlflow", "study_metrics",
+           "summarize", "summary_stats", "t_interval", "variant_record"]
 
 HEADLINE = ["knn_accuracy", "linear_accuracy", "recall_at_1", "map_at_r", "cluster_acc", "cluster_nmi", "cluster_ari"]
 KEYS = ["dataset", "ssl", "curation", "seed"]
@@ -295,23 +295,33 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
 # --------------------------------------------------------------------------------------------------
 
 
+def study_metrics(stats: pd.DataFrame) -> dict[str, float]:
+    """The study run's metrics from the statistics of :func:`summary_stats`.
+
+    For every row, ``{curation}.{metric}.n``, ``.mean``, ``.sd``, ``.ci95`` (half-width) and, for curations
+    with a reference, ``.diff_mean``, ``.diff_ci95`` (half-width), ``.p_value``, ``.prob_improvement``;
+    undefined values (n = 1) are left out. If ``stats`` spans several (dataset, ssl) pairs the names are
+    prefixed ``{dataset}.{ssl}.`` so they stay unique.
+    """
+    multi = stats[["dataset", "ssl"]].drop_duplicates().shape[0] > 1
+    out: dict[str, float] = {}
+    for _, row in stats.iterrows():
+        prefix = f"{row['dataset']}.{row['ssl']}.{row['curation']}" if multi else str(row["curation"])
+        values = {"n": row["n"], "mean": row["mean"], "sd": row["sd"], "ci95": row["ci95_high"] - row["mean"]}
+        if row["diff_n"] > 0:
+            values.update(diff_mean=row["diff_mean"], diff_ci95=row["diff_ci95_high"] - row["diff_mean"],
+                          p_value=row["p_value"], prob_improvement=row.get("prob_improvement", math.nan))
+        for stat, value in values.items():
+            if value is not None and np.isfinite(value):
+                out[f"{prefix}.{row['metric']}.{stat}"] = float(value)
+    return out
+
+
 def log_summary_to_mlflow(tracking_uri: str, experiment: str, stats: pd.DataFrame, files: list[str],
                           baseline: str = "random", note: str | None = None) -> None:
-    """Log the study summary to MLflow: a study run with aggregates and files, and per-variant differences.
-
-    Under the tracking store's ``flock`` (as in :mod:`workflow.tracking`):
-
-    * the **study run** (tags ``strata.kind=study``, ``strata.key=study:<experiment>``) is found or
-      created; ``files`` are logged as artifacts under ``summary/``, and for every row of ``stats``
-      the metrics ``{curation}.{metric}.n``, ``.mean``, ``.sd``, ``.ci95`` (half-width) and, for
-      curations with a reference, ``.diff_mean``, ``.diff_ci95`` (half-width), ``.p_value``,
-      ``.prob_improvement``; undefined values (n = 1) are not logged. If ``stats`` spans several
-      (dataset, ssl) pairs the names are prefixed ``{dataset}.{ssl}.`` so they stay unique. ``note``
-      (the verdict, Markdown) becomes the run's description (tag ``mlflow.note.content``);
-    * every **variant run** (tag ``strata.kind=variant``, params ``dataset.name``, ``ssl.name``,
-      ``curation.name``, ``seed``) gets ``{metric}.diff_vs_{baseline}`` = its metric minus the
-      metric of the baseline variant run with the same dataset, ssl and seed (the most recently
-      started one if there are several), for the metrics of ``stats`` both runs have.
+    """Log the study summary to MLflow (:func:`workflow.tracking.log_study`): the study run with
+    :func:`study_metrics`, ``files`` and ``note``, and every variant run's ``{metric}.diff_vs_{baseline}``
+    for the metrics of ``stats``.
 
     Args:
         tracking_uri: MLflow tracking URI (e.g. ``sqlite:///results/mlflow.db``).
@@ -321,62 +331,10 @@ def log_summary_to_mlflow(tracking_uri: str, experiment: str, stats: pd.DataFram
         baseline: The baseline curation of the per-variant differences.
         note: Markdown description of the study run (:func:`workflow.verdict.verdict_markdown`).
     """
-    from mlflow.tracking import MlflowClient
+    from workflow.tracking import log_study
 
-    from workflow.distributed import file_lock
-    from workflow.tracking import KIND_TAG, TrackingSpec, _experiment_id, _lock_path, _parent_run
-
-    spec = TrackingSpec(uri=tracking_uri, experiment=experiment, parent_kind="study",
-                        parent_key=f"study:{experiment}", parent_name="study summary", parent_params={},
-                        job="summarize")
-    now = int(time.time() * 1000)
-    multi = stats[["dataset", "ssl"]].drop_duplicates().shape[0] > 1
-    study_metrics: dict[str, float] = {}
-    for _, row in stats.iterrows():
-        prefix = f"{row['dataset']}.{row['ssl']}.{row['curation']}" if multi else str(row["curation"])
-        values = {"n": row["n"], "mean": row["mean"], "sd": row["sd"], "ci95": row["ci95_high"] - row["mean"]}
-        if row["diff_n"] > 0:
-            values.update(diff_mean=row["diff_mean"], diff_ci95=row["diff_ci95_high"] - row["diff_mean"],
-                          p_value=row["p_value"], prob_improvement=row.get("prob_improvement", math.nan))
-        for stat, value in values.items():
-            if value is not None and np.isfinite(value):
-                study_metrics[f"{prefix}.{row['metric']}.{stat}"] = float(value)
-    wanted = list(dict.fromkeys(stats["metric"]))
-
-    with file_lock(_lock_path(tracking_uri)):
-        client = MlflowClient(tracking_uri)
-        exp_id = _experiment_id(client, spec)
-        study_id = _parent_run(client, exp_id, spec)
-        _log_metrics(client, study_id, study_metrics, now)
-        if note is not None:
-            client.set_tag(study_id, "mlflow.note.content", note)
-        for path in files:
-            if Path(path).is_file():
-                client.log_artifact(study_id, str(path), artifact_path="summary")
-
-        variants = client.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = 'variant'", max_results=50000)
-        base_runs: dict[tuple[str, str, str], Any] = {}
-        for run in sorted(variants, key=lambda r: r.info.start_time or 0):
-            p = run.data.params
-            if p.get("curation.name") == baseline:
-                base_runs[(p.get("dataset.name"), p.get("ssl.name"), p.get("seed"))] = run  # latest wins
-        for run in variants:
-            p = run.data.params
-            base = base_runs.get((p.get("dataset.name"), p.get("ssl.name"), p.get("seed")))
-            if base is None:
-                continue
-            diffs = {f"{m}.diff_vs_{baseline}": run.data.metrics[m] - base.data.metrics[m]
-                     for m in wanted if m in run.data.metrics and m in base.data.metrics}
-            _log_metrics(client, run.info.run_id, {k: v for k, v in diffs.items() if np.isfinite(v)}, now)
-
-
-def _log_metrics(client: Any, run_id: str, metrics: dict[str, float], timestamp: int) -> None:
-    """``log_batch`` in chunks of 1000 metrics (the MLflow limit per call)."""
-    from mlflow.entities import Metric
-
-    items = [Metric(k, float(v), timestamp, 0) for k, v in metrics.items()]
-    for i in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[i:i + 1000])
+    log_study(tracking_uri, experiment, study_metrics(stats), files, note=note, baseline=baseline,
+              compared=list(dict.fromkeys(stats["metric"])))
 
 
 def variant_record(dataset: str, curation: str, ssl: str, seed: int, metrics: dict[str, float],

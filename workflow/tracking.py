@@ -8,7 +8,9 @@ Layout of a study in MLflow (experiment = the config's ``study``):
 * one **dataset run** per data set, tagged ``strata.kind=dataset``, parent of the shared stages
   (``data`` and ``curate``, which several variants share);
 * one **stage run** per Snakemake job, nested under its variant or dataset run, with the job's
-  parameters, metrics, per-epoch series, output files, log and input digests (lineage).
+  parameters, metrics, per-epoch series, output files, log and input digests (lineage);
+* one **study run**, tagged ``strata.kind=study``, with the summary's statistics, files and verdict
+  (:func:`log_study`), which also gives every variant run its differences to the baseline variant.
 
 Runs are found by their ``strata.key`` tag, never created anew for the same key, and a re-run of a
 job replaces its previous stage run. Writers on one machine are serialised by an exclusive ``flock``
@@ -23,6 +25,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,15 +342,20 @@ def _log_stage(spec: TrackingSpec, record: StageRecord, parent_metrics: dict[str
         # log_batch takes at most 100 params and 1000 metrics per call.
         for i in range(0, len(param_list), 100):
             client.log_batch(run_id, params=param_list[i:i + 100])
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        _log_metrics(client, run_id, metrics)
         client.log_batch(run_id, tags=[RunTag("strata.inputs", json.dumps(record.inputs)[:5000])])
         for path in record.artifacts:
             if Path(path).is_file():
                 client.log_artifact(run_id, path, artifact_path="outputs")
         client.set_terminated(run_id, "FINISHED")
         if parent_metrics:
-            client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in parent_metrics.items()])
+            _log_metrics(client, parent_id, [Metric(k, float(v), now, 0) for k, v in parent_metrics.items()])
+
+
+def _log_metrics(client: Any, run_id: str, metrics: list[Any]) -> None:
+    """``log_batch`` of MLflow ``Metric`` entities in chunks of 1000 (the MLflow limit per call)."""
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
 def attach_job_files(uri: str, experiment: str) -> int:
@@ -377,3 +385,63 @@ def attach_job_files(uri: str, experiment: str) -> int:
                     client.log_artifact(run.info.run_id, path, artifact_path="job")
             client.set_tag(run.info.run_id, "strata.pending_files", "0")
         return len(runs)
+
+
+def log_study(uri: str, experiment: str, metrics: dict[str, float], files: Sequence[str] = (), *,
+              note: str | None = None, baseline: str | None = None, compared: Sequence[str] = ()) -> None:
+    """Log a study's summary: its study run, and every variant run's differences to its baseline variant.
+
+    Under the tracking store's ``flock``:
+
+    * the **study run** (tags ``strata.kind=study``, ``strata.key=study:<experiment>``) is found or created;
+      ``metrics`` are logged on it, ``files`` as artifacts under ``summary/`` (missing files are skipped), and
+      ``note`` (Markdown) becomes its description (tag ``mlflow.note.content``);
+    * with a ``baseline`` curation, every **variant run** (tag ``strata.kind=variant``, params ``dataset.name``,
+      ``ssl.name``, ``curation.name``, ``seed``) gets ``{metric}.diff_vs_{baseline}`` = its metric minus the
+      metric of the baseline variant run with the same dataset, ssl and seed (the most recently started one if
+      there are several), for each metric of ``compared`` both runs have; non-finite differences are skipped.
+
+    Args:
+        uri: MLflow tracking URI (e.g. ``sqlite:///results/mlflow.db``).
+        experiment: Experiment name (the config's ``study``).
+        metrics: The study run's metrics (:func:`workflow.summarize.study_metrics`).
+        files: Summary files to attach.
+        note: Markdown description of the study run (:func:`workflow.verdict.verdict_markdown`).
+        baseline: The baseline curation of the per-variant differences; None logs none.
+        compared: The metrics to difference.
+    """
+    import math
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    spec = TrackingSpec(uri=uri, experiment=experiment, parent_kind="study", parent_key=f"study:{experiment}",
+                        parent_name="study summary", parent_params={}, job="summarize")
+    now = int(time.time() * 1000)
+    with file_lock(_lock_path(uri)):
+        client = MlflowClient(uri)
+        exp_id = _experiment_id(client, spec)
+        study_id = _parent_run(client, exp_id, spec)
+        _log_metrics(client, study_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        if note is not None:
+            client.set_tag(study_id, "mlflow.note.content", note)
+        for path in files:
+            if Path(path).is_file():
+                client.log_artifact(study_id, str(path), artifact_path="summary")
+        if baseline is None:
+            return
+        variants = client.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = 'variant'", max_results=50000)
+        base_runs: dict[tuple[str | None, str | None, str | None], Any] = {}
+        for run in sorted(variants, key=lambda r: r.info.start_time or 0):
+            p = run.data.params
+            if p.get("curation.name") == baseline:
+                base_runs[(p.get("dataset.name"), p.get("ssl.name"), p.get("seed"))] = run  # latest wins
+        for run in variants:
+            p = run.data.params
+            base = base_runs.get((p.get("dataset.name"), p.get("ssl.name"), p.get("seed")))
+            if base is None:
+                continue
+            diffs = {f"{m}.diff_vs_{baseline}": run.data.metrics[m] - base.data.metrics[m]
+                     for m in compared if m in run.data.metrics and m in base.data.metrics}
+            _log_metrics(client, run.info.run_id,
+                         [Metric(k, float(v), now, 0) for k, v in diffs.items() if math.isfinite(v)])

@@ -3,11 +3,11 @@
 Numbers:
 
 * entropy (nats) and Gini coefficient of the cluster sizes of every level;
-* the Vendi score (Friedman & Dieng 2023, "The Vendi Score: A Diversity Evaluation Metric for Machine
-  Learning", TMLR, arXiv:2210.02410) with the cosine kernel: VS = exp(−Σ_i λ_i log λ_i), λ the
-  eigenvalues of K/m for the m×m kernel K = X Xᵀ of L2-normalised rows, computed in the dual form as the
-  eigenvalues of XᵀX/m (d×d, same non-zero spectrum). VS is the effective number of distinct points:
-  1 for identical rows, m for orthogonal ones (m ≤ d).
+* the Vendi score (Friedman & Dieng 2023) with the cosine kernel of seeded samples of the pool and of the
+  selection: the effective number of distinct points, 1 for identical rows, m for orthogonal ones.
+
+The measures themselves (:func:`workflow.measures.entropy`, :func:`workflow.measures.gini`,
+:func:`workflow.measures.vendi_score`) live in ``workflow/measures.py``, shared with training and evaluation.
 
 Pictures (matplotlib, Agg backend): ``cluster_sizes.png`` (rank-size plot per level, log-log),
 ``labels.png`` (label shares of the pool and of the selection), ``map.png`` (the pool in grey and the
@@ -23,53 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from workflow.measures import entropy, gini, vendi_score
+
 #: Largest sample of selected (and of pool) points for the Vendi score.
 VENDI_SAMPLE = 2000
 #: Largest sample of pool (and of selected) points drawn on the map and used to fit its PCA.
 MAP_SAMPLE = 20000
-
-
-def gini(sizes: Sequence[int] | np.ndarray) -> float:
-    """Gini coefficient of non-negative sizes: G = Σ_i Σ_j |s_i − s_j| / (2 n Σ_i s_i).
-
-    0 for equal sizes, (n − 1)/n when one entry holds everything (e.g. [0, 0, 0, 4] → 0.75); 0 for
-    an empty or all-zero input. Computed as Σ_i (2i − n − 1) s_(i) / (n Σ s) on sorted sizes.
-    """
-    s = np.sort(np.asarray(sizes, dtype=np.float64).ravel())
-    n, total = s.size, float(s.sum()) if s.size else 0.0
-    if n == 0 or total <= 0:
-        return 0.0
-    ranks = np.arange(1, n + 1, dtype=np.float64)
-    return float(((2 * ranks - n - 1) * s).sum() / (n * total))
-
-
-def size_entropy(sizes: Sequence[int] | np.ndarray) -> float:
-    """Shannon entropy (nats) of p_i = s_i / Σ s (0 log 0 = 0): log(n) for n equal sizes."""
-    s = np.asarray(sizes, dtype=np.float64).ravel()
-    total = s.sum() if s.size else 0.0
-    if total <= 0:
-        return 0.0
-    p = s[s > 0] / total
-    return float(-(p * np.log(p)).sum())
-
-
-def vendi_score(x: np.ndarray) -> float:
-    """Vendi score of the rows of ``x`` under the cosine kernel (dual form, see the module docstring).
-
-    All-zero rows are left out (the cosine kernel is undefined for them); 0.0 when no row is left.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"expected a 2-D array, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1)
-    x = x[norms > 0] / norms[norms > 0, None]
-    m = x.shape[0]
-    if m == 0:
-        return 0.0
-    lam = np.linalg.eigvalsh(x.T @ x / m)
-    lam = lam[lam > 1e-12]
-    lam = lam / lam.sum()
-    return float(np.exp(-(lam * np.log(lam)).sum()))
 
 
 def _rows(x: Any, index: np.ndarray) -> np.ndarray:
@@ -90,7 +49,7 @@ def vendi_summary(x: Any, rows: np.ndarray, seed: int, sample_size: int = VENDI_
 
 def size_summary(level_sizes: Sequence[np.ndarray]) -> dict[str, list[float]]:
     """Entropy (nats) and Gini coefficient of the cluster sizes of every level."""
-    return {"cluster_size_entropy": [size_entropy(s) for s in level_sizes],
+    return {"cluster_size_entropy": [entropy(s) for s in level_sizes],
             "cluster_size_gini": [gini(s) for s in level_sizes]}
 
 

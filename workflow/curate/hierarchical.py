@@ -20,16 +20,20 @@ Data Curation for Self-Supervised Learning: A Clustering-Based Approach", arXiv:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from workflow.config import enum
 from workflow.errors import StrataError
-from workflow.kmeans import DataSource, KMeansOptions, kmeans, lloyd_engine, resolve_device
+from workflow.kmeans import DataSource, KMeansOptions, kmeans, lloyd_engine, resolve_device, resolve_options
 
-SAMPLE_STRATEGIES = ("closest", "random")
+#: How the points of a resampled cluster are chosen (the schema's ``curation.sample_strategy``).
+SAMPLE_STRATEGIES: tuple[str, ...] = enum("curation", "sample_strategy")
 
 
 @dataclass
@@ -181,11 +185,8 @@ def resample_indices(assignment: np.ndarray, sq_dist: np.ndarray, k: int, r: int
 
 def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
                         sample_sizes: Sequence[int] | None = None, n_resamples: int = 10,
-                        sample_strategy: str = "closest", n_iters: int = 50, seed: int = 0,
-                        device: str = "cpu", progress: Callable[[str], None] | None = None, *,
-                        tol: float | None = None, chunk_size: int | None = None,
-                        init_max_points: int | None = None, init_method: str = "kmeans++", workers: int = 1,
-                        ray_address: str | None = None, prune: bool | None = None) -> list[Level]:
+                        sample_strategy: str = "closest", options: KMeansOptions | None = None, *,
+                        progress: Callable[[str], None] | None = None, **overrides: Any) -> list[Level]:
     """Bottom-up hierarchical k-means with resampling (Vo et al. 2024, arXiv:2405.15613, spec 1.2-1.3).
 
     For t = 1..T with inputs X_1 = data and X_t = C_{t−1}:
@@ -201,18 +202,13 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
             Default r_t = max(2, round(0.5 · n_inputs_t / k_t)), about half the mean cluster size.
         n_resamples: Number of resampling re-fits per level (≥ 0).
         sample_strategy: ``"closest"`` (reference default) or ``"random"``.
-        n_iters: Lloyd iterations of every k-means run (reference 50).
-        seed: One integer seed; level/step seeds derive from it.
-        device: Torch device (``cpu``, ``cuda`` or ``auto``; ``cuda`` falls back to CPU).
+        options: How every k-means runs (:class:`~workflow.kmeans.KMeansOptions`: ``n_iters``, ``tol``,
+            ``device``, ``chunk_size``, ``init_method``, ``init_max_points``, ``prune``); its ``seed`` is the one
+            seed that the level/step seeds derive from, its ``workers`` (and ``ray_address``) serve the level-1
+            full-data passes (1 = in process). Default: the reference's settings.
         progress: Optional callback receiving one-line status messages and warnings.
-        tol: Optional centroid-shift tolerance of every k-means (see :func:`kmeans`).
-        chunk_size: Rows per distance block (default: automatic).
-        init_max_points: Seed k-means++ on at most this many sampled points (default: all).
-        init_method: ``"kmeans++"`` (reference default) or ``"random"`` seeding of every k-means.
-        workers: Ray actors for the level-1 full-data passes (1 = in process).
-        ray_address: Ray cluster to join when ``workers > 1`` (see :func:`kmeans`).
-        prune: Exact bound-based pruning of the Lloyd passes (see :func:`kmeans`; same result either way;
-            None = where it pays).
+        **overrides: Fields of :class:`~workflow.kmeans.KMeansOptions` replacing those of ``options``
+            (``hierarchical_kmeans(x, [40, 10], n_iters=15, seed=1)``).
 
     Returns:
         List of :class:`Level`, level 1 first.
@@ -243,19 +239,19 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
                 raise StrataError(f"every sample_sizes entry must be an integer >= 1, got {r!r}.",
                                   where=f"{where}: sample_sizes",
                                   fix="Use e.g. [15, 2]; 1 disables resampling.")
-    for name, value, minimum in (("n_resamples", n_resamples, 0), ("n_iters", n_iters, 0), ("seed", seed, 0),
-                                 ("workers", workers, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise StrataError(f"{name} must be an integer >= {minimum}, got {value!r}.",
-                              where=f"{where}: {name}", fix=f"Pass an integer {name} >= {minimum}.")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 0:
+        raise StrataError(f"n_resamples must be an integer >= 0, got {n_resamples!r}.",
+                          where=f"{where}: n_resamples", fix="Pass an integer n_resamples >= 0.")
+    opts = resolve_options(options, overrides, where)
+    seed = opts.seed
 
     def say(msg: str) -> None:
         if progress is not None:
             progress(msg)
 
-    dev = resolve_device(device, progress)
-    options = KMeansOptions(n_iters=n_iters, tol=tol, chunk_size=chunk_size, init_max_points=init_max_points,
-                            init_method=init_method, device=str(dev), prune=prune)
+    dev = resolve_device(opts.device, progress)
+    # every k-means of a level runs in process: the level's engine (Ray actors at level 1) does the full passes
+    options = dataclasses.replace(opts, device=str(dev), workers=1, ray_address=None)
     source = DataSource(x, dev, where)
     levels: list[Level] = []
     for t, k_req in enumerate(ks, start=1):
@@ -266,7 +262,8 @@ def hierarchical_kmeans(x: np.ndarray | torch.Tensor, n_clusters: Sequence[int],
             k = n_in
         r = int(rs[t - 1]) if rs is not None else max(2, round(0.5 * n_in / k))
         say(f"level {t}: clustering {n_in} inputs into {k} clusters (r={r}, resamples={n_resamples})")
-        with lloyd_engine(source, k, workers if t == 1 else 1, ray_address, chunk_size, str(dev), prune) as engine:
+        with lloyd_engine(source, k, opts.workers if t == 1 else 1, opts.ray_address, opts.chunk_size, str(dev),
+                          opts.prune) as engine:
             res = kmeans(source, k, options, seed=derive_seed(seed, t, 0), progress=progress, engine=engine,
                          label=f"level {t} k-means")
             centroids = torch.from_numpy(res.centroids).to(dev)

@@ -14,12 +14,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from workflow.config import enum
 from workflow.curate.hierarchical import Level, cluster_ids_per_level, flat_sizes
 from workflow.errors import StrataError
 
 __all__ = ["LEAF_STRATEGIES", "balanced_hierarchical_sample", "cluster_ids_per_level", "water_fill"]
 
-LEAF_STRATEGIES = ("random", "closest")
+#: How a leaf cluster's budget is picked (the schema's ``curation.leaf_strategy``).
+LEAF_STRATEGIES: tuple[str, ...] = enum("curation", "leaf_strategy")
 
 
 def water_fill(sizes: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:

@@ -24,19 +24,67 @@ the item's cluster at level t. Statistics go to ``stats.json``; pictures to ``di
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workflow.config import enum
 from workflow.errors import StrataError
 from workflow.tables import VectorTable, atomic_path
 
-METHODS = ("none", "random", "kmeans", "hkmeans", "semdedup")
+if TYPE_CHECKING:  # torch loads with the k-means engine, only when a stage runs it
+    from workflow.kmeans import KMeansOptions
+
+#: Curation methods (the schema's ``curation.method``).
+METHODS: tuple[str, ...] = enum("curation", "method")
+
+
+@dataclass(frozen=True)
+class Curation:
+    """A curation entry of the study (``$defs.curation`` of ``configs/schema.yaml``, where each key is documented),
+    validated and typed: what :func:`curate` runs.
+
+    ``kmeans`` holds the settings of every k-means of the method (``n_iters``, ``tol``, ``device``,
+    ``chunk_size``, ``init_method``, ``init_max_points``, ``prune``); the stage adds the seed and the workers.
+    ``features`` is not here: it names the table that the caller passes. The defaults live in the schema only:
+    build one with :meth:`from_config`.
+    """
+
+    method: str
+    target_size: int | None
+    n_clusters: tuple[int, ...]
+    sample_sizes: tuple[int, ...] | None
+    n_resamples: int
+    sample_strategy: str
+    leaf_strategy: str
+    normalize: bool
+    semdedup_epsilon: float
+    num_workers: int | None
+    vendi_sample_size: int
+    map_sample_size: int
+    kmeans: KMeansOptions
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Curation:
+        """From a curation entry already validated against the schema (defaults filled), as
+        :func:`workflow.config.parse_params` and :func:`workflow.config.check_study` leave it; not checked again."""
+        from workflow.kmeans import KMeansOptions
+
+        return cls(method=cfg["method"], target_size=cfg.get("target_size"), n_clusters=tuple(cfg["n_clusters"]),
+                   sample_sizes=None if cfg["sample_sizes"] is None else tuple(cfg["sample_sizes"]),
+                   n_resamples=cfg["n_resamples"], sample_strategy=cfg["sample_strategy"],
+                   leaf_strategy=cfg["leaf_strategy"], normalize=cfg["normalize"],
+                   semdedup_epsilon=cfg["semdedup_epsilon"], num_workers=cfg["num_workers"],
+                   vendi_sample_size=cfg["vendi_sample_size"], map_sample_size=cfg["map_sample_size"],
+                   kmeans=KMeansOptions(n_iters=cfg["n_iters"], tol=cfg["tol"], device=cfg["device"],
+                                        chunk_size=cfg["chunk_size"], init_max_points=cfg["init_max_points"],
+                                        init_method=cfg["init_method"], prune=cfg["prune"]))
 
 
 def label_stats(labels: np.ndarray | None, n_classes: int | None = None) -> dict[str, Any]:
@@ -97,7 +145,7 @@ def _features(pool: VectorTable, features: VectorTable | str | os.PathLike[str],
     return x
 
 
-def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], params: dict[str, Any], seed: int,
+def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], params: Curation, seed: int,
            progress: Callable[[str], None] = print, *, workers: int = 1, ray_address: str | None = None,
            diagnostics_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
            threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
@@ -108,11 +156,11 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
         features: Feature table with the pool's ids in the pool's order: a :class:`VectorTable`, or the
             path of a Parquet table / ``.npy`` matrix read through a float32 memmap
             (:func:`workflow.curate.features.load_features_memmap`, converted once into ``cache_dir``).
-        params: The ``curation`` config entry (validated here against ``$defs.curation``; defaults filled).
+        params: The curation (:meth:`Curation.from_config` of a validated ``curation`` config entry).
         seed: The one seed of every random choice.
         progress: Receives one-line messages and warnings.
-        workers: The job's CPU cores: Ray actors for the k-means passes when ``params["num_workers"]`` is
-            null (1 = no Ray).
+        workers: The job's CPU cores: Ray actors for the k-means passes when ``params.num_workers`` is
+            None (1 = no Ray).
         ray_address: Ray cluster to join when more than one worker is used (default ``$RAY_ADDRESS``,
             else a private local Ray).
         diagnostics_dir: When given, ``cluster_sizes.png``, ``labels.png`` and ``map.png`` are written there
@@ -124,12 +172,9 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
         ``(selected row indices ascending, cluster ids per level (n, T) or None, stats)``.
 
     Raises:
-        StrataError: bad parameters, mismatched features, missing ``target_size``.
+        StrataError: mismatched or invalid features.
     """
-    from workflow.config import validate
-
-    params = validate(copy.deepcopy(dict(params)), "curation", "curation")
-    method = params["method"]
+    method = params.method
     n = len(pool)
     stats: dict[str, Any] = {"method": method, "pool_size": n, "seed": seed, "warnings": []}
 
@@ -137,12 +182,12 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
         stats["warnings"].append(message)
         progress(f"warning: {message}")
 
-    needs_norm = method == "semdedup" or (method in ("kmeans", "hkmeans") and params["normalize"])
+    needs_norm = method == "semdedup" or (method in ("kmeans", "hkmeans") and params.normalize)
     with _torch_threads(threads):
         x = _features(pool, features, needs_norm, cache_dir)
-        rows, levels_ids, level_sizes = _select(x, n, params, seed, stats, warn, progress,
-                                                workers if params["num_workers"] is None else params["num_workers"],
-                                                ray_address)
+        options = dataclasses.replace(params.kmeans, seed=seed, ray_address=ray_address,
+                                      workers=int(workers if params.num_workers is None else params.num_workers))
+        rows, levels_ids, level_sizes = _select(x, n, params, options, stats, warn, progress)
         stats["selected_size"] = len(rows)
         if level_sizes is not None:
             from workflow.curate.diagnostics import size_summary
@@ -153,46 +198,40 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
             stats["labels_after"] = label_stats(pool.labels[rows], n_classes=len(np.unique(pool.labels)))
         from workflow.curate.diagnostics import vendi_summary, write_diagnostics
 
-        stats["vendi"] = vendi_summary(x, rows, seed, params["vendi_sample_size"])
+        stats["vendi"] = vendi_summary(x, rows, seed, params.vendi_sample_size)
         if diagnostics_dir is not None:
             files = write_diagnostics(diagnostics_dir, x, rows, pool.labels, level_sizes, seed,
-                                      params["map_sample_size"], method)
+                                      params.map_sample_size, method)
             stats["diagnostics"] = [os.path.basename(f) for f in files]
             progress(f"diagnostics: wrote {', '.join(files)}")
     return rows, levels_ids, stats
 
 
-def _select(x: np.ndarray, n: int, params: dict[str, Any], seed: int, stats: dict[str, Any],
-            warn: Callable[[str], None], progress: Callable[[str], None], workers: int, ray_address: str | None
+def _select(x: np.ndarray, n: int, params: Curation, options: KMeansOptions, stats: dict[str, Any],
+            warn: Callable[[str], None], progress: Callable[[str], None]
             ) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray] | None]:
-    method = params["method"]
+    """``(rows, cluster ids per level, cluster sizes per level)`` of the method; ``options``: its k-means settings
+    with the stage's seed and workers. ``target_size`` is present where the method needs it (the schema says so)."""
+    method, seed = params.method, options.seed
     if method == "none":
         return np.arange(n), None, None
-    target = params.get("target_size")
-    if target is None and method != "semdedup":
-        raise StrataError(f"method {method!r} needs `target_size`", where="curation: target_size",
-                          fix="add target_size: <number of pool items to keep>.")
+    target = params.target_size
     if target is not None and target > n and method != "semdedup":
         warn(f"target_size {target} is larger than the pool ({n} items); selecting the whole pool.")
         target = n
-    kwargs = dict(n_iters=params["n_iters"], tol=params["tol"], device=params["device"],
-                  chunk_size=params["chunk_size"], init_max_points=params["init_max_points"],
-                  init_method=params["init_method"], prune=None if params.get("prune", True) else False,
-                  workers=int(workers), ray_address=ray_address)
     if method == "random":
         return np.sort(np.random.default_rng(seed).choice(n, size=target, replace=False)), None, None
     if method in ("kmeans", "hkmeans"):
         from workflow.curate.hierarchical import flat_sizes, hierarchical_kmeans
         from workflow.curate.sampling import balanced_hierarchical_sample, cluster_ids_per_level
 
-        ks, rs = list(params["n_clusters"]), params["sample_sizes"]
+        ks, rs = list(params.n_clusters), params.sample_sizes
         if method == "kmeans":
             ks = ks[:1]
             rs = [1] if rs is None else list(rs)[:1]  # no resampling unless sample sizes are given
-        levels = hierarchical_kmeans(x, ks, sample_sizes=rs, n_resamples=params["n_resamples"],
-                                     sample_strategy=params["sample_strategy"], seed=seed, progress=progress,
-                                     **kwargs)
-        rows = balanced_hierarchical_sample(levels, target, seed=seed, strategy=params["leaf_strategy"], points=x)
+        levels = hierarchical_kmeans(x, ks, sample_sizes=rs, n_resamples=params.n_resamples,
+                                     sample_strategy=params.sample_strategy, options=options, progress=progress)
+        rows = balanced_hierarchical_sample(levels, target, seed=seed, strategy=params.leaf_strategy, points=x)
         sizes = flat_sizes(levels)
         stats["cluster_sizes"] = [np.asarray(s).tolist() for s in sizes]
         stats["n_clusters"] = [len(s) for s in sizes]
@@ -201,14 +240,14 @@ def _select(x: np.ndarray, n: int, params: dict[str, Any], seed: int, stats: dic
         from workflow.curate.semdedup import semdedup_keep
         from workflow.kmeans import kmeans, resolve_device
 
-        k = int(params["n_clusters"][0])
+        k = int(params.n_clusters[0])
         if k > n:
             warn(f"semdedup asks for {k} clusters but the pool has {n} items; using k={n}.")
-        res = kmeans(x, k, seed=seed, progress=progress, label="semdedup k-means", **kwargs)
-        survivors = semdedup_keep(x, res.assignment, res.distances, params["semdedup_epsilon"],
-                                  device=resolve_device(params["device"]))
-        progress(f"semdedup: {len(survivors)} of {n} items survive (epsilon {params['semdedup_epsilon']})")
-        stats["semdedup"] = {"epsilon": params["semdedup_epsilon"], "survivors": len(survivors),
+        res = kmeans(x, k, options, progress=progress, label="semdedup k-means")
+        epsilon = params.semdedup_epsilon
+        survivors = semdedup_keep(x, res.assignment, res.distances, epsilon, device=resolve_device(options.device))
+        progress(f"semdedup: {len(survivors)} of {n} items survive (epsilon {epsilon})")
+        stats["semdedup"] = {"epsilon": epsilon, "survivors": len(survivors),
                              "removed": int(n - len(survivors))}
         rows = survivors
         if target is not None and target < len(survivors):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from workflow.config import IMAGE_DATASET_KINDS
 from workflow.data.builtin import (
     DataSplits,
     make_blobs,
@@ -20,7 +21,8 @@ from workflow.tables import VectorTable, read_table, write_table
 
 __all__ = ["IMAGE_KINDS", "DataSplits", "WrittenDataset", "build_dataset", "load_user_pool", "write_dataset"]
 
-IMAGE_KINDS = ("digits-images", "image-folder")
+#: Data set kinds whose tables hold images (the schema's ``x-image-kinds``).
+IMAGE_KINDS = IMAGE_DATASET_KINDS
 
 
 def load_user_pool(path: str, vector_column: str | None = None, labels_path: str | None = None) -> VectorTable:

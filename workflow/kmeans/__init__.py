@@ -3,9 +3,18 @@
 See :mod:`workflow.kmeans.api` for what the engine guarantees and where each of its ideas lives.
 """
 
-from workflow.kmeans.api import INIT_METHODS, KMeansOptions, KMeansResult, assign, kmeans, lloyd_engine
+from workflow.kmeans.api import (
+    INIT_METHODS,
+    PRUNE_MODES,
+    KMeansOptions,
+    KMeansResult,
+    assign,
+    kmeans,
+    lloyd_engine,
+    resolve_options,
+)
 from workflow.kmeans.seeding import kmeans_plusplus
 from workflow.kmeans.source import DataSource, resolve_device
 
-__all__ = ["INIT_METHODS", "DataSource", "KMeansOptions", "KMeansResult", "assign", "kmeans", "kmeans_plusplus",
-           "lloyd_engine", "resolve_device"]
+__all__ = ["INIT_METHODS", "PRUNE_MODES", "DataSource", "KMeansOptions", "KMeansResult", "assign", "kmeans",
+           "kmeans_plusplus", "lloyd_engine", "resolve_device", "resolve_options"]

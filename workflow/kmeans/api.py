@@ -14,7 +14,7 @@ section 1.1). A clean re-implementation; where each idea lives:
   bound, near ties settled in float64, first index on exact ties), rows are summed per cluster in float64 in fixed
   blocks, so results do not depend on the thread count;
 * :mod:`.bounds`, :mod:`.groups`, :mod:`.pruner`: exact Yinyang pruning (Ding et al. 2015; Hamerly 2010), by default
-  where it pays (passes of at least :data:`.tuning.PRUNE_MIN_WORK` multiply-adds and
+  (``prune="auto"``) where it pays (passes of at least :data:`.tuning.PRUNE_MIN_WORK` multiply-adds and
   :data:`.tuning.PRUNE_MIN_ITERS` iterations); pruned and plain runs are bitwise identical;
 * :mod:`.tuning`: every tuning constant.
 
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from workflow.config import enum
 from workflow.errors import StrataError
 from workflow.kmeans import tuning
 from workflow.kmeans.engine import LloydEngine, local_engine
@@ -44,8 +45,10 @@ from workflow.kmeans.ray_shards import RayLloyd, ray_context
 from workflow.kmeans.seeding import kmeans_plusplus
 from workflow.kmeans.source import DataSource, check_int, resolve_device
 
-#: Seeding methods of :func:`kmeans`.
-INIT_METHODS = ("kmeans++", "random")
+#: Seeding methods of :func:`kmeans` (the schema's ``curation.init_method``).
+INIT_METHODS: tuple[str, ...] = enum("curation", "init_method")
+#: Pruning policies of :func:`kmeans`, ``auto``, ``never``, ``always`` (the schema's ``curation.prune``).
+PRUNE_MODES: tuple[str, ...] = enum("curation", "prune")
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,12 @@ class KMeansOptions:
             points, as the reference).
         init_method: ``"kmeans++"`` (greedy k-means++, the reference default) or ``"random"`` (k distinct points
             drawn uniformly, the reference's other option, as faiss does).
-        prune: Skip the distance computations that provably cannot change an assignment (exact: the result is
-            bitwise identical with and without; only the time changes). ``None``: where it pays (from
-            :data:`.tuning.PRUNE_MIN_ITERS` iterations and :data:`.tuning.PRUNE_MIN_WORK` multiply-adds per pass);
-            ``True``: always; ``False``: never. Ignored when an engine is given (its own setting applies).
+        prune: When to skip the distance computations that provably cannot change an assignment (exact: the
+            result is bitwise identical with and without; only the time changes), one of :data:`PRUNE_MODES`.
+            ``"auto"``: where it pays (from :data:`.tuning.PRUNE_MIN_ITERS` iterations and
+            :data:`.tuning.PRUNE_MIN_WORK` multiply-adds per pass, on the CPU); ``"always"``: every pass with at
+            least :data:`.tuning.PRUNE_MIN_K` clusters; ``"never"``: plain passes. Ignored when an engine is given
+            (its own setting applies).
         label: Prefix of the progress messages.
     """
 
@@ -83,7 +88,7 @@ class KMeansOptions:
     ray_address: str | None = None
     init_max_points: int | None = None
     init_method: str = "kmeans++"
-    prune: bool | None = None
+    prune: str = "auto"
     label: str = "k-means"
 
     def checked(self, where: str = "kmeans") -> KMeansOptions:
@@ -94,12 +99,29 @@ class KMeansOptions:
         if self.init_method not in INIT_METHODS:
             raise StrataError(f"unknown init_method {self.init_method!r}.", where=where,
                               fix=f"Use one of {', '.join(INIT_METHODS)}.")
+        if not isinstance(self.prune, str) or self.prune not in PRUNE_MODES:
+            raise StrataError(f"unknown prune {self.prune!r}.", where=where,
+                              fix=f"Use one of {', '.join(PRUNE_MODES)} (auto: where it pays).")
         return dataclasses.replace(
             self, n_iters=check_int(self.n_iters, "n_iters", 0, where), seed=check_int(self.seed, "seed", 0, where),
             workers=check_int(self.workers, "workers", 1, where),
             init_max_points=None if self.init_max_points is None else check_int(
                 self.init_max_points, "init_max_points", 1, where),
             chunk_size=None if self.chunk_size is None else check_int(self.chunk_size, "chunk_size", 1, where))
+
+
+def resolve_options(options: KMeansOptions | None, overrides: dict[str, Any], where: str) -> KMeansOptions:
+    """``options`` (default: :class:`KMeansOptions`) with the fields named in ``overrides`` replaced, checked.
+
+    Raises:
+        StrataError: an unknown field name or an invalid value.
+    """
+    try:
+        return dataclasses.replace(options or KMeansOptions(), **overrides).checked(where)
+    except TypeError as err:  # an unknown option name
+        names = ", ".join(f.name for f in dataclasses.fields(KMeansOptions))
+        raise StrataError(f"invalid k-means option: {err}.", where=where, fix=f"Use fields of KMeansOptions: {names}."
+                          ) from err
 
 
 @dataclass
@@ -145,12 +167,7 @@ def kmeans(x: Any, k: int, options: KMeansOptions | None = None, *, progress: Ca
         StrataError: Empty input, non-finite values, ``k < 1`` or invalid options.
     """
     where = "kmeans"
-    try:
-        opts = dataclasses.replace(options or KMeansOptions(), **overrides).checked(where)
-    except TypeError as err:  # an unknown option name
-        names = ", ".join(f.name for f in dataclasses.fields(KMeansOptions))
-        raise StrataError(f"invalid k-means option: {err}.", where=where, fix=f"Use fields of KMeansOptions: {names}."
-                          ) from err
+    opts = resolve_options(options, overrides, where)
     k = check_int(k, "k", 1, where)
     if engine is not None:
         src = engine.source
@@ -162,7 +179,7 @@ def kmeans(x: Any, k: int, options: KMeansOptions | None = None, *, progress: Ca
             return kmeans(src, k, opts, progress=progress, engine=eng)
     if engine is None:
         # the bounds cost a slower first pass and pay back from the second iteration on
-        engine = local_engine(src, opts.chunk_size, prune=prune_for(opts.prune, opts.n_iters))
+        engine = local_engine(src, opts.chunk_size, prune=engine_prune(prune_for(opts.prune, opts.n_iters)))
     n = src.n
     k = min(k, n)
     chunk = tuning.default_chunk_size(n, k, src.device) if opts.chunk_size is None else opts.chunk_size
@@ -212,32 +229,40 @@ def assign(x: Any, centroids: torch.Tensor | np.ndarray, chunk_size: int | None 
 
 @contextlib.contextmanager
 def lloyd_engine(source: DataSource, k: int, workers: int = 1, ray_address: str | None = None,
-                 chunk_size: int | None = None, device: str = "cpu", prune: bool | None = None
+                 chunk_size: int | None = None, device: str = "cpu", prune: str = "auto"
                  ) -> Iterator[LloydEngine]:
     """The engine for ``workers``: in process (:func:`.engine.local_engine`, ``workers == 1``) or a
     :class:`~.ray_shards.RayLloyd` inside a Ray session, closed on exit.
 
     ``k`` (the number of clusters the engine will serve) only sets the default chunk grid to which the Ray shards
-    are aligned, so that every shard processes the same row chunks as a single process. ``prune``: keep Yinyang
-    bounds and skip provably useless distances (exact; None = where it pays, see :class:`.pruner.Pruner`)."""
+    are aligned, so that every shard processes the same row chunks as a single process. ``prune``: when to keep
+    Yinyang bounds and skip provably useless distances (exact; one of :data:`PRUNE_MODES`, ``"auto"`` = where it
+    pays, see :class:`.pruner.Pruner`)."""
     if workers <= 1:
-        yield local_engine(source, chunk_size, prune=prune)
+        yield local_engine(source, chunk_size, prune=engine_prune(prune))
         return
     gpus = torch.cuda.device_count() if str(device).startswith("cuda") else 0
     with ray_context(workers, ray_address, num_gpus=gpus):
-        engine = RayLloyd(source, workers, k, chunk_size, device, prune)
+        engine = RayLloyd(source, workers, k, chunk_size, device, engine_prune(prune))
         try:
             yield engine
         finally:
             engine.close()
 
 
-def prune_for(prune: bool | None, n_iters: int) -> bool | None:
-    """The engine's ``prune`` for a :func:`kmeans` run: by default off below :data:`.tuning.PRUNE_MIN_ITERS`
-    iterations (the first pass, which builds the bounds, costs more than a plain one)."""
-    if prune is None and n_iters < tuning.PRUNE_MIN_ITERS:
-        return False
-    return prune
+def engine_prune(prune: str) -> bool | None:
+    """The Lloyd engines' ``prune`` (:class:`.pruner.Pruner`) for a mode of :data:`PRUNE_MODES`: ``"auto"`` → None
+    (where it pays), ``"always"`` → True, ``"never"`` → False."""
+    if prune not in PRUNE_MODES:
+        raise StrataError(f"unknown prune {prune!r}.", where="kmeans", fix=f"Use one of {', '.join(PRUNE_MODES)}.")
+    return {"auto": None, "always": True, "never": False}[prune]
+
+
+def prune_for(prune: str, n_iters: int) -> str:
+    """The pruning mode of a :func:`kmeans` run of ``n_iters`` iterations: ``"auto"`` becomes ``"never"`` below
+    :data:`.tuning.PRUNE_MIN_ITERS` iterations (the first pass, which builds the bounds, costs more than a plain
+    one); other modes stay."""
+    return "never" if prune == "auto" and n_iters < tuning.PRUNE_MIN_ITERS else prune
 
 
 def _variance(src: DataSource, chunk: int) -> float:

@@ -3,8 +3,8 @@
 Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers" (ICCV; arXiv 2104.14294),
 Sec. 3.1 and Algorithm 1; ``facebookresearch/dino:main_dino.py`` (``DINOLoss``, ``DataAugmentationDINO``) and
 ``vision_transformer.py`` (``DINOHead``). A student network g_s (backbone + :class:`DINOHead`) and a teacher g_t,
-an exponential moving average of the student (:func:`~workflow.pretrain.losses.ema_update` with BYOL's cosine
-schedule :func:`~workflow.pretrain.losses.byol_tau`, 0.996 -> 1), see the views of one batch: the teacher only the
+an exponential moving average of the student (:func:`~workflow.pretrain.ema.ema_update` with BYOL's cosine
+schedule :func:`~workflow.pretrain.ema.byol_tau`, 0.996 -> 1), see the views of one batch: the teacher only the
 two global views, the student every view (global and local, :class:`MultiCrop`). The teacher's outputs are
 centred and sharpened, the student's tempered::
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workflow.pretrain.augment import ImageAugment, SignalAugment, VectorAugment
-from workflow.pretrain.losses import LossTerms, _distributed, _global_count
+from workflow.pretrain.losses.common import LossTerms, global_count, use_distributed
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -141,11 +141,11 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:
         """``c <- m c + (1 - m) * mean_n teacher_n``, the mean over the global batch when distributed."""
-        distributed = _distributed(self.gather_distributed)
+        distributed = use_distributed(self.gather_distributed)
         total = teacher.detach().sum(dim=0, keepdim=True).to(self.center.dtype)
         if distributed:
             dist.all_reduce(total)
-        count = _global_count(teacher.shape[0], teacher.device, distributed)
+        count = global_count(teacher.shape[0], teacher.device, distributed)
         self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
 
 

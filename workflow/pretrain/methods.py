@@ -29,7 +29,8 @@ from torch import nn
 
 from workflow.pretrain import losses as L
 from workflow.pretrain.dino import DINOHead, DINOLoss, MultiCrop
-from workflow.pretrain.models import ProjectionHead
+from workflow.pretrain.ema import byol_tau, ema_update
+from workflow.pretrain.models import ProjectionHead, SwAVPrototypes
 
 METHODS = ("simclr", "byol", "barlowtwins", "vicreg", "swav", "tldr", "dino")
 
@@ -78,8 +79,8 @@ class Trainable(nn.Module):
             if method == "dino" else ProjectionHead(embedding_dim, hidden, params["projection_dim"])
         self.predictor = ProjectionHead(params["projection_dim"], hidden, params["projection_dim"]) \
             if method == "byol" else None
-        self.prototypes = L.SwAVPrototypes(params["projection_dim"], params["swav_prototypes"],
-                                           params["swav_freeze_prototypes_steps"]) if method == "swav" else None
+        self.prototypes = SwAVPrototypes(params["projection_dim"], params["swav_prototypes"],
+                                         params["swav_freeze_prototypes_steps"]) if method == "swav" else None
 
     def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):  # views in order; consecutive views of one shape share a batch
@@ -157,11 +158,11 @@ class Method:
     def after_step(self, step: int, total: int) -> None:
         if self.name == "byol":
             assert self.target is not None
-            tau = L.byol_tau(step, total, self.params["byol_tau_base"])
-            L.ema_update(nn.Sequential(self.module.encoder, self.module.projector), self.target, tau)
+            tau = byol_tau(step, total, self.params["byol_tau_base"])
+            ema_update(nn.Sequential(self.module.encoder, self.module.projector), self.target, tau)
         elif self.name == "dino":  # the teacher follows BYOL's cosine schedule from dino_teacher_momentum to 1
-            tau = L.byol_tau(step, total, self.params["dino_teacher_momentum"])
-            L.ema_update(nn.Sequential(self.module.encoder, self.module.projector), self.teacher, tau)
+            tau = byol_tau(step, total, self.params["dino_teacher_momentum"])
+            ema_update(nn.Sequential(self.module.encoder, self.module.projector), self.teacher, tau)
 
     @property
     def teacher(self) -> nn.Module:

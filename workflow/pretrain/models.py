@@ -1,4 +1,5 @@
-"""Backbones and heads: a 1-D CNN for signals, a small ResNet for images, an MLP for plain vectors.
+"""Backbones and heads: a 1-D CNN for signals, a small ResNet for images, an MLP for plain vectors; SimCLR's
+projector and SwAV's prototypes.
 
 Every backbone takes the flat float32 rows of a vector table (B, D) and returns (B, embedding_dim); the
 image backbone reshapes its rows to (B, C, H, W) with the image shape of its spec.
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -122,6 +124,52 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class SwAVPrototypes(nn.Module):
+    """SwAV's prototypes: a bias-free linear layer of K unit-norm rows giving scores ``z c^T``.
+
+    Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments" (NeurIPS;
+    arXiv 2006.09882); ``facebookresearch/swav:src/resnet50.py``. Call :meth:`normalize_` before each
+    step (SwAV re-normalises the prototypes every iteration) and :meth:`freeze_if_needed` between
+    ``backward()`` and ``optimizer.step()`` (SwAV freezes them for the first iterations).
+    ``forward`` L2-normalises its input (a no-op on already normalised embeddings). The scores feed
+    :class:`workflow.pretrain.losses.SwAVLoss`.
+
+    Args:
+        dim: embedding dimension.
+        n_prototypes: K; 3000.
+        n_frozen_steps: steps during which the prototypes' gradients are dropped; 0.
+    """
+
+    def __init__(self, dim: int, n_prototypes: int = 3000, n_frozen_steps: int = 0) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if n_prototypes < 1:
+            raise ValueError(f"n_prototypes must be positive, got {n_prototypes}")
+        if n_frozen_steps < 0:
+            raise ValueError(f"n_frozen_steps must be non-negative, got {n_frozen_steps}")
+        self.layer = nn.Linear(dim, n_prototypes, bias=False)
+        self.n_frozen_steps = n_frozen_steps
+        self.normalize_()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layer(F.normalize(z, dim=1))
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """Scale every prototype (row of the weight) to unit L2 norm, in place."""
+        self.layer.weight.copy_(F.normalize(self.layer.weight, dim=1))
+
+    def freeze_if_needed(self, step: int) -> bool:
+        """Drop the prototypes' gradients (set them to ``None``, so the optimiser skips them, weight decay and
+        momentum included) while ``step < n_frozen_steps``. Returns whether they were frozen."""
+        frozen = step < self.n_frozen_steps
+        if frozen:
+            for p in self.parameters():
+                p.grad = None
+        return frozen
 
 
 class EncoderWithProjector(nn.Module):

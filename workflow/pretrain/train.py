@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from workflow.errors import StrataError
+from workflow.measures import alignment, embedding_std, rankme, uniformity
 from workflow.pretrain import checkpoint
 from workflow.tables import atomic_path, read_metadata
 
@@ -85,13 +86,6 @@ def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def effective_rank(z: np.ndarray, eps: float = 1e-7) -> float:
-    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values."""
-    s = np.linalg.svd(np.asarray(z, dtype=np.float64), compute_uv=False)
-    p = s / max(s.sum(), 1e-12) + eps
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def train_worker(cfg: dict[str, Any]) -> None:
@@ -193,21 +187,19 @@ def train_worker(cfg: dict[str, Any]) -> None:
         epoch += 1
         if epoch % checkpoint_every and step < total:
             continue
-        # Collapse monitors on a fixed batch: std of the L2-normalised embeddings (1/sqrt(d) when healthy,
-        # 0 when collapsed; Chen & He 2021) and RankMe; alignment and uniformity (Wang & Isola 2020,
-        # alpha = 2, t = 2) on two augmentations of the same batch.
+        # Collapse monitors on a fixed batch (workflow/measures.py, the copy evaluation uses): std of the
+        # L2-normalised embeddings (1/sqrt(d) when healthy, 0 when collapsed; Chen & He 2021) and RankMe;
+        # alignment and uniformity (Wang & Isola 2020, alpha = 2, t = 2) on two augmentations of the same batch.
         model.eval()
         with torch.no_grad():
-            emb = method.module.encoder(monitor).float()
-            std = float(torch.nn.functional.normalize(emb, dim=1).std(dim=0).mean())
-            rank_me = effective_rank(emb.cpu().numpy())
-            monitors = {"embedding_std": std, "rankme": rank_me}
+            emb = method.module.encoder(monitor).float().cpu().numpy()
+            monitors = {"embedding_std": embedding_std(emb), "rankme": rankme(emb)}
             if method.uses_augmentation:
                 mon_gen = torch.Generator(device=device).manual_seed(seed)  # same views at every epoch
-                e0 = torch.nn.functional.normalize(method.module.encoder(augment(monitor, mon_gen)).float(), dim=1)
-                e1 = torch.nn.functional.normalize(method.module.encoder(augment(monitor, mon_gen)).float(), dim=1)
-                monitors["alignment"] = float((e0 - e1).norm(dim=1).pow(2).mean())
-                monitors["uniformity"] = float(torch.pdist(e0).pow(2).mul(-2).exp().mean().log())
+                e0 = method.module.encoder(augment(monitor, mon_gen)).float().cpu().numpy()
+                e1 = method.module.encoder(augment(monitor, mon_gen)).float().cpu().numpy()
+                monitors["alignment"] = alignment(e0, e1, alpha=2.0)
+                monitors["uniformity"] = uniformity(e0, t=2.0)
         model.train()
         if history:
             history[-1].update(monitors)
@@ -265,8 +257,8 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     from ray.train.torch import TorchTrainer
 
     from workflow.distributed import job_resources, ray_session, resolve_address
-    from workflow.pretrain.losses import knn_pairs
     from workflow.pretrain.methods import METHODS, resolved
+    from workflow.pretrain.pairs import knn_pairs
     from workflow.pretrain.rows import TrainingRows, read_selection, scan_pool, write_training_rows
 
     if params["method"] not in METHODS:

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from loss_helpers import randn, run_on_ranks
 
-from workflow.pretrain.losses import NTXentLoss
-from workflow.pretrain.train import lr_at
-from workflow.ui import free_port
+from workflow.pretrain.losses import LossTerms, NTXentLoss
 
 
 def reference_ntxent(z0: np.ndarray, z1: np.ndarray, tau: float) -> float:
@@ -55,6 +50,14 @@ def test_hand_sized_case() -> None:
     assert NTXentLoss(tau)(z, z).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_terms_and_loss_terms() -> None:
+    z0, z1 = randn(6, 4, seed=12), randn(6, 4, seed=13)
+    out = NTXentLoss(0.5, gather_distributed=False).terms(z0, z1)
+    assert isinstance(out, LossTerms)
+    assert out.loss.item() == NTXentLoss(0.5, gather_distributed=False)(z0, z1).item()
+    assert out.scalars() == {"loss": out.loss.item(), "nt_xent": out.loss.item()}
+
+
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError):
         NTXentLoss(0.0)
@@ -62,19 +65,9 @@ def test_invalid_arguments() -> None:
         NTXentLoss()(torch.zeros(3, 2), torch.zeros(4, 2))
 
 
-def test_lr_schedule_warmup_then_cosine() -> None:
-    total, peak = 100, 1.0
-    lrs = [lr_at(s, total, peak, 0.1) for s in range(total)]
-    assert lrs[9] == pytest.approx(peak)  # end of the 10-step warm-up
-    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
-    assert lrs[10] == pytest.approx(peak)  # cosine starts at the peak
-    assert lrs[55] == pytest.approx(0.5 * peak, abs=0.02)
-    assert lrs[-1] < 0.01
+def _rank_loss(rank: int, world: int, z0: torch.Tensor, z1: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
+    import torch.distributed as dist
 
-
-def _worker(rank: int, world: int, port: int, z0: torch.Tensor, z1: torch.Tensor, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     n = z0.shape[0] // world
     a = z0[rank * n:(rank + 1) * n].clone().requires_grad_(True)
     b = z1[rank * n:(rank + 1) * n].clone().requires_grad_(True)
@@ -84,8 +77,7 @@ def _worker(rank: int, world: int, port: int, z0: torch.Tensor, z1: torch.Tensor
     ga, gb = a.grad.clone(), b.grad.clone()
     losses = [torch.zeros(()) for _ in range(world)]
     dist.all_gather(losses, loss.detach())
-    out[rank] = (float(torch.stack(losses).mean()), (ga / world).numpy(), (gb / world).numpy())
-    dist.destroy_process_group()
+    return float(torch.stack(losses).mean()), (ga / world).numpy(), (gb / world).numpy()
 
 
 def test_two_workers_match_one_process() -> None:
@@ -95,9 +87,7 @@ def test_two_workers_match_one_process() -> None:
     a, b = z0.clone().requires_grad_(True), z1.clone().requires_grad_(True)
     full = NTXentLoss(0.5, gather_distributed=False)(a, b)
     full.backward()
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(_worker, args=(2, free_port(), z0, z1, out), nprocs=2, join=True)
+    out = run_on_ranks(_rank_loss, 2, z0, z1)
     loss = np.mean([out[r][0] for r in range(2)])
     grad0 = np.concatenate([out[r][1] for r in range(2)])
     grad1 = np.concatenate([out[r][2] for r in range(2)])
