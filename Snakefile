@@ -31,6 +31,7 @@ rule all:
         rules.summarize.output.md,
         rules.summarize.output.csv,
         all_figures(),
+        comparative_figures(),
 
 
 onstart:

@@ -2,7 +2,8 @@
 
 ``make run`` stamps ``results/run.json`` (commit, dirty flag, machine, start and end time) around the Snakemake
 run (``--stamp start|end``). ``make readme-results`` then rewrites the block between ``<!-- results:start -->``
-and ``<!-- results:end -->`` from ``results/verdict.json``, ``summary_stats.csv`` and ``run.json``, and copies
+and ``<!-- results:end -->`` from ``results/verdict.json``, ``summary_stats.csv`` and ``run.json``, the first
+screen's one-line verdict between ``<!-- verdict:start -->`` and ``<!-- verdict:end -->``, and copies
 ``results/forest.png`` to ``docs/images/default_study_forest.png``. With ``--curve DIR`` (the results folder of
 ``make curve``) it also rewrites ``<!-- curve:start -->`` … ``<!-- curve:end -->`` from ``curve.md`` and copies
 ``curve.png`` to ``docs/images/curve.png``. The block names the commit and the machine the numbers came from.
@@ -121,6 +122,16 @@ def results_block(results: Path) -> str:
         "![forest plot of the paired differences](docs/images/default_study_forest.png)"])
 
 
+def verdict_line(results: Path) -> str:
+    """The first screen's one-line answer: each comparison's verdict on the primary metric."""
+    verdict = read_verdict(results / "verdict.json")
+    parts = [f"{c['curation']} vs {c['baseline']} ({c['dataset']} · {c['ssl']}): **{c['verdict']}**, "
+             f"{_f(c['diff_mean'], '+.3f')} [{_f(c['ci_low'], '+.3f')}, {_f(c['ci_high'], '+.3f')}]"
+             for c in verdict["comparisons"]]
+    return (f"Current verdict of the default study on `{verdict['primary']}` over {verdict['n_seeds']} seeds: "
+            + "; ".join(parts) + " ([results](#results-of-the-default-study)).")
+
+
 def curve_block(results: Path) -> str:
     """The Markdown of the size sweep's block (without the markers)."""
     md = (results / "curve.md").read_text().splitlines()
@@ -157,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         readme = Path(args.readme)
         text = replace_block(readme.read_text(), "results", results_block(results))
+        text = replace_block(text, "verdict", verdict_line(results))
         images = Path(args.images)
         images.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results / "forest.png", images / "default_study_forest.png")

@@ -28,7 +28,7 @@ def main() -> int:
         return 2
     import pandas as pd
 
-    names = [f"{r.curation} · {r.ssl} · {r.dataset} · seed {r.seed}"
+    names = [f"{r.curation}/{r.ssl}/s{r.seed} · {r.dataset}"  # the variant runs' names (rules/common.smk)
              for r in pd.read_csv(results / "summary.csv").itertuples()]
     port = free_port()
     proc = start_ui(uri, port=port)

@@ -12,7 +12,10 @@ from snakemake.settings.types import DeploymentMethod  # noqa: E402
 from snakemake.utils import update_config  # noqa: E402
 
 from workflow.config import check_study, config_hash, relevant, ssl_for_dataset, typed_overrides  # noqa: E402
+from workflow.config import validate  # noqa: E402
 from workflow.errors import StrataError  # noqa: E402
+from workflow.feature_spaces import check_features  # noqa: E402
+from workflow.feature_spaces import curation_space as feature_space_of  # noqa: E402
 from workflow.tracking import resolve_tracking_uri  # noqa: E402
 
 # `--config key=value` overrides, typed as in a config file (Snakemake leaves nested values strings).
@@ -47,6 +50,7 @@ wildcard_constraints:
     dataset=NAME,
     curation=NAME,
     ssl=NAME,
+    space=NAME,
     seed=r"\d+",
     split="probe_train|probe_test",
 
@@ -99,12 +103,57 @@ def all_figures():
     return for_variants(rules.plot_training.output.png) + for_variants(rules.plot_embeddings.output.png)
 
 
+# The backbone feature spaces of the study by slug (workflow/feature_spaces.py): one embed_backbone job each.
+BACKBONES = check_features(config, CONFIG_SOURCE)
+
+
+def curation_space(curation):
+    """A curation's feature space (raw, an ssl entry, a precomputed table or a pretrained backbone): its `label`
+    names it in stats.json, MLflow params and titles."""
+    return feature_space_of(curation_config(curation))
+
+
 def curation_features(wildcards):
-    """The feature table a curation runs on: the raw pool or pool embeddings of an encoder trained on it."""
-    features = curation_config(wildcards.curation).get("features", "raw")
-    if curation_config(wildcards.curation)["method"] == "none" or features == "raw":
+    """The feature table a curation runs on: the raw pool; pool embeddings of an encoder trained on the whole
+    pool with the variant's seed (or with `features_seed`, one encoder for every seed); a precomputed table; or
+    the pool embedded by a pretrained backbone (embed_backbone)."""
+    cfg = curation_config(wildcards.curation)
+    space = feature_space_of(cfg)
+    if space.kind == "raw":
         return expand(rules.data.output.pool, dataset=wildcards.dataset)
-    return expand(rules.embed_pool.output.pool, dataset=wildcards.dataset, ssl=features, seed=wildcards.seed)
+    if space.kind == "table":
+        return [space.path]
+    if space.kind == "backbone":
+        return expand(rules.embed_backbone.output.pool, dataset=wildcards.dataset, space=space.slug)
+    seed = wildcards.seed if cfg.get("features_seed") is None else cfg["features_seed"]
+    return expand(rules.embed_pool.output.pool, dataset=wildcards.dataset, ssl=space.ssl, seed=seed)
+
+
+def curation_probes(wildcards):
+    """The leakage check's inputs (leakage_check): the raw probe tables, and the probes in the curation's feature
+    space where it has them (`probe_train_features`, `probe_test_features`); none when the check is off."""
+    cfg = validate(dict(curation_config(wildcards.curation)), "curation")  # schema defaults for the implicit none
+    if not cfg["leakage_check"]:
+        return {}
+    w = {"dataset": wildcards.dataset}
+    files = {split: expand(getattr(rules.data.output, split), **w)[0] for split in ("probe_train", "probe_test")}
+    space = feature_space_of(cfg)
+    for split in ("probe_train", "probe_test"):
+        if space.kind == "ssl":
+            seed = wildcards.seed if cfg.get("features_seed") is None else cfg["features_seed"]
+            out = getattr(rules.embed_pool.output, split)  # embedded with the pool: no extra job
+            files[f"{split}_features"] = expand(out, ssl=space.ssl, seed=seed, **w)[0]
+        elif space.kind == "backbone":
+            files[f"{split}_features"] = expand(getattr(rules.embed_backbone.output, split), space=space.slug, **w)[0]
+        elif space.kind == "table" and space.has_probe_features:
+            files[f"{split}_features"] = getattr(space, split)
+    return files
+
+
+def probe_args(wildcards, input):
+    """`--probe-train T --probe-test T [--probe-train-features F ...]` for the inputs curation_probes gave."""
+    keys = ("probe_train", "probe_test", "probe_train_features", "probe_test_features")
+    return one_per_line(f"--{k.replace('_', '-')} {input[k]}" for k in keys if k in input.keys())
 
 
 def one_per_line(args):
@@ -131,7 +180,7 @@ def variant_parent(dataset, curation, ssl, seed):
         "seed": int(seed),
     }
     key = f"variant:{dataset}/{curation}/{ssl}/seed{seed}:{config_hash(params)}"
-    name = f"{curation} · {ssl} · {dataset} · seed {seed}"
+    name = f"{curation}/{ssl}/s{seed} · {dataset}"  # short: the MLflow runs table shows the seed
     return {"parent_kind": "variant", "parent_key": key, "parent_name": name, "parent_params": params}
 
 
@@ -141,10 +190,11 @@ VARIANT = "{dataset}/{curation}/{ssl}/seed{seed}"
 # nest under (None: no stage run).
 JOBS = {
     "data": ("data/{dataset}", "dataset"),
-    "curate": ("curate/{dataset}/{curation}/seed{seed}", "dataset"),
+    "curate": ("curate/{dataset}/{curation}/seed{seed}", "variant"),  # under its first ssl's variant, linked
     "pretrain": (f"pretrain/{VARIANT}", "variant"),
     "embed_pool": ("embed_pool/{dataset}/{ssl}/seed{seed}", "variant"),
     "embed_probes": (f"embed/{VARIANT}", "variant"),
+    "embed_backbone": ("embed_backbone/{dataset}/{space}", "dataset"),
     "evaluate": (f"evaluate/{VARIANT}", "variant"),
     "plot_training": (f"plot_training/{VARIANT}", "variant"),
     "plot_embeddings": (f"plot_embeddings/{VARIANT}", "variant"),
@@ -168,11 +218,15 @@ def tracking_spec(rule_name, wildcards):
     """The MLflow spec of a job (workflow.tracking.TrackingSpec): its stage run, and the run that holds it."""
     w = dict(wildcards)
     job, parent = JOBS[rule_name]
+    links = []
     if parent == "dataset":
         p = dataset_parent(w["dataset"])
+    elif "ssl" not in w:  # a curation: every ssl method's variant uses it; it nests under the first
+        p, *links = (variant_parent(w["dataset"], w["curation"], s, w["seed"]) for s in config["ssl"])
     else:
         p = variant_parent(w["dataset"], w.get("curation", "none"), w["ssl"], w["seed"])
     return {
+        "links": links,
         "uri": TRACKING_URI,
         "experiment": config["study"],
         "job": job.format(**w),

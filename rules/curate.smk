@@ -1,6 +1,16 @@
+from workflow.report_layout import CATEGORY, diagnostics_labels  # noqa: E402
+
+
+def diagnostics_item(w):
+    """Report labels of one diagnostics picture (`w.name`) of a curate job."""
+    return diagnostics_labels(w.name, w.curation, w.seed)
+
+
 rule curate:
-    """Select a subset of the pool: none, random, kmeans, hkmeans (Vo et al. 2024) or semdedup."""
+    """Select a subset of the pool: none, random, kmeans, hkmeans (Vo et al. 2024) or semdedup, in the curation's
+    feature space, after the leakage check against the probes (decontaminate: flagged items removed first)."""
     input:
+        unpack(curation_probes),  # the leakage check's probe tables (none with leakage_check: false)
         pool=rules.data.output.pool,
         features=curation_features,
     output:
@@ -10,13 +20,15 @@ rule curate:
             directory(f"{RESULTS}/{{dataset}}/curate/{{curation}}/seed{{seed}}/diagnostics"),
             patterns=["{name}.png"],
             caption="../report/curation.rst",
-            category="Curation",
-            subcategory="{curation} seed {seed}",
+            category=CATEGORY["curation"],
+            subcategory="{dataset}",
+            labels=diagnostics_item,
         ),
     params:
         cfg=lambda w: as_json(curation_config(w.curation)),
         cfg_file=job_file("curate", "params"),
         tracking=job_file("curate", "tracking"),
+        probes=probe_args,
     log:
         job_file("curate", "log"),
     benchmark:
@@ -33,6 +45,7 @@ rule curate:
         """
         {STRATA} curate --params-file {params.cfg_file} --tracking {params.tracking} --seed {wildcards.seed} \\
             --pool {input.pool} --features {input.features} \\
+            {params.probes} \\
             --selection {output.selection} --stats {output.stats} --diagnostics {output.diagnostics} \\
             --cache-dir {RESULTS}/.work/curate-cache --threads {threads} > {log} 2>&1
         """

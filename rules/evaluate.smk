@@ -1,3 +1,6 @@
+from workflow.report_layout import CATEGORY, study_labels  # noqa: E402
+
+
 rule evaluate:
     """Clustering (ACC/NMI/ARI), retrieval (Recall@K, mAP@R) and kNN / linear-probe accuracy of a variant."""
     input:
@@ -35,34 +38,68 @@ rule evaluate:
 
 
 def summary_curve_outputs():
-    """The size sweep's table and figure (report category "By how much"), only when summary.curve is set."""
+    """The size sweep's table and figure (report category 1 · Verdict), only when summary.curve is set."""
     if not config["summary"]["curve"]:
         return {}
     return {
         "curve_md": f"{RESULTS}/curve.md",
-        "curve_png": report(f"{RESULTS}/curve.png", caption="../report/curve.rst", category="By how much"),
+        "curve_png": report(
+            f"{RESULTS}/curve.png",
+            caption="../report/curve.rst",
+            category=CATEGORY["verdict"],
+            labels=study_labels("curve.png"),
+        ),
     }
 
 
 rule summarize:
-    """The study's answer: the pre-registered verdict, the paired differences, every variant (report: Answer)."""
+    """The study's answer: the pre-registered verdict, the paired differences, every variant (report: 1 · Verdict
+    and 5 · Evaluation)."""
     input:
         for_variants(rules.evaluate.output.metrics),
     output:
         csv=f"{RESULTS}/summary.csv",
         md=f"{RESULTS}/summary.md",
-        # Report category "Answer" sorts first; within it files sort by name: forest.png is the first figure.
-        forest=report(f"{RESULTS}/forest.png", caption="../report/forest.rst", category="Answer"),
-        png=report(f"{RESULTS}/summary.png", caption="../report/summary_png.rst", category="Answer"),
-        stats=report(f"{RESULTS}/summary_stats.csv", caption="../report/summary_csv.rst", category="Answer"),
-        verdict=report(f"{RESULTS}/verdict.json", caption="../report/verdict.rst", category="Answer"),
+        # Report category 1 · Verdict sorts first; its items sort by their first label: the forest plot is first.
+        forest=report(
+            f"{RESULTS}/forest.png",
+            caption="../report/forest.rst",
+            category=CATEGORY["verdict"],
+            labels=study_labels("forest.png"),
+        ),
+        png=report(
+            f"{RESULTS}/summary.png",
+            caption="../report/summary_png.rst",
+            category=CATEGORY["evaluation"],
+            labels=study_labels("summary.png"),
+        ),
+        stats=report(
+            f"{RESULTS}/summary_stats.csv",
+            caption="../report/summary_csv.rst",
+            category=CATEGORY["evaluation"],
+            labels=study_labels("summary_stats.csv"),
+        ),
+        verdict=report(
+            f"{RESULTS}/verdict.json",
+            caption="../report/verdict.rst",
+            category=CATEGORY["verdict"],
+            labels=study_labels("verdict.json"),
+        ),
         **summary_curve_outputs(),
     params:
         metrics=lambda w, input: one_per_line(input),
-        summary=as_json(config["summary"]),
-        curations=as_json(
-            {n: {k: c[k] for k in ("method", "target_size") if k in c} for n, c in config["curations"].items()}
+        # The summary section, and what summary.curve pairs by (method, target_size) and what the figures'
+        # titles name (the feature space) of each curation: a file written by `onstart`, as for other jobs.
+        cfg=as_json(
+            {
+                "summary": config["summary"],
+                "curations": {
+                    n: {k: c[k] for k in ("method", "target_size", "features", "features_seed") if c.get(k) is not None}
+                    for n, c in ((n, curation_config(n)) for n in config["curations"])
+                },
+            }
         ),
+        cfg_file=job_file("summarize", "params"),
         curve=lambda w, output: (
             f"--curve-md {output.curve_md} --curve-png {output.curve_png}" if config["summary"]["curve"] else ""
         ),
@@ -84,8 +121,7 @@ rule summarize:
         """
         {STRATA} summarize --csv {output.csv} --md {output.md} --stats {output.stats} \\
             --png {output.png} --forest {output.forest} --verdict {output.verdict} {params.curve} \\
-            --summary {params.summary:q} \\
-            --curations {params.curations:q} \\
+            --study-file {params.cfg_file} \\
             --tracking-uri {params.tracking_uri:q} --experiment {params.experiment:q} \\
             --metrics {params.metrics} > {log} 2>&1
         """

@@ -19,7 +19,7 @@ rule pretrain:
         "../envs/strata.yaml"
     message:
         "pretrain: {wildcards.ssl} on the {wildcards.curation} subset of {wildcards.dataset}, seed {wildcards.seed} (log: {log})"
-    threads: 2
+    threads: 1  # one thread per job: a study runs several side by side, and small convolutions scale poorly
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,  # memory-bound: more on each retry
         runtime=120,

@@ -1,4 +1,5 @@
-"""Drive Debian's Chromium (no browser download) through Playwright: the MLflow compare view and the report.
+"""Drive Debian's Chromium (no browser download) through Playwright: the MLflow compare, run, dataset, model
+and metric views, and the report.
 
 Used by tests/test_ui.py and by docs/screenshots.py (the README's pictures).
 """
@@ -122,20 +123,90 @@ _SCROLL_GRIDS = """() => {
 }"""
 
 
-def compare_view_metrics(page: Any) -> set[str]:
+def compare_view_metrics(page: Any, texts: list[str] | None = None) -> set[str]:
     """The metric names of the compare view's metrics table.
 
     The table is a virtualised grid (react-virtualized) that renders only the rows in view, so it is scrolled
-    to its end while the names (its "Plot chart" links) are collected.
+    to its end while the names (its "Plot chart" links) are collected; ``texts``, when given, receives the
+    page's text at each step (the values of every row).
     """
     names: set[str] = set()
     for _ in range(200):
         names |= set(page.eval_on_selector_all('a[title="Plot chart"]', "els => els.map(e => e.textContent.trim())"))
+        if texts is not None:
+            texts.append(page.inner_text("body"))
         if page.evaluate(_SCROLL_GRIDS):
             break
         page.wait_for_timeout(100)
     names |= set(page.eval_on_selector_all('a[title="Plot chart"]', "els => els.map(e => e.textContent.trim())"))
+    if texts is not None:
+        texts.append(page.inner_text("body"))
     return names
+
+
+def open_run(page: Any, base_url: str, experiment_id: str, run_id: str, run_name: str) -> str:
+    """Open a run's page (its Overview) and return its text once the run's name shows."""
+    page.goto(f"{base_url}/#/experiments/{experiment_id}/runs/{run_id}")
+    page.get_by_text(run_name, exact=True).first.wait_for()
+    overview = page.get_by_role("tab", name="Overview")
+    if overview.count():  # the page keeps the tab last shown
+        overview.first.click()
+    page.get_by_text("About this run").first.wait_for()
+    return page.inner_text("body")
+
+
+def open_run_datasets(page: Any, name_pattern: str) -> str:
+    """On a run's page, open the datasets drawer from the first dataset tag whose text matches ``name_pattern``
+    (a regular expression, e.g. the data set's name); returns the drawer's text (schema, digest, source)."""
+    page.get_by_text(re.compile(name_pattern)).first.click()
+    page.get_by_text(re.compile(r"\d+ datasets? used")).first.wait_for()
+    page.get_by_text("Digest:").first.wait_for()
+    text = page.inner_text("body")
+    page.keyboard.press("Escape")
+    return text
+
+
+def open_logged_model(page: Any, name: str) -> str:
+    """From a run's page, follow the link of its logged model ``name``; returns the model page's text.
+
+    The link's address is followed rather than clicked: the table of logged models re-renders while the page
+    settles, and a click on it then can be lost.
+    """
+    link = page.get_by_role("link", name=name, exact=True).first
+    href = link.get_attribute("href")
+    page.goto(page.url.split("#")[0] + href if href and href.startswith("#") else href)
+    page.get_by_text("About this logged model").first.wait_for()
+    page.get_by_text("Source run", exact=True).first.wait_for()
+    return page.inner_text("body")
+
+
+def open_model_metrics(page: Any, metric: str) -> str:
+    """On a run's page, open the *Model metrics* tab and wait for the chart of ``metric``; returns its text."""
+    page.get_by_role("tab", name="Model metrics").first.click()
+    page.get_by_text(metric, exact=True).first.wait_for()
+    page.get_by_text("Step", exact=True).first.wait_for()  # a step axis: a history, not one value
+    page.wait_for_timeout(1000)  # let the charts draw
+    return page.inner_text("body")
+
+
+def open_chart_view(page: Any, experiment_url: str) -> None:
+    """Open an experiment's runs page in its chart view: one chart per metric (every listed run overlaid) and
+    one per logged image key (every listed run's picture side by side)."""
+    page.goto(experiment_url)
+    page.get_by_text(re.compile(r"^\d+ matching runs$")).wait_for()
+    page.locator("label", has=page.locator('input[name="runs-view-mode"][value="CHART"]')).click()
+    page.get_by_placeholder("Search metric charts").wait_for()
+
+
+def find_chart(page: Any, key: str, axis: str | None = None) -> str:
+    """In the chart view, search the charts for ``key`` and wait for its chart (and the ``axis`` label, e.g.
+    ``Step`` for a history); returns the page's text."""
+    page.get_by_placeholder("Search metric charts").fill(key)
+    page.get_by_text(key, exact=True).first.wait_for()
+    if axis:
+        page.get_by_text(axis, exact=True).first.wait_for()
+    page.wait_for_timeout(1500)  # let the charts draw
+    return page.inner_text("body")
 
 
 def _wait_until(condition: Any, timeout_s: float = 60.0) -> None:
@@ -146,6 +217,22 @@ def _wait_until(condition: Any, timeout_s: float = 60.0) -> None:
         time.sleep(0.25)
 
 
+def report_categories(page: Any) -> list[str]:
+    """The result categories of the open Snakemake report's menu, in menu order."""
+    page.get_by_text("Results", exact=True).first.wait_for()
+    names = [t.strip() for t in page.get_by_role("link").all_inner_texts()]
+    return [n for n in names if re.fullmatch(r"\d+ · .+", n)]
+
+
+def report_category(page: Any, name: str) -> str:
+    """A category's menu name: ``name`` itself, or the numbered one whose stage it names (``Curation`` ->
+    ``2 · Curation``; the report numbers its categories in stage order)."""
+    for full in report_categories(page):
+        if full == name or full.split(" · ", 1)[1] == name:
+            return full
+    return name
+
+
 def open_report_figure(page: Any, report: Path, category: str, subcategory: str | None = None) -> str:
     """Open a Snakemake report, go to a result category (and subcategory) and show its first figure.
 
@@ -153,7 +240,7 @@ def open_report_figure(page: Any, report: Path, category: str, subcategory: str 
     Returns the page text.
     """
     page.goto(report.resolve().as_uri())
-    page.get_by_role("link", name=category, exact=True).click()
+    page.get_by_role("link", name=report_category(page, category), exact=True).click()
     figures = page.locator("table a")
     _wait_until(lambda: figures.count() > 0 or page.get_by_role("link").count() > 5, timeout_s=30)
     if figures.count() == 0:  # a list of subcategories: the links after the breadcrumb

@@ -188,7 +188,7 @@ def test_memmap_features_equal_in_memory(tmp_path: Path) -> None:
     np.testing.assert_array_equal(r1, r2)
     np.testing.assert_array_equal(ids1, ids2)
     assert s1 == s2
-    with pytest.raises(StrataError, match="differ"):
+    with pytest.raises(StrataError, match="ids are not in the pool"):
         curate(table(x[:-1]), str(path), curation(params), seed=1, progress=lambda m: None, cache_dir=str(cache))
 
 

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, snakemake
 
+from workflow.report_layout import CATEGORY
+
 pytestmark = pytest.mark.e2e
 
 
@@ -60,7 +62,12 @@ def test_report_opens_with_the_verdict(study: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     html = report.read_text()
     assert "Verdict on knn_accuracy" in html and "hkmeans vs random" in html
-    assert '"Answer"' in html and "forest.png" in html
+    assert json.dumps(CATEGORY["verdict"]) in html and "forest.png" in html  # the first category
+    # The comparative figures: every curation of a seed side by side, loss overlays, kept per class.
+    compare = study / "results" / "tiny" / "compare"
+    for path in ("simclr/seed0/embeddings.png", "simclr/losses/hkmeans.png", "simclr/losses/none.png",
+                 "kept_per_class/seed1.png"):
+        assert (compare / path).read_bytes()[:4] == b"\x89PNG", path
 
 
 def test_curated_subsets(study: Path) -> None:

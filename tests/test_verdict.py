@@ -275,7 +275,8 @@ def test_readme_results_regenerates_the_block(tmp_path):
               summary={"baseline": "random", "primary": "knn_accuracy", "rope": 0.01},
               verdict_path=str(results / "verdict.json"), forest_path=str(results / "forest.png"))
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results:start -->\nstale numbers\n<!-- results:end -->\nafter\n")
+    readme.write_text("intro\n<!-- verdict:start -->\nold verdict\n<!-- verdict:end -->\n"
+                      "<!-- results:start -->\nstale numbers\n<!-- results:end -->\nafter\n")
     script = [sys.executable, str(REPO / "docs" / "readme_results.py"), "--results", str(results)]
     missing = subprocess.run([*script, "--readme", str(readme)], capture_output=True, text=True)
     assert missing.returncode == 2 and "run.json" in missing.stderr  # results not made by `make run`
@@ -288,3 +289,4 @@ def test_readme_results_regenerates_the_block(tmp_path):
     assert f"`{commit[:12]}" in text and "logical cores" in text and "wall" in text
     assert "| hkmeans − random | d · s |" in text and "**better**" in text and "| d · s | none | 4 |" in text
     assert (tmp_path / "img" / "default_study_forest.png").is_file()
+    assert "old verdict" not in text and "hkmeans vs random (d · s): **better**" in text  # the first screen's line

@@ -12,7 +12,6 @@ with status 2; outputs of a failed command are removed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -21,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from workflow import timing
+from workflow import joblog, timing
 from workflow.errors import StrataError
+from workflow.outputs import JobOutputs
 
 EXIT_USER_ERROR = 2
 
@@ -61,7 +61,7 @@ def _record(stage: str, params: dict[str, Any], inputs: list[str], outputs: list
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from workflow.config import code_version, config_hash, parse_params
+    from workflow.config import code_version, config_hash, parse_params, relevant
     from workflow.curate.stage import label_stats
     from workflow.data import write_dataset
     from workflow.tables import write_json
@@ -76,7 +76,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     info = {**written.meta, **written.info, "params": params, "code_version": code_version(),
             "sizes": written.sizes, "pool_labels": label_stats(written.pool_labels)}
     write_json(info, args.info)
-    record = _record("data", params, [], [args.pool, args.probe_train, args.probe_test, args.info])
+    record = _record("data", relevant("dataset", params), [], [*outputs.values(), args.info])
+    record.add_datasets([(args.pool, "pool"), (args.probe_train, "probe_train"), (args.probe_test, "probe_test")])
     record.metrics = {"pool_size": written.sizes["pool"], "probe_train_size": written.sizes["probe_train"],
                       "probe_test_size": written.sizes["probe_test"], "seconds": time.perf_counter() - start}
     if "n_skipped" in written.info:
@@ -85,7 +86,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_curate(args: argparse.Namespace) -> None:
-    from workflow.config import parse_params
+    from workflow.config import parse_params, relevant
     from workflow.curate.stage import Curation, curate, write_selection
     from workflow.tables import read_table, write_json
     from workflow.tracking import log_stage
@@ -95,19 +96,27 @@ def cmd_curate(args: argparse.Namespace) -> None:
     pool = read_table(args.pool)
     # An embedding table is read through a float32 memmap (converted once into the cache folder).
     features = pool if args.features in (None, args.pool) else args.features
+    from workflow.curate.leakage import leakage_metrics, read_probes
+    from workflow.feature_spaces import curation_space
+
+    space = curation_space(params, "curation.features")  # its label: stats.json, params; a table's layout
+    probes = read_probes({k: v for k, v in (("probe_train", args.probe_train), ("probe_test", args.probe_test)) if v},
+                         {"probe_train": args.probe_train_features, "probe_test": args.probe_test_features}, space,
+                         args.cache_dir)
     if args.diagnostics:
         Path(args.diagnostics).mkdir(parents=True, exist_ok=True)
     rows, levels_ids, stats = curate(pool, features, Curation.from_config(params), args.seed,
                                      progress=lambda msg: print(f"curate: {msg}", flush=True),
                                      workers=args.threads, ray_address=args.ray_address,
                                      diagnostics_dir=args.diagnostics, cache_dir=args.cache_dir,
-                                     threads=args.threads)
+                                     threads=args.threads, probes=probes, space=space)
     stats["seconds"] = timing.add_compute(time.perf_counter() - start)
     write_selection(pool, rows, levels_ids, args.selection)
     write_json(stats, args.stats)
     print(f"curate: {params['method']} kept {len(rows)} of {len(pool)} items -> {args.selection}", flush=True)
-    record = _record("curate", {**params, "seed": args.seed}, [args.pool, args.features or args.pool],
-                     [args.selection, args.stats])
+    record = _record("curate", {**relevant("curation", params), "seed": args.seed, "feature_space": space.label},
+                     [args.pool, args.features or args.pool], [args.selection, args.stats])
+    record.add_datasets([(args.pool, "pool"), (args.selection, "selection")])
     record.metrics = {"selected_size": len(rows), "pool_size": len(pool), "seconds": stats["seconds"]}
     for when in ("before", "after"):
         if f"labels_{when}" in stats:
@@ -119,22 +128,29 @@ def cmd_curate(args: argparse.Namespace) -> None:
     for which in ("selected", "pool"):
         if stats.get("vendi", {}).get(which) is not None:
             record.metrics[f"vendi_{which}"] = stats["vendi"][which]
+    record.metrics.update(leakage_metrics(stats))  # exact / near copies of probe items, per class
     if args.diagnostics:
         record.artifacts += [str(p) for p in sorted(Path(args.diagnostics).glob("*.png"))]
     log_stage(_tracking(args), record)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from workflow.config import parse_params
+    from workflow.config import parse_params, ssl_for_dataset
     from workflow.pretrain.train import run_pretrain
+    from workflow.tables import read_metadata
     from workflow.tracking import log_stage
 
     params = parse_params(args.params, args.params_file, "ssl", "ssl")
     start = time.perf_counter()
     history = run_pretrain(args.pool, args.selection, args.encoder, args.history, params, args.seed, args.threads,
                            args.gpus, args.ray_address, args.work_root)
-    record = _record("pretrain", {**params, "seed": args.seed, "threads": args.threads, "gpus": args.gpus},
+    applicable = ssl_for_dataset(params, {"input_kind": read_metadata(args.pool).get("input_kind")})
+    record = _record("pretrain", {**applicable, "seed": args.seed, "threads": args.threads, "gpus": args.gpus},
                      [args.pool, args.selection], [args.encoder, args.history])
+    record.add_datasets([(args.selection, "training")])
+    record.add_datasets([(args.pool, "pool")], to_parent=False)
+    record.models = [{"path": args.encoder, "name": "encoder"}]  # an MLflow model of the stage and its variant
+    record.share_series = True  # the loss history, on the variant run too
     # Every loss term, the learning rate, throughput and the collapse monitors, per logged step.
     record.series = [(k, v, int(row["step"])) for row in history for k, v in row.items()
                      if k not in ("step", "epoch") and v == v]
@@ -151,8 +167,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
         raise StrataError(f"{len(args.input)} --input but {len(args.output)} --output", where="strata embed",
                           fix="give one --output per --input, in the same order.")
     stats = run_embed(args.encoder, list(zip(args.input, args.output, strict=True)), args.threads, args.gpus,
-                      args.batch_size, args.ray_address)
-    record = _record("embed", {"batch_size": args.batch_size, "threads": args.threads, "gpus": args.gpus},
+                      args.batch_size, args.ray_address, pooling=args.pooling)
+    record = _record("embed", {"batch_size": args.batch_size, "threads": args.threads, "gpus": args.gpus,
+                               "encoder": args.encoder, "pooling": args.pooling},
                      [args.encoder, *args.input], args.output)
     record.metrics = {f"{Path(k).stem}_rows_per_s": v["rows_per_s"] for k, v in stats.items()}
     record.metrics["compute_s"] = timing.add_compute(sum(v["seconds"] for v in stats.values()))
@@ -180,7 +197,7 @@ def _json_file(path: str, fix: str) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from workflow.config import parse_params
+    from workflow.config import parse_params, relevant
     from workflow.evaluate.stage import evaluate
     from workflow.tables import write_json
     from workflow.tracking import log_stage
@@ -200,7 +217,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_json({"variant": variant, "metrics": metrics, **extra}, args.output)
     for k, v in metrics.items():
         print(f"evaluate: {k} = {v:.4f}", flush=True)
-    record = _record("evaluate", {**params, "seed": args.seed}, [args.probe_train, args.probe_test], [args.output])
+    record = _record("evaluate", {**relevant("evaluation", params), "seed": args.seed},
+                     [args.probe_train, args.probe_test], [args.output])
+    record.add_datasets([(args.probe_train, "probe_train"), (args.probe_test, "probe_test")])
     record.metrics = metrics
     log_stage(_tracking(args), record, parent_metrics=parent_metrics)
 
@@ -214,10 +233,13 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     def as_json(text: str | None, flag: str) -> dict[str, Any] | None:
         return _json_object(text, flag, f"pass {flag} as a JSON object.") if text else None
 
-    summary = as_json(args.summary, "--summary") or {"baseline": args.baseline}
+    study = _json_file(args.study_file, "pass the study's summary and curations as a JSON object.") \
+        if args.study_file else {}
+    summary = study.get("summary") or as_json(args.summary, "--summary") or {"baseline": args.baseline}
+    curations = study.get("curations") or as_json(args.curations, "--curations")
     with timing.compute():
         df = summarize(args.metrics, args.csv, args.md, summary.get("baseline", args.baseline), png_path=args.png,
-                       stats_path=args.stats, summary=summary, curations=as_json(args.curations, "--curations"),
+                       stats_path=args.stats, summary=summary, curations=curations,
                        verdict_path=args.verdict, forest_path=args.forest, curve_md=args.curve_md,
                        curve_png=args.curve_png)
     print(f"summarize: {len(df)} variants -> {args.csv}, {args.md}", flush=True)
@@ -241,7 +263,9 @@ def cmd_plot_training(args: argparse.Namespace) -> None:
     with timing.compute():
         series = plot_training(args.history, args.output, args.title)
     print(f"plot-training: {len(series)} series ({', '.join(series)}) -> {args.output}", flush=True)
-    log_stage(_tracking(args), _record("plot_training", {"title": args.title}, [args.history], [args.output]))
+    record = _record("plot_training", {"title": args.title}, [args.history], [args.output])
+    record.parent_artifacts = [args.output]  # the variant's figures
+    log_stage(_tracking(args), record)
 
 
 def cmd_plot_embeddings(args: argparse.Namespace) -> None:
@@ -256,6 +280,7 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> None:
     record = _record("plot_embeddings", {"title": args.title, "seed": args.seed, "max_points": args.max_points},
                      [args.embeddings], [args.output])
     record.metrics["map_trustworthiness"] = info["trustworthiness"]
+    record.parent_artifacts = [args.output]  # the variant's figures
     log_stage(_tracking(args), record)
 
 
@@ -328,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diagnostics", help="output folder for the diagnostic pictures (PNG)")
     p.add_argument("--cache-dir", default="results/.work/curate-cache",
                    help="scratch folder for the features' float32 memmap")
+    for split in ("probe-train", "probe-test"):  # the leakage check (leakage_check, decontaminate)
+        p.add_argument(f"--{split}", help=f"{split} table (Parquet) of the data set, for the leakage check")
+        p.add_argument(f"--{split}-features", help=f"{split} in the curation's feature space (default: raw "
+                       "vectors when the space is raw, else near copies are looked for in the raw space)")
     compute(p)
 
     p = stage("pretrain", cmd_pretrain, "Pretrain an encoder with self-supervised learning on Ray Train.",
@@ -342,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("embed", cmd_embed, "Embed tables with a trained encoder through a Ray actor pool.", ["output"],
               params=False)
-    p.add_argument("--encoder", required=True)
+    p.add_argument("--encoder", required=True, help="a Strata encoder (.safetensors), or a pretrained backbone: a "
+                   "transformers model folder or a TorchScript file (local files only)")
+    p.add_argument("--pooling", choices=("auto", "pooler", "cls", "mean"), default="auto",
+                   help="a transformers backbone's vector: pooled output, CLS token, mean of the other tokens")
     p.add_argument("--input", action="append", required=True, help="input table (repeatable)")
     p.add_argument("--output", action="append", required=True, help="output table (repeatable, same order)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=1024)
@@ -366,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="random", help="baseline curation when --summary does not name one")
     p.add_argument("--summary", help="the config's summary section as JSON (baseline, primary, rope, curve, ...)")
     p.add_argument("--curations", help="the config's curations as JSON (method, target_size: for summary.curve)")
+    p.add_argument("--study-file", help="...or both as one JSON file: {\"summary\": ..., \"curations\": ...}")
     p.add_argument("--verdict", help="output: the pre-registered verdict (JSON)")
     p.add_argument("--forest", help="output: forest plot of the paired differences (PNG)")
     p.add_argument("--curve-md", help="output: size-sweep table (Markdown; needs summary.curve)")
@@ -388,85 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-points", type=_int_at_least(4), default=5000,
                    help="seeded sample size above which points are drawn")
 
+    from workflow.compare_figures import add_commands
+
+    add_commands(stage)  # compare-embeddings, compare-losses, kept-per-class: the report's comparative figures
+
     p = sub.add_parser("attach-files", help="Attach Snakemake logs/benchmarks to MLflow stage runs.")
     p.set_defaults(func=cmd_attach, outputs=[])
     p.add_argument("--tracking-uri", required=True)
     p.add_argument("--experiment", required=True)
     return parser
-
-
-def _output_files(args: argparse.Namespace) -> list[Path]:
-    files = []
-    for name in args.outputs:
-        values = getattr(args, name, None)
-        files += [Path(v) for v in (values if isinstance(values, list) else [values]) if v]
-    return files
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """A file's identity and version (inode, mtime); None when absent. Atomic writes change the inode."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns)
-
-
-class _Outputs:
-    """A command's outputs: their folders made before any work, and everything it made removed on failure.
-
-    Folders that did not exist are created (an impossible one is a :class:`StrataError` naming the path) and
-    removed again on failure when empty. A failed command removes its output files, those of an earlier run
-    included (no stale results); an output folder (``curate --diagnostics``) loses the files the command
-    wrote into it, and the folder itself when the command created it.
-    """
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.files = _output_files(args)
-        self.folder = Path(args.diagnostics) if getattr(args, "diagnostics", None) else None
-        self.created: list[Path] = []  # folders this command created, parents first
-        self.before: dict[str, tuple[int, int] | None] = {}  # the output folder's files before the command
-        if self.folder is not None and self.folder.is_dir():
-            self.before = {f.name: _stamp(f) for f in self.folder.iterdir() if f.is_file()}
-
-    def prepare(self) -> None:
-        from workflow.tables import output_dir
-
-        for path in self.files:
-            if path.is_dir():
-                raise StrataError("the output path is a folder", where=str(path), fix="name a file to write.")
-            self._make(path.parent, path, output_dir)
-        if self.folder is not None:
-            if self.folder.exists() and not self.folder.is_dir():
-                raise StrataError("the output folder is a file", where=str(self.folder),
-                                  fix="name a folder (or a path that does not exist yet).")
-            self._make(self.folder, self.folder / "x", output_dir)
-        for folder in {path.parent for path in self.files} | ({self.folder} if self.folder else set()):
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise StrataError(f"the output folder {str(folder)!r} is not writable", where=str(folder),
-                                  fix="choose an output path in a folder you can write to.")
-
-    def _make(self, folder: Path, probe: Path, make: Callable[[Path], Path]) -> None:
-        missing = []
-        while not folder.exists() and folder.parent != folder:
-            missing.append(folder)
-            folder = folder.parent
-        make(probe)
-        self.created += [f for f in reversed(missing) if f not in self.created]
-
-    def remove(self) -> None:
-        for path in self.files:
-            with contextlib.suppress(OSError):
-                if path.is_file() or path.is_symlink():
-                    path.unlink()
-        if self.folder is not None and self.folder.is_dir():
-            for f in self.folder.iterdir():
-                with contextlib.suppress(OSError):
-                    if f.is_file() and self.before.get(f.name) != _stamp(f):
-                        f.unlink()
-        for folder in reversed(self.created):  # deepest first; only empty ones (another job may share them)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
 
 def _check_tracking(args: argparse.Namespace) -> None:
@@ -480,26 +443,32 @@ def _check_tracking(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    clock = joblog.JobClock(from_process_start=argv is None)  # (a command of its own: imports included)
     args = build_parser().parse_args(argv)
-    outputs = _Outputs(args)
-    try:
-        _check_tracking(args)
-        outputs.prepare()
-        args.func(args)
-    except (StrataError, OSError) as err:
-        if isinstance(err, OSError) and not err.filename:
+    outputs = JobOutputs(args)
+    with joblog.filtered_streams(only_if_not_tty=True):  # a log file gets no colour codes
+        try:
+            _check_tracking(args)
+            outputs.prepare()
+            args.func(args)
+        except (StrataError, OSError) as err:
+            if isinstance(err, OSError) and not err.filename:
+                outputs.remove()
+                clock.end(args.command, outputs.files, outputs.folder, failed=True)
+                raise
+            if isinstance(err, OSError):  # a user path that cannot be read or written
+                err = StrataError(err.strerror or str(err), where=str(err.filename),
+                                  fix="check that the path exists and that you may read or write it.")
             outputs.remove()
+            clock.end(args.command, outputs.files, outputs.folder, failed=True)
+            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+            print(f"strata {args.command}: error: {message}", file=sys.stderr, flush=True)
+            return EXIT_USER_ERROR
+        except BaseException:
+            outputs.remove()
+            clock.end(args.command, outputs.files, outputs.folder, failed=True)
             raise
-        if isinstance(err, OSError):  # a user path that cannot be read or written
-            err = StrataError(err.strerror or str(err), where=str(err.filename),
-                              fix="check that the path exists and that you may read or write it.")
-        outputs.remove()
-        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
-        print(f"strata {args.command}: error: {message}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
-    except BaseException:
-        outputs.remove()
-        raise
+        clock.end(args.command, outputs.files, outputs.folder)  # the log's last lines
     return 0
 
 

@@ -133,10 +133,9 @@ def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any
         if cur["method"] == "none" and name != "none":
             raise StrataError("the whole-pool curation must be named `none`", where=where,
                               fix="rename it to `none` (the pretrain-on-pool job is shared under that name).")
-        feats = cur.get("features", "raw")
-        if feats != "raw" and feats not in config["ssl"]:
-            raise StrataError(f"features {feats!r} is neither `raw` nor an ssl entry ({sorted(config['ssl'])})",
-                              where=f"{where}.features", fix="use `raw` or the name of an entry of `ssl`.")
+    from workflow.feature_spaces import check_features  # features: raw, an ssl entry, a table or a backbone
+
+    check_features(config, source)
     if "none" in config["curations"] and config["curations"]["none"]["method"] != "none":
         raise StrataError("the curation named `none` must use method none", where=f"{source}: curations.none",
                           fix="set method: none, or rename the entry.")

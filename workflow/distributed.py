@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from workflow.errors import StrataError
+from workflow.joblog import ray_noise_filtered
 from workflow.raycluster import CLUSTER_ENV
 
 
@@ -62,6 +65,9 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # otherwise every worker line reaches the log twice
+    # Workers' lines reach the job's log as "(RayTrainWorker pid=…) …": without colour codes (MLflow shows the
+    # log raw). Read by the driver when it prints them (ray/_private/worker.py, print_worker_logs).
+    "RAY_COLOR_PREFIX": "0",
     # Ray starts its workers at nice 15, so they lose the CPU to every other process of the node, other
     # Snakemake jobs included, though the scheduler already gave them their cores: on 2 busy cores that cost
     # the training loop 10-25% of its throughput (benchmarks/pretrain_throughput.py).
@@ -73,6 +79,42 @@ RAY_ENV_DEFAULTS = {
     "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
     "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
 }
+
+
+RAY_LOG_LEVEL = "WARNING"  # Ray's and Ray Train's own log lines in a job's log: warnings and errors only
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class RayInfoFilter(logging.Filter):
+    """Drops Ray's own log records below WARNING, told by their source file (some Ray loggers are named by file
+    path, outside the ``ray`` hierarchy: Ray Train's "Reporting training result …" at every report)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import ray
+
+        self.ray_dir = os.path.dirname(ray.__file__) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.ray_dir)
+
+
+def quiet_ray_logs() -> Any:
+    """Keep Ray's and Ray Train's INFO lines out of the job's log in this process; returns the
+    ``RunConfig(logging_config=…)`` that does it on the Train controller and workers (None on a Ray without it).
+
+    Called by the driver and again by the training loop (a Ray Train worker, or the driver itself in local mode):
+    the ``ray`` logger goes to WARNING ("Running in local mode", "Moving model to device", "Reported metrics: …")
+    and the root logger's handlers (a Train worker's console) get a :class:`RayInfoFilter`.
+    """
+    import ray.train
+
+    logging.getLogger("ray").setLevel(RAY_LOG_LEVEL)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RayInfoFilter) for f in handler.filters):
+            handler.addFilter(RayInfoFilter())
+    config = getattr(ray.train, "LoggingConfig", None)
+    return config(log_level=RAY_LOG_LEVEL) if config is not None else None
 
 
 def ray_lock_path() -> str:
@@ -146,7 +188,9 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
     lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if address is None and not cluster:
         lock = file_lock(ray_lock_path(), "waiting for another local Ray job on this machine to finish ...")
-    with lock:
+    # What Ray prints for its workers and actors reaches the job's log without colour codes and without the
+    # PlacementGroupCleaner's traceback (workflow/joblog.py), from ray.init to ray.shutdown.
+    with lock, ray_noise_filtered():
         start = time.time()
         # Settings for the Ray processes this job starts (see RAY_ENV_DEFAULTS; the environment wins). A Ray
         # cluster started elsewhere keeps its own: docs/cluster.md says which to export there.
@@ -161,6 +205,9 @@ def ray_session(num_cpus: int, num_gpus: int = 0, address: str | None = None) ->
             how = f"joined the run's Ray cluster {address}"
         elif address is None:
             temp_dir = ray_temp_dir()
+            # Ray 2.60 turns token authentication on for a new local cluster (RAY_AUTH_MODE unset), with a
+            # warning that says so in every job's log: kept out of it (errors still show).
+            logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      _temp_dir=temp_dir, logging_level="WARNING", configure_logging=True)
             from workflow.raycluster import start_guard

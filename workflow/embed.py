@@ -7,6 +7,11 @@ output Parquet as a row group: memory stays bounded whatever the table size, and
 
 Image tables need no special handling: their rows are flat (C*H*W) and the image encoder reshapes them with the
 image shape saved in its spec (checked against the table's ``image_shape`` metadata).
+
+``--encoder`` may also name a pretrained backbone from local files instead of a Strata encoder: a Hugging Face
+``transformers`` model folder or a TorchScript file (:mod:`workflow.backbones`; ``pooling`` picks its vector).
+The driver loads it once before Ray starts (bad weights, an unknown model or a missing file fail there, before
+anything is written) and embeds two rows of each table to learn the embedding width.
 """
 
 from __future__ import annotations
@@ -44,6 +49,43 @@ class EncoderActor:
         return out.float().cpu().numpy()
 
 
+class BackboneActor:
+    """Holds one pretrained backbone (:class:`workflow.backbones.Backbone`); ``embed`` as :class:`EncoderActor`."""
+
+    def __init__(self, path: str, pooling: str, threads: int, use_gpu: bool) -> None:
+        import torch
+
+        from workflow.backbones import load_backbone
+
+        torch.set_num_threads(max(1, threads))
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.backbone = load_backbone(path, device, pooling)
+
+    def embed(self, vectors: np.ndarray, image_shape: list[int] | None = None) -> np.ndarray:
+        return self.backbone.embed(vectors, image_shape)
+
+
+def _backbone_specs(path: str, pooling: str, inputs: list[str]) -> dict[str, dict[str, Any]]:
+    """Load the backbone once in the driver (its errors before Ray starts) and learn, from two rows of each
+    input table, the embedding width; returns each table's spec (``input_dim``, ``embedding_dim``,
+    ``image_shape``)."""
+    from workflow.backbones import load_backbone
+
+    backbone = load_backbone(path, "cpu", pooling)
+    specs: dict[str, dict[str, Any]] = {}
+    for inp in inputs:
+        shape = read_metadata(inp).get("image_shape")
+        first = next(iter_table(inp, batch_size=2))
+        emb = backbone.embed(first.vectors, list(shape) if shape is not None else None)
+        if emb.ndim != 2 or emb.shape[0] != len(first):
+            raise StrataError(f"the backbone gave embeddings of shape {list(emb.shape)} for {len(first)} rows",
+                              where=str(path), fix="use a backbone whose output is one vector per input.")
+        specs[inp] = {"backbone": True, "input_dim": first.dim, "embedding_dim": int(emb.shape[1]),
+                      "image_shape": list(shape) if shape is not None else None}
+    del backbone
+    return specs
+
+
 def embed_table(actors: list[Any], inp: str, out: str, spec: dict[str, Any], batch_size: int,
                 metadata: dict[str, Any], in_flight_per_actor: int = 2) -> int:
     """Embed one table on ``actors`` (Ray handles of :class:`EncoderActor`), streaming, order kept.
@@ -63,7 +105,8 @@ def embed_table(actors: list[Any], inp: str, out: str, spec: dict[str, Any], bat
         emb = ray.get(ref)
         if not np.isfinite(emb).all():
             raise StrataError("the encoder produced NaN/inf embeddings", where=str(metadata.get("encoder")),
-                              fix="the pretraining diverged; lower ssl.lr and re-run pretrain.")
+                              fix="the pretraining diverged; lower ssl.lr and re-run pretrain."
+                              if "pooling" not in metadata else "check the backbone's weights and inputs.")
         writer.write(VectorTable(ids=chunk.ids, vectors=emb, labels=chunk.labels))
         done_rows += len(chunk)
         if time.perf_counter() - last_print > 5 or done_rows == total:
@@ -72,7 +115,8 @@ def embed_table(actors: list[Any], inp: str, out: str, spec: dict[str, Any], bat
 
     with TableWriter(out, spec["embedding_dim"], column=EMBEDDING_COLUMN, metadata=metadata) as writer:
         for i, chunk in enumerate(iter_table(inp, batch_size=batch_size, expected_dim=spec["input_dim"])):
-            in_flight.append((chunk, actors[i % len(actors)].embed.remote(chunk.vectors)))
+            extra = (spec["image_shape"],) if spec.get("backbone") else ()  # a backbone reshapes images itself
+            in_flight.append((chunk, actors[i % len(actors)].embed.remote(chunk.vectors, *extra)))
             if len(in_flight) >= in_flight_per_actor * len(actors):
                 write_oldest(writer)
         while in_flight:
@@ -80,7 +124,7 @@ def embed_table(actors: list[Any], inp: str, out: str, spec: dict[str, Any], bat
     return done_rows
 
 
-def start_actors(encoder_path: str, threads: int, gpus: int) -> list[Any]:
+def start_actors(encoder_path: str, threads: int, gpus: int, pooling: str | None = None) -> list[Any]:
     """One encoder actor per GPU; on CPU, actors on all cores but one, which the driver keeps for Parquet I/O.
 
     (Measured with benchmarks/embed.py on 2 cores: the driver's reading and writing costs as much as the
@@ -93,32 +137,50 @@ def start_actors(encoder_path: str, threads: int, gpus: int) -> list[Any]:
     else:
         n_actors = max(1, threads - 1)
         per_actor = max(1, (threads - 1) // n_actors)
-    actor_cls = ray.remote(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0)(EncoderActor)
-    actors = [actor_cls.remote(encoder_path, per_actor, gpus > 0) for _ in range(n_actors)]
+    options = {"num_cpus": 0 if gpus else 1, "num_gpus": 1 if gpus else 0}
+    if pooling is None:
+        actor_cls = ray.remote(**options)(EncoderActor)
+        actors = [actor_cls.remote(encoder_path, per_actor, gpus > 0) for _ in range(n_actors)]
+    else:  # a pretrained backbone (workflow.backbones)
+        backbone_cls = ray.remote(**options)(BackboneActor)
+        actors = [backbone_cls.remote(encoder_path, pooling, per_actor, gpus > 0) for _ in range(n_actors)]
     ray.get([a.__ray_ready__.remote() for a in actors])
     return actors
 
 
 def run_embed(encoder_path: str, pairs: list[tuple[str, str]], threads: int, gpus: int = 0, batch_size: int = 1024,
-              ray_address: str | None = None) -> dict[str, Any]:
-    """Embed each ``(input, output)`` table pair. Returns per-table row counts and throughput."""
-
+              ray_address: str | None = None, pooling: str = "auto") -> dict[str, Any]:
+    """Embed each ``(input, output)`` table pair with a Strata encoder (``.safetensors``) or a pretrained backbone
+    (a transformers model folder or a TorchScript file; ``pooling``). Returns per-table row counts and throughput.
+    """
+    from workflow.backbones import is_strata_encoder
     from workflow.distributed import ray_session
-    from workflow.pretrain.models import load_encoder
 
-    _, spec = load_encoder(encoder_path)  # fail fast on a bad encoder file, before Ray starts
-    for inp, _ in pairs:  # and on a missing or unreadable input, or images of another shape
+    for inp, _ in pairs:  # a missing or unreadable input fails before anything loads
         table_rows(inp)
-        shape = read_metadata(inp).get("image_shape")
-        if spec["input_kind"] == "image" and shape is not None and list(shape) != list(spec["image_shape"]):
-            raise StrataError(f"the table holds {shape} images but the encoder was trained on {spec['image_shape']}",
-                              where=str(inp), fix="embed tables of the data set the encoder was trained on.")
+    meta: dict[str, Any] = {"encoder": str(encoder_path)}
+    if is_strata_encoder(encoder_path):
+        from workflow.pretrain.models import load_encoder
+
+        _, spec = load_encoder(encoder_path)  # fail fast on a bad encoder file, before Ray starts
+        for inp, _ in pairs:  # and on images of another shape
+            shape = read_metadata(inp).get("image_shape")
+            if spec["input_kind"] == "image" and shape is not None and list(shape) != list(spec["image_shape"]):
+                raise StrataError(f"the table holds {shape} images but the encoder was trained on "
+                                  f"{spec['image_shape']}", where=str(inp),
+                                  fix="embed tables of the data set the encoder was trained on.")
+        specs = {inp: spec for inp, _ in pairs}
+        backbone_pooling = None
+    else:
+        specs = _backbone_specs(str(encoder_path), pooling, [inp for inp, _ in pairs])
+        backbone_pooling = pooling
+        meta["pooling"] = pooling
     stats: dict[str, Any] = {}
     with ray_session(num_cpus=max(1, threads), num_gpus=gpus, address=ray_address):
-        actors = start_actors(encoder_path, threads, gpus)
+        actors = start_actors(str(encoder_path), threads, gpus, backbone_pooling)
         for inp, out in pairs:
             start = time.perf_counter()
-            rows = embed_table(actors, inp, out, spec, batch_size, {"encoder": str(encoder_path), "source": str(inp)})
+            rows = embed_table(actors, inp, out, specs[inp], batch_size, {**meta, "source": str(inp)})
             seconds = time.perf_counter() - start
             stats[str(inp)] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9)}
             print(f"embed: wrote {out} ({rows} rows, {rows / max(seconds, 1e-9):.0f} rows/s)", flush=True)

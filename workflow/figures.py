@@ -29,7 +29,8 @@ MONITORS = ("embedding_std", "rankme", "alignment", "uniformity")
 MAP_MAX_POINTS = 5000
 
 
-def _figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Any, np.ndarray]:
+def figure_grid(nrows: int, ncols: int, width: float, height: float) -> tuple[Any, np.ndarray]:
+    """A figure (Agg, constrained layout) and its axes as a flat array, row by row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -66,7 +67,7 @@ def plot_training(history_path: str, png_path: str, title: str = "") -> list[str
     series = _order([c for c in df.columns if np.issubdtype(df[c].dtype, np.number)])
     ncols = min(4, len(series))
     nrows = math.ceil(len(series) / ncols)
-    fig, axes = _figure(nrows, ncols, 3.4 * ncols + 0.4, 2.6 * nrows + 0.6)
+    fig, axes = figure_grid(nrows, ncols, 3.4 * ncols + 0.4, 2.6 * nrows + 0.6)
     step = df["step"].to_numpy()
     for ax, name in zip(axes, series, strict=False):
         y = df[name].to_numpy(dtype=np.float64)
@@ -104,9 +105,10 @@ def embedding_map(embeddings: np.ndarray, seed: int = 0, perplexity: float = 30.
     return tsne.fit_transform(x)
 
 
-def plot_embedding_map(embeddings_path: str, png_path: str, seed: int = 0, title: str = "",
-                       max_points: int = MAP_MAX_POINTS) -> dict[str, float]:
-    """Draw the t-SNE map of an embedding table coloured by label; returns ``{"trustworthiness", "points"}``.
+def map_points(embeddings_path: str, seed: int = 0, max_points: int = MAP_MAX_POINTS
+               ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The t-SNE map of an embedding table: ``(xy, labels, trustworthiness@5)``, on a seeded sample of at most
+    ``max_points`` rows.
 
     Raises:
         StrataError: If the table cannot be read (see ``read_table``: also NaN or infinite values) or has
@@ -129,26 +131,44 @@ def plot_embedding_map(embeddings_path: str, png_path: str, seed: int = 0, title
     xy = embedding_map(x, seed)
     xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     trust = float(trustworthiness(xn, xy, n_neighbors=min(5, (x.shape[0] - 1) // 2)))
-    fig, axes = _figure(1, 1, 6.0, 5.2)
-    ax = axes[0]
-    if labels is None or (labels < 0).all():
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, color="C0", alpha=0.7, linewidths=0)
-    else:
-        classes = np.unique(labels[labels >= 0])
-        cmap = "tab10" if classes.size <= 10 else "tab20"
-        from matplotlib import colormaps
+    return xy, labels, trust
 
-        colors = colormaps[cmap]
+
+def scatter_by_label(ax: Any, xy: np.ndarray, labels: np.ndarray | None, classes: np.ndarray | None = None,
+                     legend: bool = True, size: float = 6) -> None:
+    """Draw map points coloured by label (one colour per class of ``classes``, the same in every panel)."""
+    from matplotlib import colormaps
+
+    if labels is None or (labels < 0).all():
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, color="C0", alpha=0.7, linewidths=0)
+    else:
+        classes = np.unique(labels[labels >= 0]) if classes is None else classes
+        colors = colormaps["tab10" if classes.size <= 10 else "tab20"]
         for i, c in enumerate(classes):
             mask = labels == c
-            ax.scatter(xy[mask, 0], xy[mask, 1], s=6, color=colors(i % colors.N), alpha=0.8, linewidths=0,
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colors(i % colors.N), alpha=0.8, linewidths=0,
                        label=str(int(c)))
-        ax.legend(title="label", fontsize=7, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                  frameon=False)
+        if legend:
+            ax.legend(title="label", fontsize=7, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                      frameon=False)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def plot_embedding_map(embeddings_path: str, png_path: str, seed: int = 0, title: str = "",
+                       max_points: int = MAP_MAX_POINTS) -> dict[str, float]:
+    """Draw the t-SNE map of an embedding table coloured by label; returns ``{"trustworthiness", "points"}``.
+
+    Raises:
+        StrataError: If the table cannot be read (see ``read_table``: also NaN or infinite values) or has
+            fewer than 4 rows.
+    """
+    xy, labels, trust = map_points(embeddings_path, seed, max_points)
+    fig, axes = figure_grid(1, 1, 6.0, 5.2)
+    ax = axes[0]
+    scatter_by_label(ax, xy, labels)
     ax.set_title(f"{title or Path(embeddings_path).parent.as_posix()}\n"
-                 f"t-SNE of {x.shape[0]} embeddings, trustworthiness@5 {trust:.3f}", fontsize=9)
+                 f"t-SNE of {xy.shape[0]} probe_test embeddings, trustworthiness@5 {trust:.3f}", fontsize=9)
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    return {"trustworthiness": trust, "points": float(x.shape[0])}
+    return {"trustworthiness": trust, "points": float(xy.shape[0])}

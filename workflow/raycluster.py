@@ -48,6 +48,7 @@ CLUSTER_ENV = "STRATA_RAY_CLUSTER"
 STATE = "cluster.json"
 SUPERVISOR_LOG = "supervisor.log"
 POLL_S = 0.2
+WAIT_NOTICE_S = 2.0  # a job that has waited this long for the cluster says so in its log
 
 
 def cluster_dir(results: str | os.PathLike[str]) -> Path:
@@ -285,7 +286,7 @@ def wait_for_cluster(cdir: str | os.PathLike[str], timeout: float = 600.0) -> st
     """
     cdir = Path(cdir)
     start = time.monotonic()
-    seen_supervisor = False
+    seen_supervisor, told = False, False
     while True:
         state = read_state(cdir)
         if state.get("address"):
@@ -307,6 +308,9 @@ def wait_for_cluster(cdir: str | os.PathLike[str], timeout: float = 600.0) -> st
             raise StrataError(f"the run's Ray cluster did not come up: {state.get('error') or 'no address'}; "
                               f"supervisor log {log}:\n{tail}", where=str(cdir),
                               fix=f"re-run Snakemake (it starts a new cluster), or unset {CLUSTER_ENV}.")
+        if waited > WAIT_NOTICE_S and not told:  # the run's first Ray jobs wait for `ray start`: say so
+            print(f"ray: waiting for the run's Ray cluster to come up ({cdir}) ...", file=sys.stderr, flush=True)
+            told = True
         time.sleep(0.05)
 
 

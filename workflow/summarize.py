@@ -230,7 +230,8 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
             (``summary.csv`` -> ``summary_stats.csv``).
         summary: The config's ``summary`` section (``baseline``, ``primary``, ``rope``, ``curve``,
             ``bootstrap_resamples``, ``bootstrap_seed``; schema defaults where absent).
-        curations: The config's ``curations`` (``method``, ``target_size``): needed for a size sweep.
+        curations: The config's ``curations`` (``method``, ``target_size``; ``features``, ``features_seed``):
+            needed for a size sweep; the figures' titles name each curation's feature space from them.
         verdict_path: Optional ``verdict.json`` (:mod:`workflow.verdict`).
         forest_path: Optional forest plot of the paired differences (needs ``verdict_path``).
         curve_md: Optional size-sweep table (needs ``summary.curve``).
@@ -249,8 +250,13 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
     cfg = {"baseline": baseline, "primary": "knn_accuracy", "rope": 0.01, "curve": None,
            "bootstrap_resamples": 2000, "bootstrap_seed": 0, **(summary or {})}
     df = load_metrics(paths)
+    spaces = None  # each curation's feature space in words, for the figures' titles
     if curations is None:
         curations = {c: {"method": c} for c in df["curation"].unique()}
+    else:
+        from workflow.report_layout import feature_space
+
+        spaces = {name: feature_space(c, None) for name, c in curations.items()}
     refs = references(curations, cfg["baseline"], cfg["curve"], source="summary")
     st = summary_stats(df, cfg["baseline"], refs=refs)
     headline = [c for c in HEADLINE if c in df.columns]
@@ -273,9 +279,9 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
         from workflow.summary_figures import plot_forest, plot_metrics
 
         if png_path is not None:
-            plot_metrics(df, st, headline, cfg["baseline"], png_path)
+            plot_metrics(df, st, headline, cfg["baseline"], png_path, spaces)
         if forest_path is not None and verdict is not None:
-            plot_forest(st, verdict, headline, forest_path)
+            plot_forest(st, verdict, headline, forest_path, spaces)
     if curve_md is not None or curve_png is not None:
         if not cfg["curve"]:
             raise StrataError("curve outputs were asked for, but the study declares no size sweep",

@@ -45,11 +45,18 @@ def _label(c: dict[str, Any], multi: bool) -> str:
     return f"{c['curation']} − {c['baseline']}{size}{where}"
 
 
+def _spaces_line(names: list[str], spaces: dict[str, str] | None) -> str:
+    """``"\nhkmeans [simclr features, ...]; random [uniform, no features]"`` for a title, or ``""``."""
+    named = [f"{n} [{spaces[n]}]" for n in dict.fromkeys(names) if spaces and spaces.get(n)]
+    return "\n" + "; ".join(named) if named else ""
+
+
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def plot_forest(stats: pd.DataFrame, verdict: dict[str, Any], metrics: list[str], png_path: str) -> None:
+def plot_forest(stats: pd.DataFrame, verdict: dict[str, Any], metrics: list[str], png_path: str,
+                spaces: dict[str, str] | None = None) -> None:
     """Forest plot of paired differences (see the module docstring).
 
     Args:
@@ -57,6 +64,8 @@ def plot_forest(stats: pd.DataFrame, verdict: dict[str, Any], metrics: list[str]
         verdict: The verdict record (:func:`workflow.verdict.build_verdict`).
         metrics: Metrics of the right panel (those absent from ``stats`` are skipped).
         png_path: Output PNG, written atomically.
+        spaces: Each curation's feature space in words (``workflow.report_layout.feature_space``), named in the
+            title.
     """
     comps = verdict["comparisons"]
     multi = len({(c["dataset"], c["ssl"]) for c in comps}) > 1
@@ -113,11 +122,14 @@ def plot_forest(stats: pd.DataFrame, verdict: dict[str, Any], metrics: list[str]
     right.set_xlabel("Δ in % of the reference's mean (95% CI)")
     right.set_title("Every metric, relative difference", fontsize=10)
     right.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"Paired differences over {verdict['n_seeds']} seeds: is the curated variant ahead?")
+    names = [n for c in comps for n in (c["curation"], c["baseline"])]
+    fig.suptitle(f"Paired differences over {verdict['n_seeds']} seeds: is the curated variant ahead?"
+                 + _spaces_line(names, spaces))
     _save(fig, png_path)
 
 
-def plot_metrics(df: pd.DataFrame, stats: pd.DataFrame, metrics: list[str], baseline: str, png_path: str) -> None:
+def plot_metrics(df: pd.DataFrame, stats: pd.DataFrame, metrics: list[str], baseline: str, png_path: str,
+                 spaces: dict[str, str] | None = None) -> None:
     """Per-metric dot plots zoomed to the data, baseline marked (see the module docstring).
 
     Args:
@@ -126,6 +138,7 @@ def plot_metrics(df: pd.DataFrame, stats: pd.DataFrame, metrics: list[str], base
         metrics: Metrics to draw, one panel each.
         baseline: The baseline curation: drawn first, its mean as a dashed line across its group.
         png_path: Output PNG, written atomically.
+        spaces: Each curation's feature space in words, named in the title.
     """
     metrics = [m for m in metrics if m in df.columns] or [c for c in stats["metric"].unique()]
     groups = list(dict.fromkeys(zip(df["dataset"], df["ssl"], strict=True)))
@@ -164,7 +177,9 @@ def plot_metrics(df: pd.DataFrame, stats: pd.DataFrame, metrics: list[str], base
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles[:1], labels[:1], loc="outside lower center", fontsize=8, frameon=False)
-    fig.suptitle("Per seed (grey, joined by seed), mean with 95% t-interval (colour); y axes zoomed to the data")
+    seeds = ", ".join(str(s) for s in sorted(df["seed"].unique()))
+    fig.suptitle(f"Seeds {seeds} (grey, joined by seed), mean with 95% t-interval (colour); y axes zoomed to the "
+                 f"data" + _spaces_line(sorted(df["curation"].unique(), key=lambda c: (c != baseline, c)), spaces))
     _save(fig, png_path)
 
 

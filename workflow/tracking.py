@@ -3,19 +3,25 @@
 Layout of a study in MLflow (experiment = the config's ``study``):
 
 * one **variant run** per (dataset, curation, ssl method, seed, config hash), tagged
-  ``strata.kind=variant``: it carries the whole chain's parameters and the final metrics, so that
-  selecting variant runs and pressing *Compare* shows the study side by side;
-* one **dataset run** per data set, tagged ``strata.kind=dataset``, parent of the shared stages
-  (``data`` and ``curate``, which several variants share);
-* one **stage run** per Snakemake job, nested under its variant or dataset run, with the job's
-  parameters, metrics, per-epoch series, output files, log and input digests (lineage);
+  ``strata.kind=variant`` and named ``<curation>/<ssl>/s<seed> · <dataset>``: the chain's parameters (only
+  those that apply), the final metrics, the loss history (step metrics), the figures, the pool, selection
+  and probes as datasets and the encoder as a logged model, so that selecting variant runs and pressing
+  *Compare* (or the chart view) shows the study side by side;
+* one **dataset run** per data set, tagged ``strata.kind=dataset``, parent of the ``data`` stage and holder
+  of the pool and probe datasets;
+* one **stage run** per Snakemake job, nested under its variant (a curation, shared by the variants of each
+  ssl method, under the first and linked from the others by the tag ``strata.curate_run``) or dataset run,
+  with the job's real start and end, parameters, metrics, per-step series, output files, datasets, log and
+  input digests (lineage) and MLflow's source tags (command, git commit);
 * one **study run**, tagged ``strata.kind=study``, with the summary's statistics, files and verdict
   (:func:`log_study`), which also gives every variant run its differences to the baseline variant.
 
 Runs are found by their ``strata.key`` tag, never created anew for the same key, and a re-run of a
 job replaces its previous stage run. Writers on one machine are serialised by an exclusive ``flock``
 beside the SQLite file, which avoids "database is locked" under parallel jobs; the whole job's
-logging happens in one short locked block at its end.
+logging happens in one short locked block at its end (:mod:`workflow.tracking_store`). In a local
+Snakemake run the jobs spool their records instead (:data:`SPOOL_ENV`), with their start and end times,
+and the run's main process writes them.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from workflow.config import code_version, config_hash
+from workflow.config import code_version
 from workflow.distributed import file_lock
 
 KEY_TAG = "strata.key"
@@ -151,7 +158,7 @@ def _lock_path(uri: str) -> str:
 
 @dataclass
 class StageRecord:
-    """Everything one job logs, collected while it runs and written at its end."""
+    """Everything one job logs, collected while it runs and written at its end (:mod:`workflow.tracking_store`)."""
 
     stage: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +167,22 @@ class StageRecord:
     artifacts: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)  # path -> sha256
     tags: dict[str, str] = field(default_factory=dict)
+    #: The job's real start and end (ms since the epoch); :func:`log_stage` fills them in when None.
+    start_ms: int | None = None
+    end_ms: int | None = None
+    #: Tables logged as MLflow dataset inputs (:func:`dataset_entry`).
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    #: Encoder files logged as MLflow models: ``{"path": ..., "name": ..., "tags": {...}}``.
+    models: list[dict[str, Any]] = field(default_factory=list)
+    #: Also log :attr:`series` on the parent run (the variant's loss history).
+    share_series: bool = False
+    #: Files also logged on the parent run, under ``figures/`` (the variant's figures).
+    parent_artifacts: list[str] = field(default_factory=list)
+
+    def add_datasets(self, tables: list[tuple[str, str]], to_parent: bool = True) -> None:
+        """Log these ``(path, context)`` tables as datasets (:func:`dataset_entry`; digests of inputs reused)."""
+        self.datasets += [dataset_entry(path, context, digest=self.inputs.get(path), to_parent=to_parent)
+                          for path, context in tables if Path(path).is_file()]
 
 
 @dataclass
@@ -176,6 +199,9 @@ class TrackingSpec:
     log: str | None = None
     benchmark: str | None = None
     artifact_root: str | None = None
+    #: Further runs the job belongs to (same keys as the parent: ``parent_kind``, ``parent_key``, ...): a curation
+    #: shared by several variants nests under the first and is linked from the others.
+    links: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, text: str) -> TrackingSpec:
@@ -209,11 +235,7 @@ def experiment_id(client: Any, name: str, uri: str, artifact_root: str | None = 
     return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
-def _experiment_id(client: Any, spec: TrackingSpec) -> str:
-    return experiment_id(client, spec.experiment, spec.uri, spec.artifact_root)
-
-
-def _find_run(client: Any, exp_id: str, key: str) -> Any | None:
+def find_run(client: Any, exp_id: str, key: str) -> Any | None:
     runs = client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=10)
     return runs[0] if runs else None
 
@@ -232,31 +254,116 @@ def flatten_params(obj: dict[str, Any]) -> dict[str, str]:
     return {k: json.dumps(v) if isinstance(v, list | tuple) else str(v) for k, v in _flatten("", obj, {}).items()}
 
 
-def _parent_run(client: Any, exp_id: str, spec: TrackingSpec) -> str:
-    run = _find_run(client, exp_id, spec.parent_key)
-    if run is not None:
-        return run.info.run_id
-    from mlflow.entities import Param, RunTag
+@cache
+def _git(*args: str) -> str:
+    """A git answer about the code's repository ('' when there is none)."""
+    import subprocess
 
-    run = client.create_run(exp_id, run_name=spec.parent_name,
-                            tags={KEY_TAG: spec.parent_key, KIND_TAG: spec.parent_kind})
-    params = flatten_params(spec.parent_params)
-    params["config_hash"] = config_hash(spec.parent_params)
-    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()],
-                     tags=[RunTag("strata.code_version", code_version())])
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    from workflow.config import REPO_ROOT
+
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
-def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: dict[str, float] | None = None) -> None:
+def source_tags(name: str) -> dict[str, str]:
+    """MLflow's own source tags, which fill the runs table's *Source* column: the command (``name``, e.g.
+    ``strata pretrain`` or ``Snakefile``), the type ``LOCAL``, the git commit, and the remote and branch when
+    known. ``strata.code_version`` keeps the commit with ``-dirty`` for a tree with local changes."""
+    import getpass
+
+    tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL"}
+    with contextlib.suppress(Exception):  # the runs table's "Created by"
+        tags["mlflow.user"] = getpass.getuser()
+    version = code_version()
+    commit = version.removesuffix("-dirty")
+    if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
+        tags["mlflow.source.git.commit"] = commit
+        if remote := _git("config", "--get", "remote.origin.url"):
+            tags["mlflow.source.git.repoURL"] = remote
+        if (branch := _git("rev-parse", "--abbrev-ref", "HEAD")) and branch != "HEAD":
+            tags["mlflow.source.git.branch"] = branch
+    tags["strata.code_version"] = version
+    return tags
+
+
+def stage_run_name(spec: TrackingSpec) -> str:
+    """A stage run's short name: its stage and what tells its jobs apart, the data set (named by the parent)
+    left out and ``seedN`` written ``sN``, e.g. ``pretrain hkmeans/simclr/s0`` or ``data mnist1d-lt``."""
+    stage, *parts = spec.job.split("/")
+    dataset = spec.parent_params.get("dataset", {}).get("name")
+    rest = [f"s{p[4:]}" if p.startswith("seed") and p[4:].isdigit() else p for p in parts if p != dataset]
+    return f"{stage} {'/'.join(rest or parts)}".strip()
+
+
+def dataset_entry(path: str | os.PathLike[str], context: str, *, digest: str | None = None,
+                  to_parent: bool = True) -> dict[str, Any]:
+    """A Parquet table as an MLflow dataset (logged by :mod:`workflow.tracking_store`, without its rows).
+
+    Args:
+        path: The table.
+        context: Its role for the run (``pool``, ``selection``, ``training``, ``probe_train`` ...).
+        digest: The file's SHA-256 when already known (else computed).
+        to_parent: Also log it on the job's parent run (variant or data set).
+
+    Returns:
+        ``name`` (the path under ``results/``, without ``.parquet``), ``digest`` (16 hex characters of the
+        file's SHA-256), ``source`` (its absolute path), ``context``, ``rows`` and ``schema`` (``[name, MLflow
+        type, is a list]`` per column), and ``to_parent``.
+    """
+    from workflow.tables import file_digest
+
+    path = Path(path)
+    parts = path.with_suffix("").parts
+    name = "/".join(parts[parts.index("results") + 1:] if "results" in parts else parts[-3:])
+    entry: dict[str, Any] = {"name": name, "digest": (digest or file_digest(path))[:16],
+                             "source": str(path.resolve()), "context": context, "to_parent": to_parent,
+                             "rows": None, "schema": []}
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        meta = pq.read_metadata(path)
+        entry["rows"] = meta.num_rows
+        for column in meta.schema.to_arrow_schema():
+            kind = column.type
+            is_list = pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)
+            if is_list:
+                kind = kind.value_type
+            entry["schema"].append([column.name, _mlflow_type(kind), is_list])
+    except Exception:  # not Parquet: a dataset with a digest and a source only
+        pass
+    return entry
+
+
+def _mlflow_type(kind: Any) -> str:
+    """The name of the MLflow ``DataType`` of an Arrow type."""
+    import pyarrow as pa
+
+    checks = [(pa.types.is_boolean, "boolean"), (pa.types.is_int64, "long"), (pa.types.is_integer, "integer"),
+              (pa.types.is_float64, "double"), (pa.types.is_floating, "float"), (pa.types.is_string, "string"),
+              (pa.types.is_large_string, "string"), (pa.types.is_timestamp, "datetime")]
+    return next((name for check, name in checks if check(kind)), "binary")
+
+
+def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: dict[str, float] | None = None, *,
+              parent_start_ms: int | None = None) -> None:
     """Write one job's record as a stage run nested under its variant/dataset run.
 
-    ``parent_metrics`` are also logged on the parent run (the variant's final metrics). MLflow's HTTP retries
-    are bounded (:data:`MLFLOW_HTTP_DEFAULTS`), and a store that fails while logging is a :class:`StrataError`
+    ``parent_metrics`` are also logged on the parent run (the variant's final metrics); ``parent_start_ms``
+    is the start of a parent run created now (default: this job's start). The record's start and end default
+    to this process's start and now, so that MLflow shows how long the job took. MLflow's HTTP retries are
+    bounded (:data:`MLFLOW_HTTP_DEFAULTS`), and a store that fails while logging is a :class:`StrataError`
     naming the URI (the store is checked before the job's work by :func:`check_tracking_uri`).
     """
     if spec is None:
         return
+    if record.end_ms is None:
+        record.end_ms = int(time.time() * 1000)
+    if record.start_ms is None:
+        record.start_ms = process_start_ms()
     if os.environ.get(SPOOL_ENV):  # a local Snakemake run: its main process logs the record (flush_spool)
         _spool(Path(os.environ[SPOOL_ENV]), spec, record, parent_metrics)
         return
@@ -264,13 +371,29 @@ def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: di
 
     _bound_http_retries()
     try:
-        _log_stage(spec, record, parent_metrics)
+        from workflow.tracking_store import log_stage_run
+
+        with file_lock(_lock_path(spec.uri)):
+            log_stage_run(spec, record, parent_metrics, parent_start_ms)
     except StrataError:
         raise
     except Exception as err:  # the store failed (server gone, database locked or corrupt ...)
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
         raise StrataError(f"logging to the MLflow tracking store failed ({type(err).__name__}: {first})",
                           where=f"tracking store {spec.uri}", fix=_TRACKING_FIX) from err
+
+
+def process_start_ms() -> int:
+    """When this process started (ms since the epoch): a job's start, imports included."""
+    try:
+        import psutil
+
+        return int(psutil.Process().create_time() * 1000)
+    except Exception:  # no psutil: when this module was imported
+        return _IMPORTED_MS
+
+
+_IMPORTED_MS = int(time.time() * 1000)
 
 
 #: A local Snakemake run sets this to a folder (rules/ray.smk): jobs then write their records there as JSON
@@ -294,17 +417,26 @@ def _spool(folder: Path, spec: TrackingSpec, record: StageRecord, parent_metrics
 def flush_spool(folder: str | os.PathLike[str]) -> int:
     """Log the records that jobs spooled into ``folder`` (oldest first), deleting each once logged.
 
-    Returns how many were logged. Raises :class:`StrataError` on the first record the store refuses (that
-    record and the later ones stay spooled for the next run).
+    A parent run created by the flush starts with the earliest job of the folder that belongs to it. Returns
+    how many were logged. Raises :class:`StrataError` on the first record the store refuses (that record and
+    the later ones stay spooled for the next run).
     """
     files = sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []
+    spooled = [(path, json.loads(path.read_text())) for path in files]
+    starts: dict[str, int] = {}
+    for _, data in spooled:
+        start = data["record"].get("start_ms")
+        spec = data["spec"]
+        for key in [spec["parent_key"], *(link["parent_key"] for link in spec.get("links", []))]:
+            if start is not None:
+                starts[key] = min(starts.get(key, start), start)
     environ = os.environ.pop(SPOOL_ENV, None)
     try:
-        for path in files:
-            data = json.loads(path.read_text())
+        for path, data in spooled:
             record = StageRecord(**data["record"])
             record.series = [tuple(x) for x in record.series]  # type: ignore[misc]
-            log_stage(TrackingSpec(**data["spec"]), record, data["parent_metrics"])
+            spec = TrackingSpec(**data["spec"])
+            log_stage(spec, record, data["parent_metrics"], parent_start_ms=starts.get(spec.parent_key))
             path.unlink()
     finally:
         if environ is not None:
@@ -312,136 +444,17 @@ def flush_spool(folder: str | os.PathLike[str]) -> int:
     return len(files)
 
 
-def _log_stage(spec: TrackingSpec, record: StageRecord, parent_metrics: dict[str, float] | None) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
-
-    with file_lock(_lock_path(spec.uri)):
-        client = MlflowClient(spec.uri)
-        exp_id = _experiment_id(client, spec)
-        parent_id = _parent_run(client, exp_id, spec)
-        # A re-run of the same job replaces its earlier stage run.
-        for old in client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{spec.job}'", max_results=50):
-            client.delete_run(old.info.run_id)
-        tags = {KEY_TAG: spec.job, KIND_TAG: "stage", "strata.stage": spec.job.split("/")[0],
-                "mlflow.parentRunId": parent_id, "strata.code_version": code_version(),
-                "strata.pending_files": "1", **record.tags}
-        if spec.log:
-            tags["strata.log_file"] = str(Path(spec.log).resolve())
-        if spec.benchmark:
-            tags["strata.benchmark_file"] = str(Path(spec.benchmark).resolve())
-        run = client.create_run(exp_id, run_name=spec.job, tags=tags)
-        run_id = run.info.run_id
-        now = int(time.time() * 1000)
-        params = flatten_params(record.params)
-        for path, digest in record.inputs.items():
-            params[f"input.{Path(path).name}.sha256"] = digest[:16]
-        metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items()]
-        metrics += [Metric(k, float(v), now, int(step)) for k, v, step in record.series]
-        param_list = [Param(k, v[:6000]) for k, v in params.items()]
-        # log_batch takes at most 100 params and 1000 metrics per call.
-        for i in range(0, len(param_list), 100):
-            client.log_batch(run_id, params=param_list[i:i + 100])
-        _log_metrics(client, run_id, metrics)
-        client.log_batch(run_id, tags=[RunTag("strata.inputs", json.dumps(record.inputs)[:5000])])
-        for path in record.artifacts:
-            if Path(path).is_file():
-                client.log_artifact(run_id, path, artifact_path="outputs")
-        client.set_terminated(run_id, "FINISHED")
-        if parent_metrics:
-            _log_metrics(client, parent_id, [Metric(k, float(v), now, 0) for k, v in parent_metrics.items()])
-
-
-def _log_metrics(client: Any, run_id: str, metrics: list[Any]) -> None:
-    """``log_batch`` of MLflow ``Metric`` entities in chunks of 1000 (the MLflow limit per call)."""
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
-
-
 def attach_job_files(uri: str, experiment: str) -> int:
-    """Attach the Snakemake log and benchmark files to stage runs that wait for them.
+    """Attach the Snakemake log and benchmark files to the stage runs that wait for them
+    (:func:`workflow.tracking_study.attach_job_files`)."""
+    from workflow.tracking_study import attach_job_files as attach
 
-    Snakemake writes a job's benchmark file after the job ends, so the job itself cannot log it;
-    the workflow's ``onsuccess``/``onerror`` handlers call this once, in the main process.
-    Returns the number of runs updated.
-    """
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        return 0  # no job logged anything (e.g. the run failed on its config): do not create the database
-    check_tracking_uri(uri)  # an unreachable store fails in seconds, not after MLflow's retries
-    _bound_http_retries()
-    with file_lock(_lock_path(uri)):
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return 0
-        runs = client.search_runs([exp.experiment_id], filter_string="tags.`strata.pending_files` = '1'",
-                                  max_results=5000)
-        for run in runs:
-            for tag in ("strata.log_file", "strata.benchmark_file"):
-                path = run.data.tags.get(tag)
-                if path and Path(path).is_file():
-                    client.log_artifact(run.info.run_id, path, artifact_path="job")
-            client.set_tag(run.info.run_id, "strata.pending_files", "0")
-        return len(runs)
+    return attach(uri, experiment)
 
 
 def log_study(uri: str, experiment: str, metrics: dict[str, float], files: Sequence[str] = (), *,
               note: str | None = None, baseline: str | None = None, compared: Sequence[str] = ()) -> None:
-    """Log a study's summary: its study run, and every variant run's differences to its baseline variant.
+    """Log a study's summary (:func:`workflow.tracking_study.log_study`)."""
+    from workflow.tracking_study import log_study as log
 
-    Under the tracking store's ``flock``:
-
-    * the **study run** (tags ``strata.kind=study``, ``strata.key=study:<experiment>``) is found or created;
-      ``metrics`` are logged on it, ``files`` as artifacts under ``summary/`` (missing files are skipped), and
-      ``note`` (Markdown) becomes its description (tag ``mlflow.note.content``);
-    * with a ``baseline`` curation, every **variant run** (tag ``strata.kind=variant``, params ``dataset.name``,
-      ``ssl.name``, ``curation.name``, ``seed``) gets ``{metric}.diff_vs_{baseline}`` = its metric minus the
-      metric of the baseline variant run with the same dataset, ssl and seed (the most recently started one if
-      there are several), for each metric of ``compared`` both runs have; non-finite differences are skipped.
-
-    Args:
-        uri: MLflow tracking URI (e.g. ``sqlite:///results/mlflow.db``).
-        experiment: Experiment name (the config's ``study``).
-        metrics: The study run's metrics (:func:`workflow.summarize.study_metrics`).
-        files: Summary files to attach.
-        note: Markdown description of the study run (:func:`workflow.verdict.verdict_markdown`).
-        baseline: The baseline curation of the per-variant differences; None logs none.
-        compared: The metrics to difference.
-    """
-    import math
-
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    spec = TrackingSpec(uri=uri, experiment=experiment, parent_kind="study", parent_key=f"study:{experiment}",
-                        parent_name="study summary", parent_params={}, job="summarize")
-    now = int(time.time() * 1000)
-    with file_lock(_lock_path(uri)):
-        client = MlflowClient(uri)
-        exp_id = _experiment_id(client, spec)
-        study_id = _parent_run(client, exp_id, spec)
-        _log_metrics(client, study_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()])
-        if note is not None:
-            client.set_tag(study_id, "mlflow.note.content", note)
-        for path in files:
-            if Path(path).is_file():
-                client.log_artifact(study_id, str(path), artifact_path="summary")
-        if baseline is None:
-            return
-        variants = client.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = 'variant'", max_results=50000)
-        base_runs: dict[tuple[str | None, str | None, str | None], Any] = {}
-        for run in sorted(variants, key=lambda r: r.info.start_time or 0):
-            p = run.data.params
-            if p.get("curation.name") == baseline:
-                base_runs[(p.get("dataset.name"), p.get("ssl.name"), p.get("seed"))] = run  # latest wins
-        for run in variants:
-            p = run.data.params
-            base = base_runs.get((p.get("dataset.name"), p.get("ssl.name"), p.get("seed")))
-            if base is None:
-                continue
-            diffs = {f"{m}.diff_vs_{baseline}": run.data.metrics[m] - base.data.metrics[m]
-                     for m in compared if m in run.data.metrics and m in base.data.metrics}
-            _log_metrics(client, run.info.run_id,
-                         [Metric(k, float(v), now, 0) for k, v in diffs.items() if math.isfinite(v)])
+    log(uri, experiment, metrics, files, note=note, baseline=baseline, compared=compared)

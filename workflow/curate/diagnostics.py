@@ -12,7 +12,8 @@ The measures themselves (:func:`workflow.measures.entropy`, :func:`workflow.meas
 Pictures (matplotlib, Agg backend): ``cluster_sizes.png`` (rank-size plot per level, log-log),
 ``labels.png`` (label shares of the pool and of the selection), ``map.png`` (the pool in grey and the
 selection in colour: the points themselves for 2-D data, else a 2-D PCA computed with NumPy's SVD on a
-seeded sample of the pool).
+seeded sample of the pool), and ``leakage.png`` (pool items per class that copy a probe item, exactly or
+nearly) when the leakage check flagged any. Titles name the feature space.
 """
 
 from __future__ import annotations
@@ -110,6 +111,29 @@ def plot_labels(labels: np.ndarray, rows: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_leakage(leakage: dict[str, Any], path: Path) -> None:
+    """Bars per pool class of the exact and near copies of probe items (``stats["leakage"]``)."""
+    plt = _plt()
+    per_class = leakage.get("per_class", {})
+    classes = sorted(per_class, key=int)
+    pos = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(classes) + 2), 4))
+    if classes:
+        ax.bar(pos - 0.2, [per_class[c]["exact"] for c in classes], width=0.4, color="C3", label="exact copies")
+        ax.bar(pos + 0.2, [per_class[c]["near"] for c in classes], width=0.4, color="C1",
+               label=f"near copies (cosine ≥ {leakage['threshold']:g}, {leakage['near_space']})")
+        ax.set_xticks(pos)
+        ax.set_xticklabels([str(c) for c in classes], fontsize=8)
+        ax.legend()
+    ax.set_xlabel("pool class")
+    ax.set_ylabel("pool items")
+    removed = ", removed" if leakage.get("decontaminated") else ""
+    ax.set_title(f"Probe items copied in the pool: {leakage['flagged']} items{removed}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def map_coordinates(x: Any, rows: np.ndarray, seed: int, sample_size: int = MAP_SAMPLE
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """2-D coordinates of a seeded pool sample and of a seeded selection sample.
@@ -164,7 +188,8 @@ def plot_map(x: Any, rows: np.ndarray, labels: np.ndarray | None, seed: int, pat
 
 def write_diagnostics(folder: str | Path, x: Any, rows: np.ndarray, labels: np.ndarray | None,
                       level_sizes: Sequence[np.ndarray] | None, seed: int, map_sample_size: int = MAP_SAMPLE,
-                      method: str = "") -> list[str]:
+                      method: str = "", *, space: str | None = None,
+                      leakage: dict[str, Any] | None = None) -> list[str]:
     """Write the PNG diagnostics of a curation into ``folder``; return the written paths.
 
     Args:
@@ -176,6 +201,8 @@ def write_diagnostics(folder: str | Path, x: Any, rows: np.ndarray, labels: np.n
         seed: Seed of the map's samples.
         map_sample_size: Largest pool (and selection) sample on the map.
         method: Curation method named in the map's title.
+        space: The feature space's label, named in the map's title too.
+        leakage: ``stats["leakage"]``: ``leakage.png`` when it flagged any pool item.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,8 +215,13 @@ def write_diagnostics(folder: str | Path, x: Any, rows: np.ndarray, labels: np.n
         path = folder / "labels.png"
         plot_labels(labels, rows, path)
         written.append(str(path))
+    if leakage and leakage.get("flagged"):
+        path = folder / "leakage.png"
+        plot_leakage(leakage, path)
+        written.append(str(path))
     path = folder / "map.png"
+    where = f" in {space} features" if space else ""
     plot_map(x, rows, labels, seed, path, map_sample_size,
-             title=f"{method}: pool (grey) and selection" if method else "")
+             title=f"{method}{where}: pool (grey) and selection" if method else "")
     written.append(str(path))
     return written

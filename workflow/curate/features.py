@@ -173,3 +173,101 @@ def read_feature_ids(path: str | os.PathLike[str]) -> np.ndarray | None:
         raise StrataError(f"cannot read column `id` ({err})", where=str(path),
                           fix="feature tables need the unique int64 `id` column of the pool.") from err
     return table.column("id").to_numpy().astype(np.int64)
+
+
+def _table_ids(path: Path, ids_path: str | os.PathLike[str] | None) -> np.ndarray | None:
+    """The ids of a feature table's rows: its ``id`` column, the ``ids`` .npy of a .npy matrix, or None (rows in
+    the order of the table they embed)."""
+    if ids_path is None:
+        return read_feature_ids(path)
+    ids_file = Path(ids_path)
+    if not ids_file.is_file():
+        raise StrataError("ids file not found", where=str(ids_file), fix="check the path of `ids`.")
+    try:
+        ids = np.load(ids_file, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise StrataError(f"not a readable .npy file ({err})", where=str(ids_file),
+                          fix="save the ids with numpy.save, one integer per row of the table.") from err
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise StrataError(f"expected a 1-D array of integer ids, got {ids.dtype} {ids.shape}", where=str(ids_file),
+                          fix="save one integer id per row of the table.")
+    return ids.astype(np.int64)
+
+
+def _check_ids(table_ids: np.ndarray, want: np.ndarray, where: str, what: str) -> np.ndarray | None:
+    """Rows of the table in the order of ``want`` (None when they are in that order already), or an error
+    naming the first duplicate, missing or extra id."""
+    fix = f"give the table exactly one row per {what} item, with the {what}'s ids."
+    values, counts = np.unique(table_ids, return_counts=True)
+    if (counts > 1).any():
+        dup = values[counts > 1]
+        raise StrataError(f"{len(dup)} ids occur more than once (first: {int(dup[0])})", where=where, fix=fix)
+    missing = np.setdiff1d(want, table_ids)
+    if missing.size:
+        raise StrataError(f"{missing.size} of the {len(want)} {what} ids have no row (first: {int(missing[0])})",
+                          where=where, fix=fix)
+    extra = np.setdiff1d(table_ids, want)
+    if extra.size:
+        raise StrataError(f"{extra.size} ids are not in the {what} (first: {int(extra[0])})", where=where, fix=fix)
+    if np.array_equal(table_ids, want):
+        return None
+    sorter = np.argsort(table_ids, kind="stable")
+    return sorter[np.searchsorted(table_ids, want, sorter=sorter)]
+
+
+def aligned_features(path: str | os.PathLike[str], ids: np.ndarray, cache_dir: str | os.PathLike[str] | None = None,
+                     *, normalize: bool = False, column: str | None = None,
+                     ids_path: str | os.PathLike[str] | None = None, dim: int | None = None,
+                     what: str = "pool", where: str | None = None) -> np.ndarray:
+    """A feature table's rows in the order of ``ids`` (the pool's, or a probe table's), as a float32 matrix.
+
+    The table (:func:`load_features_memmap`: Parquet with ``id`` and a vector column, or ``.npy``) must hold
+    exactly those ids, in any order (a ``.npy`` takes them from ``ids_path``, else its rows are in ``ids``'s
+    order); rows in another order are rearranged into a cached copy.
+
+    ``where`` names the table in messages (default: its path).
+
+    Raises:
+        StrataError: duplicate, missing or extra ids; another row count; a width other than ``dim``; NaN or
+            infinite values (and what :func:`load_features_memmap` raises).
+    """
+    path = Path(path)
+    where = where or str(path)
+    table_ids = _table_ids(path, ids_path)
+    x = load_features_memmap(path, cache_dir, column=column, normalize=normalize)
+    if dim is not None and x.shape[1] != dim:
+        raise StrataError(f"the vectors are {x.shape[1]}-wide, expected {dim}", where=where,
+                          fix="check `dim` and the table (the same model for every row).")
+    if table_ids is None:
+        if x.shape[0] != len(ids):
+            raise StrataError(f"the table has {x.shape[0]} rows but the {what} has {len(ids)} (a .npy without "
+                              "`ids` must hold one row per item, in order)", where=where,
+                              fix=f"give one row per {what} item, or name the rows' ids with `ids`.")
+    elif len(table_ids) != x.shape[0]:
+        raise StrataError(f"{len(table_ids)} ids for {x.shape[0]} rows", where=str(ids_path or path),
+                          fix="give one id per row.")
+    order = None if table_ids is None else _check_ids(table_ids, np.asarray(ids, dtype=np.int64), where, what)
+    if x.dtype == np.float32 and not normalize and path.suffix == ".npy":  # mapped as is: not checked yet
+        for start in range(0, x.shape[0], BATCH_ROWS):
+            _check_finite(np.asarray(x[start:start + BATCH_ROWS]), where, start)
+    if order is None:
+        return x
+    cache = Path(cache_dir) if cache_dir is not None else path.parent / ".strata-cache"
+    key = hashlib.sha256(order.tobytes()).hexdigest()[:12]
+    target = cache / f"{path.stem}.{_cache_key(path, column, normalize)}.{key}.aligned.npy"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache)
+        os.close(fd)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(order), x.shape[1]))
+            for start in range(0, len(order), BATCH_ROWS):
+                out[start:start + BATCH_ROWS] = x[np.sort(order[start:start + BATCH_ROWS])][
+                    np.argsort(np.argsort(order[start:start + BATCH_ROWS]))]
+            out.flush()
+            del out
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return np.load(target, mmap_mode="r")

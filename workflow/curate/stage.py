@@ -15,6 +15,10 @@ Methods (``curations.<name>.method``):
 A ``target_size`` larger than the pool (random, kmeans, hkmeans), or larger than the SemDeDup survivors,
 selects everything available and records a warning (``progress`` and ``stats["warnings"]``).
 
+Before any method runs, the leakage check (``leakage_check``, given the probes) flags pool items that copy a
+probe item exactly or nearly in the curation's feature space (:mod:`workflow.curate.leakage`); with
+``decontaminate`` they are removed from the pool first (``stats["leakage"]``).
+
 Output table ``selection.parquet``: ``id`` (int64, pool ids, ascending), ``label`` (int64, nullable),
 and for ``kmeans``, ``hkmeans`` and ``semdedup`` one ``cluster_level{t}`` (int64) column per level with
 the item's cluster at level t. Statistics go to ``stats.json``; pictures to ``diagnostics_dir``
@@ -26,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +43,8 @@ from workflow.errors import StrataError
 from workflow.tables import VectorTable, atomic_path
 
 if TYPE_CHECKING:  # torch loads with the k-means engine, only when a stage runs it
+    from workflow.curate.leakage import ProbeSet
+    from workflow.feature_spaces import FeatureSpace
     from workflow.kmeans import KMeansOptions
 
 #: Curation methods (the schema's ``curation.method``).
@@ -52,8 +58,8 @@ class Curation:
 
     ``kmeans`` holds the settings of every k-means of the method (``n_iters``, ``tol``, ``device``,
     ``chunk_size``, ``init_method``, ``init_max_points``, ``prune``); the stage adds the seed and the workers.
-    ``features`` is not here: it names the table that the caller passes. The defaults live in the schema only:
-    build one with :meth:`from_config`.
+    ``features`` is not here: it names the table that the caller passes (and its label, ``space``). The defaults
+    live in the schema only: build one with :meth:`from_config`.
     """
 
     method: str
@@ -69,6 +75,9 @@ class Curation:
     vendi_sample_size: int
     map_sample_size: int
     kmeans: KMeansOptions
+    leakage_check: bool = False
+    leakage_threshold: float = 0.98
+    decontaminate: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Curation:
@@ -84,7 +93,9 @@ class Curation:
                    vendi_sample_size=cfg["vendi_sample_size"], map_sample_size=cfg["map_sample_size"],
                    kmeans=KMeansOptions(n_iters=cfg["n_iters"], tol=cfg["tol"], device=cfg["device"],
                                         chunk_size=cfg["chunk_size"], init_max_points=cfg["init_max_points"],
-                                        init_method=cfg["init_method"], prune=cfg["prune"]))
+                                        init_method=cfg["init_method"], prune=cfg["prune"]),
+                   leakage_check=cfg["leakage_check"], leakage_threshold=cfg["leakage_threshold"],
+                   decontaminate=cfg["decontaminate"])
 
 
 def label_stats(labels: np.ndarray | None, n_classes: int | None = None) -> dict[str, Any]:
@@ -127,28 +138,30 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 
 def _features(pool: VectorTable, features: VectorTable | str | os.PathLike[str], normalize: bool,
-              cache_dir: str | None) -> np.ndarray:
-    """The curated-on ``(n, d)`` matrix (in memory, or a memmap for a feature path), normalised if asked."""
+              cache_dir: str | None, space: FeatureSpace | None = None) -> np.ndarray:
+    """The curated-on ``(n, d)`` matrix (in memory, or a memmap for a feature path) in pool order, normalised if
+    asked. A path is a table with exactly the pool's ids (``space``: a precomputed table's ``column``, ``ids``
+    and ``dim``)."""
     n = len(pool)
     if isinstance(features, VectorTable):
         if len(features) != n or not np.array_equal(features.ids, pool.ids):
             raise StrataError(f"feature table has {len(features)} rows / ids that differ from the pool's {n}",
                               where="curate --features", fix="embed the same pool table that is curated.")
         return _normalised(features.vectors) if normalize else features.vectors
-    from workflow.curate.features import load_features_memmap, read_feature_ids
+    from workflow.curate.features import aligned_features
 
-    ids = read_feature_ids(features)
-    x = load_features_memmap(features, cache_dir, normalize=normalize)
-    if x.shape[0] != n or (ids is not None and not np.array_equal(ids, pool.ids)):
-        raise StrataError(f"feature table has {x.shape[0]} rows / ids that differ from the pool's {n}",
-                          where=f"curate --features {features}", fix="embed the same pool table that is curated.")
-    return x
+    table = space if space is not None and space.kind == "table" else None
+    return aligned_features(features, pool.ids, cache_dir, normalize=normalize,
+                            column=table.column if table else None, ids_path=table.ids if table else None,
+                            dim=table.dim if table else None,
+                            where=f"features.table {features}" if table else f"curate --features {features}")
 
 
 def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], params: Curation, seed: int,
            progress: Callable[[str], None] = print, *, workers: int = 1, ray_address: str | None = None,
            diagnostics_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
-           threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+           threads: int | None = None, probes: Sequence[ProbeSet] = (), space: FeatureSpace | None = None,
+           ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Select pool rows.
 
     Args:
@@ -167,6 +180,9 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
             (their names go to ``stats["diagnostics"]``).
         cache_dir: Folder of the memmap conversion of a feature path (default: ``.strata-cache`` next to it).
         threads: Torch intra-op threads during the stage (default: leave torch's setting).
+        probes: The probe splits for the leakage check (``params.leakage_check``); none: no check.
+        space: The feature space ``features`` holds (its label goes to ``stats["feature_space"]``; a precomputed
+            table's ``column``, ``ids`` and ``dim``); default raw.
 
     Returns:
         ``(selected row indices ascending, cluster ids per level (n, T) or None, stats)``.
@@ -176,7 +192,8 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
     """
     method = params.method
     n = len(pool)
-    stats: dict[str, Any] = {"method": method, "pool_size": n, "seed": seed, "warnings": []}
+    label = space.label if space is not None else "raw"
+    stats: dict[str, Any] = {"method": method, "pool_size": n, "seed": seed, "feature_space": label, "warnings": []}
 
     def warn(message: str) -> None:
         stats["warnings"].append(message)
@@ -184,10 +201,21 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
 
     needs_norm = method == "semdedup" or (method in ("kmeans", "hkmeans") and params.normalize)
     with _torch_threads(threads):
-        x = _features(pool, features, needs_norm, cache_dir)
+        x = _features(pool, features, needs_norm, cache_dir, space)
+        keep = _leakage(pool, x, params, probes, label, stats, progress, threads)
+        work = pool if keep is None else pool.take(keep)
+        if keep is not None:
+            x = np.asarray(x[keep])
         options = dataclasses.replace(params.kmeans, seed=seed, ray_address=ray_address,
                                       workers=int(workers if params.num_workers is None else params.num_workers))
-        rows, levels_ids, level_sizes = _select(x, n, params, options, stats, warn, progress)
+        rows, levels_ids, level_sizes = _select(x, len(work), params, options, stats, warn, progress)
+        local_rows = rows
+        if keep is not None:  # back to rows of the whole pool
+            rows = keep[rows]
+            if levels_ids is not None:
+                full = np.full((n, levels_ids.shape[1]), -1, dtype=levels_ids.dtype)
+                full[keep] = levels_ids
+                levels_ids = full
         stats["selected_size"] = len(rows)
         if level_sizes is not None:
             from workflow.curate.diagnostics import size_summary
@@ -198,13 +226,39 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
             stats["labels_after"] = label_stats(pool.labels[rows], n_classes=len(np.unique(pool.labels)))
         from workflow.curate.diagnostics import vendi_summary, write_diagnostics
 
-        stats["vendi"] = vendi_summary(x, rows, seed, params.vendi_sample_size)
+        stats["vendi"] = vendi_summary(x, local_rows, seed, params.vendi_sample_size)
         if diagnostics_dir is not None:
-            files = write_diagnostics(diagnostics_dir, x, rows, pool.labels, level_sizes, seed,
-                                      params.map_sample_size, method)
+            files = write_diagnostics(diagnostics_dir, x, local_rows, work.labels, level_sizes, seed,
+                                      params.map_sample_size, method, space=label, leakage=stats.get("leakage"))
             stats["diagnostics"] = [os.path.basename(f) for f in files]
             progress(f"diagnostics: wrote {', '.join(files)}")
     return rows, levels_ids, stats
+
+
+def _leakage(pool: VectorTable, x: np.ndarray, params: Curation, probes: Sequence[ProbeSet], space: str,
+             stats: dict[str, Any], progress: Callable[[str], None], threads: int | None) -> np.ndarray | None:
+    """Run the leakage check into ``stats["leakage"]``; the pool rows to keep when decontaminating, else None."""
+    if params.decontaminate and not (params.leakage_check and probes):
+        raise StrataError("decontaminate needs the leakage check and the probes", where="curation.decontaminate",
+                          fix="set leakage_check: true and pass --probe-train and --probe-test (the workflow "
+                              "does).")
+    if not params.leakage_check or not probes:
+        return None
+    from workflow.curate.leakage import find_leaks
+
+    flagged, leak = find_leaks(pool, x, list(probes), params.leakage_threshold, space, threads)
+    leak["decontaminated"] = params.decontaminate
+    leak["removed"] = int(flagged.sum()) if params.decontaminate else 0
+    stats["leakage"] = leak
+    progress(f"leakage: {leak['exact']} exact and {leak['near']} near copies (cosine >= {leak['threshold']} in "
+             f"{leak['near_space']}) of probe items in the pool of {len(pool)}"
+             + (f"; removed {leak['removed']}" if params.decontaminate else ""))
+    if not params.decontaminate or not flagged.any():
+        return None
+    if flagged.all():
+        raise StrataError("every pool item copies a probe item; nothing is left to curate",
+                          where="curation.decontaminate", fix="raise leakage_threshold or check the data.")
+    return np.flatnonzero(~flagged)
 
 
 def _select(x: np.ndarray, n: int, params: Curation, options: KMeansOptions, stats: dict[str, Any],

@@ -15,6 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from workflow.config import enum
 from workflow.errors import StrataError
 from workflow.evaluate.checks import check_labels
 from workflow.measures import check_embeddings, check_int, l2_normalize
@@ -22,7 +23,7 @@ from workflow.measures import check_embeddings, check_int, l2_normalize
 __all__ = ["cluster_scores", "clustering_accuracy"]
 
 #: k-means implementations accepted by :func:`cluster_scores`.
-_CLUSTER_BACKENDS = ("sklearn", "strata")
+_CLUSTER_BACKENDS = enum("evaluation", "cluster_backend")
 
 
 def _contingency(labels_a: np.ndarray, labels_b: np.ndarray) -> np.ndarray:

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from workflow.config import enum
 from workflow.pretrain import losses as L
 from workflow.pretrain.dino import DINOHead, DINOLoss, MultiCrop
 from workflow.pretrain.ema import byol_tau, ema_update
 from workflow.pretrain.models import ProjectionHead, SwAVPrototypes
 
-METHODS = ("simclr", "byol", "barlowtwins", "vicreg", "swav", "tldr", "dino")
+METHODS = enum("ssl", "method")  # the schema's list, in its order
 
 # Method defaults where the papers differ (small-data settings; every one is a config key).
 DEFAULTS: dict[str, dict[str, Any]] = {

@@ -32,6 +32,7 @@ import numpy as np
 from workflow.errors import StrataError
 from workflow.measures import alignment, embedding_std, rankme, uniformity
 from workflow.pretrain import checkpoint
+from workflow.pretrain.progress import Progress
 from workflow.tables import atomic_path, read_metadata
 
 FAIL_AT_STEP_ENV = "STRATA_TEST_FAIL_AT_STEP"  # tests only: raise after the checkpoint at this step
@@ -95,12 +96,14 @@ def train_worker(cfg: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
+    from workflow.distributed import quiet_ray_logs
     from workflow.pretrain.augment import build_augment
     from workflow.pretrain.methods import Method
     from workflow.pretrain.models import build_encoder, save_encoder
     from workflow.pretrain.optim import build_optimizer
     from workflow.pretrain.rows import TrainingRows
 
+    quiet_ray_logs()  # (in a Ray Train worker: its own process, whose logging Ray Train set up at INFO)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg["threads_per_worker"])
@@ -148,6 +151,9 @@ def train_worker(cfg: dict[str, Any]) -> None:
         if rank == 0:
             print(f"pretrain: resuming from the checkpoint at step {step} (epoch {epoch})", flush=True)
 
+    # Rank 0 prints a progress line at each checkpoint and every ~10 s in between (workflow/pretrain/progress.py);
+    # the history keeps a row every log_every steps (MLflow's loss curves).
+    progress = Progress(total, start_step=step)
     log_every = max(1, min(steps_per_epoch, total // 50))
     total_epochs = math.ceil(total / steps_per_epoch)
     # Checkpoints and monitors cost a save and a few forward passes: about ten per run unless configured.
@@ -170,20 +176,20 @@ def train_worker(cfg: dict[str, Any]) -> None:
                 v0, v1, local_views = batch_of(idx), batch_of(pairs[idx]), []
             out = method.train_step(model, optimizer, v0, v1, step, total, lr, use_amp, local_views)
             step += 1
-            for k, v in out.scalars().items():
+            scalars = out.scalars()
+            for k, v in scalars.items():
                 window[k] = window.get(k, 0.0) + v
             window_n += 1
+            progress.add(scalars["loss"])
             if step % log_every == 0 or step == total:
                 elapsed = time.perf_counter() - t0
                 row = {"step": step, "epoch": epoch + (b + 1) / steps_per_epoch, "lr": lr,
                        "samples_per_s": window_n * global_batch / max(elapsed, 1e-9),
                        **{k: v / window_n for k, v in window.items()}}
                 history.append(row)
-                if rank == 0:
-                    terms = " ".join(f"{k} {row[k]:.4f}" for k in window if k != "loss")
-                    print(f"pretrain: step {step}/{total} epoch {row['epoch']:.1f} loss {row['loss']:.4f} {terms} "
-                          f"lr {lr:.2e} {row['samples_per_s']:.0f} samples/s", flush=True)
                 window, window_n, t0 = {}, 0, time.perf_counter()
+            if rank == 0 and step < total and progress.due():
+                progress.emit(step)
         epoch += 1
         if epoch % checkpoint_every and step < total:
             continue
@@ -207,6 +213,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
                     owner=(work / OWNER_FILE, cfg["owner"]))
         if os.environ.get(FAIL_AT_STEP_ENV) and step >= int(os.environ[FAIL_AT_STEP_ENV]) and step < total:
             raise RuntimeError(f"{FAIL_AT_STEP_ENV}: simulated crash after the checkpoint at step {step}")
+        if rank == 0:
+            progress.emit(step, "checkpoint" if step < total else "done")
         # ray.train.report synchronises every worker with the controller, so only at checkpoints.
         ray.train.report({"step": step, "loss": history[-1]["loss"] if history else float("nan")})
     if rank == 0:
@@ -256,7 +264,7 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from workflow.distributed import job_resources, ray_session, resolve_address
+    from workflow.distributed import job_resources, quiet_ray_logs, ray_session, resolve_address
     from workflow.pretrain.methods import METHODS, resolved
     from workflow.pretrain.pairs import knn_pairs
     from workflow.pretrain.rows import TrainingRows, read_selection, scan_pool, write_training_rows
@@ -294,10 +302,12 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
         (work_dir / OWNER_FILE).write_text(owner)
         resume_from = checkpoint.latest_good(work_dir / "checkpoints", workers, log=lambda m: print(m, flush=True))
         if not (work_dir / TRAIN_ROWS).exists():  # (kept across a resume: the same rows, by the fingerprint)
+            print(f"pretrain: copying the {n_rows} selected rows out of the pool ...", flush=True)
             write_training_rows(pool_path, selected, work_dir / TRAIN_ROWS)
         pairs_path = None
         if params["method"] == "tldr":
             pairs_path = work_dir / "pairs.npy"
+            print(f"pretrain: TLDR pairs: the {params['tldr_k']} nearest neighbours of {n_rows} rows ...", flush=True)
             vectors = TrainingRows(work_dir / TRAIN_ROWS).all()
             np.save(pairs_path, knn_pairs(vectors, k=params["tldr_k"], seed=seed))
             del vectors
@@ -309,6 +319,7 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
                        "work_dir": str(work_dir), "threads_per_worker": max(1, threads // workers),
                        "owner": owner, "resume_from": str(resume_from) if resume_from else None}
         shutil.rmtree(work_dir / "ray", ignore_errors=True)  # Strata keeps its own checkpoints, not Ray's
+        ray_logging = quiet_ray_logs()  # Ray Train's INFO lines stay out of the job's log
         # One CPU worker and no cluster named: Ray Train's local mode (num_workers=0) runs the loop in this process,
         # which saves starting a Train controller and a worker process (each imports torch and Ray Train: most of
         # a short job's fixed cost, docs/cluster.md). GPUs, several workers or a named cluster: Ray Train workers.
@@ -321,7 +332,8 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
                 # on the run's shared Ray cluster the job takes exactly what Snakemake gave it.
                 scaling_config=ray.train.ScalingConfig(num_workers=0 if local else workers, use_gpu=gpus > 0,
                                                        resources_per_worker=job_resources(threads, gpus, workers)),
-                run_config=ray.train.RunConfig(name="run", storage_path=str(work_dir / "ray")),
+                run_config=ray.train.RunConfig(name="run", storage_path=str(work_dir / "ray"),
+                                               **({"logging_config": ray_logging} if ray_logging else {})),
             )
             result = trainer.fit()
             if result.error is not None:
