@@ -183,6 +183,9 @@ def open_logged_model(page: Any, name: str) -> str:
 def open_model_metrics(page: Any, metric: str) -> str:
     """On a run's page, open the *Model metrics* tab and wait for the chart of ``metric``; returns its text."""
     page.get_by_role("tab", name="Model metrics").first.click()
+    search = page.get_by_placeholder(re.compile("Search metric charts"))
+    search.first.wait_for()
+    search.first.fill(metric)  # a run has dozens of charts, drawn only when scrolled into view: show this one
     page.get_by_text(metric, exact=True).first.wait_for()
     page.get_by_text("Step", exact=True).first.wait_for()  # a step axis: a history, not one value
     page.wait_for_timeout(1000)  # let the charts draw

@@ -111,6 +111,6 @@ def test_the_local_study_ran_its_ray_jobs_on_one_cluster(study: Path) -> None:
             joined.update(found)
     assert len(joined) == 1, joined
     for log in (study / "results" / "logs" / "pretrain").rglob("*.log"):
-        assert "Running in local mode" in log.read_text(), log
+        assert "pretrain: Ray Train local mode" in log.read_text(), log
     cdir = cluster_dir(study / "results")
     assert " up in " in (cdir / SUPERVISOR_LOG).read_text() and not cluster_processes(cdir)

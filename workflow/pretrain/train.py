@@ -324,6 +324,8 @@ def run_pretrain(pool_path: str, selection_path: str, encoder_path: str, history
         # which saves starting a Train controller and a worker process (each imports torch and Ray Train: most of
         # a short job's fixed cost, docs/cluster.md). GPUs, several workers or a named cluster: Ray Train workers.
         local = gpus == 0 and workers == 1 and not params.get("num_workers") and resolve_address(ray_address) is None
+        print("pretrain: Ray Train local mode (the loop runs in this process)" if local else
+              f"pretrain: Ray Train with {workers} worker process(es)", flush=True)
         with contextlib.nullcontext() if local else ray_session(num_cpus=max(threads, workers), num_gpus=gpus,
                                                                  address=ray_address):
             trainer = TorchTrainer(
