@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -138,13 +139,8 @@ def load_features_memmap(path: str | os.PathLike[str], cache_dir: str | os.PathL
 
         batches = parquet_batches()
     target = cache / f"{path.stem}.{_cache_key(path, column, normalize)}.f32{'-l2' if normalize else ''}.npy"
-    if target.exists():
-        return np.load(target, mmap_mode="r")
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache)
-    os.close(fd)
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+
+    def fill(out: np.ndarray) -> None:
         for start, block in batches:
             if block.shape[1] != dim:
                 raise StrataError(f"vectors have width {block.shape[1]}, expected {dim}", where=where,
@@ -153,6 +149,21 @@ def load_features_memmap(path: str | os.PathLike[str], cache_dir: str | os.PathL
             if normalize:
                 block = _normalise_rows(block, where, start)
             out[start:start + block.shape[0]] = block
+
+    return _cached_matrix(target, (n, dim), fill)
+
+
+def _cached_matrix(target: Path, shape: tuple[int, int], fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    """``target`` (a float32 .npy) memory-mapped, written first by ``fill`` into a temporary file that replaces it
+    atomically, so a failed or concurrent job never leaves a partial cache file."""
+    if target.exists():
+        return np.load(target, mmap_mode="r")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        fill(out)
         out.flush()
         del out
         os.replace(tmp, target)
@@ -255,19 +266,10 @@ def aligned_features(path: str | os.PathLike[str], ids: np.ndarray, cache_dir: s
     cache = Path(cache_dir) if cache_dir is not None else path.parent / ".strata-cache"
     key = hashlib.sha256(order.tobytes()).hexdigest()[:12]
     target = cache / f"{path.stem}.{_cache_key(path, column, normalize)}.{key}.aligned.npy"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache)
-        os.close(fd)
-        try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(order), x.shape[1]))
-            for start in range(0, len(order), BATCH_ROWS):
-                out[start:start + BATCH_ROWS] = x[np.sort(order[start:start + BATCH_ROWS])][
-                    np.argsort(np.argsort(order[start:start + BATCH_ROWS]))]
-            out.flush()
-            del out
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return np.load(target, mmap_mode="r")
+
+    def fill(out: np.ndarray) -> None:
+        for start in range(0, len(order), BATCH_ROWS):
+            out[start:start + BATCH_ROWS] = x[np.sort(order[start:start + BATCH_ROWS])][
+                np.argsort(np.argsort(order[start:start + BATCH_ROWS]))]
+
+    return _cached_matrix(target, (len(order), x.shape[1]), fill)
