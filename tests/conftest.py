@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,3 +51,20 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return workdir
+
+
+@pytest.fixture(scope="module")
+def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small vector pool (blobs) and a selection of all of it: the inputs of a real `strata pretrain` job."""
+    from workflow.config import validate
+    from workflow.curate.stage import write_selection
+    from workflow.data import build_dataset
+    from workflow.tables import write_table
+
+    root = tmp_path_factory.mktemp("pool")
+    splits = build_dataset(validate({"kind": "blobs", "n_max": 200, "imbalance_ratio": 4, "dim": 8}, "dataset"),
+                           "blobs")
+    pool, selection = root / "pool.parquet", root / "selection.parquet"
+    write_table(splits.pool, pool, metadata={"input_kind": "vector"})
+    write_selection(splits.pool, np.arange(len(splits.pool)), None, str(selection))
+    return pool, selection

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from workflow.cli import main
@@ -158,22 +157,6 @@ def test_a_failed_command_says_how_long_it_ran(tmp_path: Path, capsys: pytest.Ca
 
 
 # ------------------------------------------------------------------------------------------------ real jobs
-
-
-@pytest.fixture(scope="module")
-def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from workflow.config import validate
-    from workflow.curate.stage import write_selection
-    from workflow.data import build_dataset
-    from workflow.tables import write_table
-
-    root = tmp_path_factory.mktemp("joblog")
-    splits = build_dataset(validate({"kind": "blobs", "n_max": 200, "imbalance_ratio": 4, "dim": 8}, "dataset"),
-                           "blobs")
-    pool, selection = root / "pool.parquet", root / "selection.parquet"
-    write_table(splits.pool, pool, metadata={"input_kind": "vector"})
-    write_selection(splits.pool, np.arange(len(splits.pool)), None, str(selection))
-    return pool, selection
 
 
 def _pretrain_job(pool: Path, selection: Path, out: Path, **params: object) -> list[str]:

@@ -13,14 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from workflow.config import validate
-from workflow.curate.stage import write_selection
-from workflow.data import build_dataset
 from workflow.pretrain.augment import build_augment
 from workflow.pretrain.methods import METHODS, Method, resolved
 from workflow.pretrain.models import build_encoder
 from workflow.pretrain.optim import LARS, build_optimizer
 from workflow.pretrain.train import FAIL_AT_STEP_ENV, lr_at, run_pretrain
-from workflow.tables import write_table
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -65,17 +62,6 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert lrs[10] == pytest.approx(peak)  # cosine starts at the peak
     assert lrs[55] == pytest.approx(0.5 * peak, abs=0.02)
     assert lrs[-1] < 0.01
-
-
-@pytest.fixture(scope="module")
-def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("pretrain")
-    cfg = validate({"kind": "blobs", "n_max": 200, "imbalance_ratio": 4, "dim": 8}, "dataset")
-    splits = build_dataset(cfg, "blobs")
-    pool, selection = root / "pool.parquet", root / "selection.parquet"
-    write_table(splits.pool, pool, metadata={"input_kind": "vector"})
-    write_selection(splits.pool, np.arange(len(splits.pool)), None, str(selection))
-    return pool, selection
 
 
 RESUME_PARAMS = {"method": "simclr", "steps": 40, "batch_size": 64, "embedding_dim": 16, "projector_hidden_dim": 32,

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from workflow.raycluster import (
@@ -158,22 +157,6 @@ def test_leftovers_of_a_dead_supervisor_are_reaped(tmp_path: Path) -> None:
         for p in (worker, daemon):
             if p.poll() is None:
                 p.kill()
-
-
-@pytest.fixture(scope="module")
-def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from workflow.config import validate
-    from workflow.curate.stage import write_selection
-    from workflow.data import build_dataset
-    from workflow.tables import write_table
-
-    root = tmp_path_factory.mktemp("pool")
-    splits = build_dataset(validate({"kind": "blobs", "n_max": 200, "imbalance_ratio": 4, "dim": 8}, "dataset"),
-                           "blobs")
-    pool, selection = root / "pool.parquet", root / "selection.parquet"
-    write_table(splits.pool, pool, metadata={"input_kind": "vector"})
-    write_selection(splits.pool, np.arange(len(splits.pool)), None, str(selection))
-    return pool, selection
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
