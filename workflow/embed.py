@@ -1,5 +1,8 @@
 """Stage ``embed``: embeddings of one or more tables with a trained encoder, through a Ray actor pool.
 
+A one-thread CPU job with no cluster named (the default study's jobs) runs the encoder in its own process
+instead: there is nothing to distribute, and an actor's process start would cost more than the embedding.
+
 Each actor loads the encoder once (eval mode, inference mode; one actor per GPU, or one per CPU core).
 The driver streams the input table in record batches (``pyarrow`` ``iter_batches``), hands them to the actors
 round-robin with a bounded number in flight, and writes every result, in submission order, straight to the
@@ -17,6 +20,7 @@ anything is written) and embeds two rows of each table to learn the embedding wi
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 import warnings
 from typing import Any
@@ -65,6 +69,19 @@ class BackboneActor:
         return self.backbone.embed(vectors, image_shape)
 
 
+class InProcess:
+    """An encoder or backbone actor's object in the job's own process, called like a Ray actor handle
+    (``handle.embed.remote(...)`` returns the embeddings at once): the path of a one-thread CPU job."""
+
+    def __init__(self, actor: EncoderActor | BackboneActor) -> None:
+        self.embed = _Call(actor.embed)
+
+
+class _Call:
+    def __init__(self, fn: Any) -> None:
+        self.remote = fn
+
+
 def _backbone_specs(path: str, pooling: str, inputs: list[str]) -> dict[str, dict[str, Any]]:
     """Load the backbone once in the driver (its errors before Ray starts) and learn, from two rows of each
     input table, the embedding width; returns each table's spec (``input_dim``, ``embedding_dim``,
@@ -88,13 +105,12 @@ def _backbone_specs(path: str, pooling: str, inputs: list[str]) -> dict[str, dic
 
 def embed_table(actors: list[Any], inp: str, out: str, spec: dict[str, Any], batch_size: int,
                 metadata: dict[str, Any], in_flight_per_actor: int = 2) -> int:
-    """Embed one table on ``actors`` (Ray handles of :class:`EncoderActor`), streaming, order kept.
+    """Embed one table on ``actors`` (Ray handles of :class:`EncoderActor`, or :class:`InProcess`), streaming,
+    order kept.
 
     Batches go to the actors round-robin with up to ``in_flight_per_actor`` batches queued on each, so
     reading and writing Parquet on the driver overlaps with inference; results are written in order.
     """
-    import ray
-
     total = table_rows(inp)
     in_flight: collections.deque[tuple[VectorTable, Any]] = collections.deque()
     done_rows, last_print = 0, time.perf_counter()
@@ -102,7 +118,11 @@ def embed_table(actors: list[Any], inp: str, out: str, spec: dict[str, Any], bat
     def write_oldest(writer: TableWriter) -> None:
         nonlocal done_rows, last_print
         chunk, ref = in_flight.popleft()
-        emb = ray.get(ref)
+        if not isinstance(ref, np.ndarray):  # an actor's result (InProcess returns the array itself)
+            import ray
+
+            ref = ray.get(ref)
+        emb = ref
         if not np.isfinite(emb).all():
             raise StrataError("the encoder produced NaN/inf embeddings", where=str(metadata.get("encoder")),
                               fix="the pretraining diverged; lower ssl.lr and re-run pretrain."
@@ -154,7 +174,7 @@ def run_embed(encoder_path: str, pairs: list[tuple[str, str]], threads: int, gpu
     (a transformers model folder or a TorchScript file; ``pooling``). Returns per-table row counts and throughput.
     """
     from workflow.backbones import is_strata_encoder
-    from workflow.distributed import ray_session
+    from workflow.distributed import ray_session, resolve_address
 
     for inp, _ in pairs:  # a missing or unreadable input fails before anything loads
         table_rows(inp)
@@ -176,8 +196,18 @@ def run_embed(encoder_path: str, pairs: list[tuple[str, str]], threads: int, gpu
         backbone_pooling = pooling
         meta["pooling"] = pooling
     stats: dict[str, Any] = {}
-    with ray_session(num_cpus=max(1, threads), num_gpus=gpus, address=ray_address):
-        actors = start_actors(str(encoder_path), threads, gpus, backbone_pooling)
+    # One thread, no GPU and no cluster named: nothing to distribute, so the encoder runs in this process (a Ray
+    # actor's process start and its second torch import were most of a small embed job's fixed cost).
+    local = gpus == 0 and threads <= 1 and resolve_address(ray_address) is None
+    print("embed: in this process (one CPU thread, no cluster named)" if local else
+          "embed: on a Ray actor pool", flush=True)
+    with contextlib.nullcontext() if local else ray_session(num_cpus=max(1, threads), num_gpus=gpus,
+                                                             address=ray_address):
+        if local:
+            actors: list[Any] = [InProcess(EncoderActor(str(encoder_path), 1, False) if backbone_pooling is None
+                                           else BackboneActor(str(encoder_path), backbone_pooling, 1, False))]
+        else:
+            actors = start_actors(str(encoder_path), threads, gpus, backbone_pooling)
         for inp, out in pairs:
             start = time.perf_counter()
             rows = embed_table(actors, inp, out, specs[inp], batch_size, {**meta, "source": str(inp)})

@@ -404,11 +404,16 @@ SPOOL_ENV = "STRATA_TRACKING_SPOOL"
 
 def _spool(folder: Path, spec: TrackingSpec, record: StageRecord, parent_metrics: dict[str, float] | None) -> None:
     import dataclasses
+
+    _write_spooled(folder, {"spec": dataclasses.asdict(spec), "record": dataclasses.asdict(record),
+                            "parent_metrics": parent_metrics})
+
+
+def _write_spooled(folder: Path, data: dict[str, Any]) -> None:
     import uuid
 
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
-    data = {"spec": dataclasses.asdict(spec), "record": dataclasses.asdict(record), "parent_metrics": parent_metrics}
     tmp = folder / f".{name}.tmp"
     tmp.write_text(json.dumps(data))
     os.replace(tmp, folder / name)
@@ -423,8 +428,12 @@ def flush_spool(folder: str | os.PathLike[str]) -> int:
     """
     files = sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []
     spooled = [(path, json.loads(path.read_text())) for path in files]
+    # The study summary annotates the variant runs, which the stage records create: it goes last.
+    spooled.sort(key=lambda item: "study" in item[1])
     starts: dict[str, int] = {}
     for _, data in spooled:
+        if "study" in data:
+            continue
         start = data["record"].get("start_ms")
         spec = data["spec"]
         for key in [spec["parent_key"], *(link["parent_key"] for link in spec.get("links", []))]:
@@ -433,6 +442,10 @@ def flush_spool(folder: str | os.PathLike[str]) -> int:
     environ = os.environ.pop(SPOOL_ENV, None)
     try:
         for path, data in spooled:
+            if "study" in data:
+                log_study(**data["study"])
+                path.unlink()
+                continue
             record = StageRecord(**data["record"])
             record.series = [tuple(x) for x in record.series]  # type: ignore[misc]
             spec = TrackingSpec(**data["spec"])
@@ -454,7 +467,14 @@ def attach_job_files(uri: str, experiment: str) -> int:
 
 def log_study(uri: str, experiment: str, metrics: dict[str, float], files: Sequence[str] = (), *,
               note: str | None = None, baseline: str | None = None, compared: Sequence[str] = ()) -> None:
-    """Log a study's summary (:func:`workflow.tracking_study.log_study`)."""
+    """Log a study's summary (:func:`workflow.tracking_study.log_study`); in a local Snakemake run, spool it
+    (:data:`SPOOL_ENV`): the run's main process logs it after the stage records, so the summarize job does not
+    import MLflow."""
+    if os.environ.get(SPOOL_ENV):
+        _write_spooled(Path(os.environ[SPOOL_ENV]), {"study": {
+            "uri": uri, "experiment": experiment, "metrics": metrics, "files": [str(Path(f).resolve()) for f in files],
+            "note": note, "baseline": baseline, "compared": list(compared)}})
+        return
     from workflow.tracking_study import log_study as log
 
     log(uri, experiment, metrics, files, note=note, baseline=baseline, compared=compared)
