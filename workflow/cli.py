@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -248,10 +247,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         files = [f for f in (args.csv, args.md, args.png, args.stats, args.verdict, args.forest, args.curve_md,
                              args.curve_png) if f and Path(f).is_file()]
         note = verdict_markdown(read_verdict(args.verdict)) if args.verdict else None
-        from workflow.tracking import SPOOL_ENV, flush_spool
-
-        if os.environ.get(SPOOL_ENV):  # the variant runs that the summary annotates must exist first
-            flush_spool(os.environ[SPOOL_ENV])
+        # In a local Snakemake run this is spooled and logged at the run's end, after the variant runs it
+        # annotates (workflow.tracking.flush_spool).
         log_summary_to_mlflow(args.tracking_uri, args.experiment, pd.read_csv(args.stats), files,
                               baseline=summary.get("baseline", args.baseline), note=note)
 
