@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from workflow import timing
 from workflow.errors import StrataError
 from workflow.figures import MAP_MAX_POINTS, figure_grid, map_points, scatter_by_label
 from workflow.tables import atomic_path
@@ -291,20 +292,23 @@ def _panels(rows: list[list[str]] | None, with_seed: bool = False) -> list[Panel
 
 
 def cmd_compare_embeddings(args: argparse.Namespace) -> None:
-    trust = plot_embedding_panels(_panels(args.panel), args.output, args.seed, args.title, args.metric,
-                                  args.max_points)
+    with timing.compute():  # the job's own work, for benchmarks/study.py's fixed cost
+        trust = plot_embedding_panels(_panels(args.panel), args.output, args.seed, args.title, args.metric,
+                                      args.max_points)
     print(f"compare-embeddings: {len(trust)} maps (trustworthiness@5 "
           f"{', '.join(f'{c} {t:.3f}' for c, t in trust.items())}) -> {args.output}", flush=True)
 
 
 def cmd_compare_losses(args: argparse.Namespace) -> None:
-    seeds = plot_loss_overlay(_panels(args.run, with_seed=True), args.treatment, args.control, args.output,
-                              args.title, args.column)
+    with timing.compute():
+        seeds = plot_loss_overlay(_panels(args.run, with_seed=True), args.treatment, args.control, args.output,
+                                  args.title, args.column)
     print(f"compare-losses: {args.treatment} vs {args.control}, seeds {seeds} -> {args.output}", flush=True)
 
 
 def cmd_kept_per_class(args: argparse.Namespace) -> None:
-    kept = plot_kept_per_class(_panels(args.curation), args.output, args.title)
+    with timing.compute():
+        kept = plot_kept_per_class(_panels(args.curation), args.output, args.title)
     print(f"kept-per-class: {len(kept)} labelled curation(s) -> {args.output}", flush=True)
 
 
