@@ -5,7 +5,10 @@ BIN := $(abspath $(VENV))/bin
 CORES ?= 2
 CONFIG ?= configs/default.yaml
 UI_PORT ?= 5000
-CURVE_DIR ?= runs/curve
+# The study's folder, results/<study>/ (read from CONFIG once the venv exists): studies coexist.
+STUDY_DIR = $(shell $(BIN)/python -m workflow.config $(CONFIG))
+DEFAULT_DIR = $(shell $(BIN)/python -m workflow.config configs/default.yaml)
+CURVE_DIR = $(shell $(BIN)/python -m workflow.config configs/curve.yaml)
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup run test report lint ui screenshots clean readme-results curve
@@ -21,29 +24,28 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 run: setup
-	@$(BIN)/python docs/readme_results.py --stamp start --results results
+	@$(BIN)/python docs/readme_results.py --stamp start --results $(STUDY_DIR)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
-	@$(BIN)/python docs/readme_results.py --stamp end --results results
-	@echo; echo "Tables: results/summary.md; figures: make report"; $(BIN)/python -m workflow.verdict results/verdict.json
+	@$(BIN)/python docs/readme_results.py --stamp end --results $(STUDY_DIR)
+	@echo; echo "Tables: $(STUDY_DIR)/summary.md; figures: make report"; \
+		$(BIN)/python -m workflow.verdict $(STUDY_DIR)/verdict.json
 
-# The size sweep ("by how much", configs/curve.yaml) in its own folder, so it does not replace the default study.
+# The size sweep ("by how much", configs/curve.yaml): a study of its own, in its own folder.
 curve: setup
-	@$(BIN)/python docs/readme_results.py --stamp start --results $(CURVE_DIR)/results
-	$(BIN)/snakemake --cores $(CORES) --snakefile $(abspath Snakefile) --configfile $(abspath configs/curve.yaml) --directory $(CURVE_DIR)
-	@$(BIN)/python docs/readme_results.py --stamp end --results $(CURVE_DIR)/results
-	@echo; cat $(CURVE_DIR)/results/curve.md
+	@$(MAKE) --no-print-directory run CONFIG=configs/curve.yaml
+	@echo; cat $(CURVE_DIR)/curve.md
 
 # Regenerate the README's results blocks and pictures from a fresh `make run` (and `make curve`, if it ran).
 readme-results: setup
-	$(BIN)/python docs/readme_results.py --results results --readme README.md \
-		$(if $(wildcard $(CURVE_DIR)/results/curve.md),--curve $(CURVE_DIR)/results)
+	$(BIN)/python docs/readme_results.py --results $(DEFAULT_DIR) --readme README.md \
+		$(if $(wildcard $(CURVE_DIR)/curve.md),--curve $(CURVE_DIR))
 
 test: setup
 	$(BIN)/python -m pytest -q tests
 
 report: setup
-	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
-	@echo "report: results/report.html"
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report $(STUDY_DIR)/report.html
+	@echo "report: $(STUDY_DIR)/report.html"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -51,8 +53,10 @@ lint: setup
 ui: setup
 	$(BIN)/python -m workflow.ui --config $(CONFIG) --port $(UI_PORT)
 
+# Screenshots of the MLflow UI and the report into $(STUDY_DIR)/screenshots/ (untracked); UPDATE_DOCS=1 replaces
+# the README's pictures in docs/images/ instead.
 screenshots: setup
-	$(BIN)/python docs/screenshots.py
+	$(BIN)/python docs/screenshots.py --config $(CONFIG) $(if $(UPDATE_DOCS),--update-docs)
 
 clean:
 	rm -rf results .snakemake

@@ -11,11 +11,15 @@ sys.path.insert(0, workflow.basedir)
 from snakemake.settings.types import DeploymentMethod  # noqa: E402
 from snakemake.utils import update_config  # noqa: E402
 
-from workflow.config import check_study, config_hash, relevant, ssl_for_dataset, typed_overrides  # noqa: E402
+from workflow.config import RESULTS_ROOT, check_study, config_hash, relevant, ssl_for_dataset  # noqa: E402
+from workflow.config import run_settings, study_results, typed_overrides  # noqa: E402
 from workflow.config import validate  # noqa: E402
+from workflow.chains import upstream  # noqa: E402
+from workflow.data.paths import DATASET_PATH_KEYS, resolve_data_paths  # noqa: E402
 from workflow.errors import StrataError  # noqa: E402
 from workflow.feature_spaces import check_features  # noqa: E402
 from workflow.feature_spaces import curation_space as feature_space_of  # noqa: E402
+from workflow.frozen import FROZEN_CURATION, frozen_label, frozen_space, frozen_tables, is_frozen  # noqa: E402
 from workflow.tracking import resolve_tracking_uri  # noqa: E402
 
 # `--config key=value` overrides, typed as in a config file (Snakemake leaves nested values strings).
@@ -27,15 +31,19 @@ if CONFIG_OVERRIDES:
 
 try:
     # The one validation of the study (configs/schema.yaml, defaults filled in, as snakemake.utils.validate would),
-    # with messages naming the key.
+    # with messages naming the key. First, relative data paths missing from the working directory are found
+    # beside the config file that sets them (workflow/data/paths.py), so a study can ship with its data.
+    resolve_data_paths(config, workflow.overwrite_configfiles)
     check_study(config, CONFIG_SOURCE)
 except StrataError as err:
     # One line and exit status 2, like every `strata` command; nothing is created (no results/, no mlflow.db).
     print(f"strata: invalid config: {err}", file=sys.stderr, flush=True)
     sys.exit(2)
 
-RESULTS = "results"
-TRACKING_URI = resolve_tracking_uri(config["tracking"]["uri"], RESULTS)
+# Each study writes under its own folder, so studies coexist; they share one MLflow store (results/mlflow.db),
+# one experiment per study.
+RESULTS = study_results(config)
+TRACKING_URI = resolve_tracking_uri(config["tracking"]["uri"], RESULTS_ROOT)
 NAME = "[A-Za-z0-9_.-]+"
 
 # The `strata` CLI, run by the interpreter that runs Snakemake (so an unactivated `.venv/bin/snakemake` works),
@@ -55,15 +63,23 @@ wildcard_constraints:
     split="probe_train|probe_test",
 
 
-def variants():
-    """Every (dataset, curation, ssl, seed) of the study."""
+def variants(trained_only=False):
+    """Every (dataset, curation, ssl, seed) of the study. A frozen-feature entry (ssl method none) does not
+    depend on the curation: it is one variant per data set and seed, curation FROZEN_CURATION (workflow/frozen.py).
+    `trained_only` leaves the frozen entries out (no pretraining run, no training curves)."""
     return [
         (d, c, s, seed)
         for d in config["datasets"]
-        for c in config["curations"]
         for s in config["ssl"]
+        if not (trained_only and is_frozen(config["ssl"][s]))
+        for c in ([FROZEN_CURATION] if is_frozen(config["ssl"][s]) else config["curations"])
         for seed in config["seeds"]
     ]
+
+
+def trained_ssl():
+    """The ssl entries that pretrain an encoder (all but the frozen-feature ones)."""
+    return [s for s in config["ssl"] if not is_frozen(config["ssl"][s])]
 
 
 def curation_config(name):
@@ -87,12 +103,16 @@ def dataset_files(wildcards):
     edited in place; `snakemake --forcerun data` rebuilds it then.
     """
     cfg = config["datasets"][wildcards.dataset]
-    return [cfg[key] for key in ("path", "labels_path", "probe_train_path", "probe_test_path") if cfg.get(key)]
+    return [cfg[key] for key in DATASET_PATH_KEYS if cfg.get(key)]
 
 
-def for_variants(pattern):
-    """A rule's output pattern (e.g. ``rules.evaluate.output.metrics``) for every variant of the study."""
-    d, c, s, seed = zip(*variants())
+def for_variants(pattern, trained_only=False):
+    """A rule's output pattern (e.g. ``rules.evaluate.output.metrics``) for every variant of the study (with
+    `trained_only`, of every variant that pretrains an encoder)."""
+    chosen = variants(trained_only)
+    if not chosen:
+        return []
+    d, c, s, seed = zip(*chosen)
     return expand(pattern, zip, dataset=d, curation=c, ssl=s, seed=seed)
 
 
@@ -100,7 +120,8 @@ def all_figures():
     """Each variant's training curves and embedding map (the report's per-variant figures)."""
     if not config["report"]["figures"]:
         return []
-    return for_variants(rules.plot_training.output.png) + for_variants(rules.plot_embeddings.output.png)
+    # A frozen-feature entry trains nothing: an embedding map, no training curves.
+    return for_variants(rules.plot_training.output.png, True) + for_variants(rules.plot_embeddings.output.png)
 
 
 # The backbone feature spaces of the study by slug (workflow/feature_spaces.py): one embed_backbone job each.
@@ -156,6 +177,37 @@ def probe_args(wildcards, input):
     return one_per_line(f"--{k.replace('_', '-')} {input[k]}" for k in keys if k in input.keys())
 
 
+# The precomputed tables of frozen-feature entries by slug: one frozen_probes job per data set each.
+FROZEN_TABLES = frozen_tables(config)
+
+
+def variant_probes(wildcards):
+    """The probe splits a variant is evaluated on (and, for a trained entry, its curation's stats.json): the
+    probes embedded by the variant's encoder; for a frozen-feature entry (ssl method none) the probes in its
+    space, with no pretraining and no curation: the data stage's tables (raw), a table's probes with the data
+    set's labels (frozen_probes) or the backbone's embeddings (embed_backbone)."""
+    w = dict(wildcards)
+    cfg = config["ssl"][w["ssl"]]
+    if not is_frozen(cfg):
+        return {
+            "probe_train": expand(rules.embed_probes.output.probe_train, **w)[0],
+            "probe_test": expand(rules.embed_probes.output.probe_test, **w)[0],
+            "curation_stats": expand(rules.curate.output.stats, **w)[0],
+        }
+    space = frozen_space(cfg)
+    out = {"raw": rules.data.output, "table": rules.frozen_probes.output, "backbone": rules.embed_backbone.output}
+    pattern = out[space.kind]
+    return {
+        split: expand(getattr(pattern, split), dataset=w["dataset"], space=space.slug)[0]
+        for split in ("probe_train", "probe_test")
+    }
+
+
+def curation_stats_arg(wildcards, input):
+    """`--curation-stats F` for a trained variant (a frozen-feature one has no curation)."""
+    return f"--curation-stats {input.curation_stats}" if "curation_stats" in input.keys() else ""
+
+
 def one_per_line(args):
     """Shell arguments one per line (continued with backslashes): lists that grow with the study stay readable."""
     return " \\\n            ".join(args)
@@ -174,11 +226,19 @@ def dataset_parent(dataset):
 def variant_parent(dataset, curation, ssl, seed):
     params = {
         "dataset": {"name": dataset, **dataset_config(dataset)},
-        "curation": {"name": curation, **curation_config(curation)},
+        # A chained curation's upstream curations (workflow/chains.py): changing one is a new variant.
+        "curation": {
+            "name": curation,
+            **curation_config(curation),
+            **upstream(config["curations"], curation, curation_config),
+        },
         "ssl": {"name": ssl, **ssl_config(ssl, dataset)},
         "evaluation": config["evaluation"],
         "seed": int(seed),
     }
+    if is_frozen(config["ssl"][ssl]):  # no curation; the run records ssl.method none and the space's label
+        del params["curation"]
+        params["ssl"]["feature_space"] = frozen_space(config["ssl"][ssl]).label
     key = f"variant:{dataset}/{curation}/{ssl}/seed{seed}:{config_hash(params)}"
     name = f"{curation}/{ssl}/s{seed} · {dataset}"  # short: the MLflow runs table shows the seed
     return {"parent_kind": "variant", "parent_key": key, "parent_name": name, "parent_params": params}
@@ -222,7 +282,8 @@ def tracking_spec(rule_name, wildcards):
     if parent == "dataset":
         p = dataset_parent(w["dataset"])
     elif "ssl" not in w:  # a curation: every ssl method's variant uses it; it nests under the first
-        p, *links = (variant_parent(w["dataset"], w["curation"], s, w["seed"]) for s in config["ssl"])
+        nest = trained_ssl() or list(config["ssl"])  # a frozen entry's variant uses no curation
+        p, *links = (variant_parent(w["dataset"], w["curation"], s, w["seed"]) for s in nest)
     else:
         p = variant_parent(w["dataset"], w.get("curation", "none"), w["ssl"], w["seed"])
     return {
@@ -247,6 +308,15 @@ def _write(path, text):
     os.replace(tmp, path)
 
 
+def job_params(rule_name, wildcards, cfg):
+    """A job's params file: its `cfg` param, plus a curation's run settings (device, workers, chunk sizes), which
+    are kept out of `cfg` so that changing them reruns nothing."""
+    if rule_name != "curate" or wildcards["curation"] not in config["curations"]:
+        return cfg
+    settings = run_settings("curation", config["curations"][wildcards["curation"]])
+    return as_json({**json.loads(cfg), **settings}) if settings else cfg
+
+
 def write_job_files():
     """`onstart`: the tracking spec and params file of each job to run (JOB_FILES), in the main process."""
     if not workflow.is_main_process or workflow.touch:
@@ -259,7 +329,7 @@ def write_job_files():
         if JOBS[rule_name][1]:
             _write(job_file(rule_name, "tracking").format(**w), as_json(tracking_spec(rule_name, w)))
         if "cfg" in job.params.keys():
-            _write(job_file(rule_name, "params").format(**w), job.params.cfg)
+            _write(job_file(rule_name, "params").format(**w), job_params(rule_name, w, job.params.cfg))
 
 
 def attach_job_files():

@@ -1,12 +1,57 @@
 from workflow.report_layout import CATEGORY, study_labels  # noqa: E402
 
 
+# A frozen table's probes belong to no single variant (one job per data set and table): no MLflow stage run.
+JOBS["frozen_probes"] = ("frozen_probes/{dataset}/{space}", None)
+
+
+rule frozen_probes:
+    """The probe splits in a precomputed table's space, with the data set's labels: what a frozen-feature entry
+    (ssl method none, `features: {table: ..., probe_train: ..., probe_test: ...}`) is evaluated on."""
+    input:
+        probe_train=rules.data.output.probe_train,
+        probe_test=rules.data.output.probe_test,
+        features_train=lambda w: FROZEN_TABLES[w.space].probe_train,
+        features_test=lambda w: FROZEN_TABLES[w.space].probe_test,
+    output:
+        probe_train=f"{RESULTS}/{{dataset}}/frozen/{{space}}/probe_train.parquet",
+        probe_test=f"{RESULTS}/{{dataset}}/frozen/{{space}}/probe_test.parquet",
+    params:
+        table=lambda w: shlex.quote(FROZEN_TABLES[w.space].path),
+        layout=lambda w: " ".join(
+            f"--{k} {shlex.quote(str(v))}"
+            for k, v in (
+                ("column", FROZEN_TABLES[w.space].column),
+                ("dim", FROZEN_TABLES[w.space].dim),
+                ("label", FROZEN_TABLES[w.space].label),
+            )
+            if v is not None
+        ),
+    log:
+        job_file("frozen_probes", "log"),
+    benchmark:
+        job_file("frozen_probes", "benchmark")
+    conda:
+        "../envs/strata.yaml"
+    message:
+        "frozen_probes: the probes of {wildcards.dataset} in the {wildcards.space} table's space (log: {log})"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        """
+        {STRATA} frozen-probes --table {params.table} {params.layout} \\
+            --probe {input.probe_train} --features {input.features_train} --output {output.probe_train} \\
+            --probe {input.probe_test} --features {input.features_test} --output {output.probe_test} \\
+            --cache-dir {RESULTS}/.work/frozen-cache > {log} 2>&1
+        """
+
+
 rule evaluate:
     """Clustering (ACC/NMI/ARI), retrieval (Recall@K, mAP@R) and kNN / linear-probe accuracy of a variant."""
     input:
-        probe_train=rules.embed_probes.output.probe_train,
-        probe_test=rules.embed_probes.output.probe_test,
-        curation_stats=rules.curate.output.stats,
+        unpack(variant_probes),  # a frozen-feature entry (ssl method none): its space's probes, no curation
     output:
         metrics=f"{RESULTS}/{{dataset}}/evaluate/{{curation}}/{{ssl}}/seed{{seed}}/metrics.json",
     params:
@@ -16,6 +61,7 @@ rule evaluate:
         variant=lambda w: as_json(
             {"dataset": w.dataset, "curation": w.curation, "ssl": w.ssl, "seed": int(w.seed)}
         ),
+        curation_stats=curation_stats_arg,
     log:
         job_file("evaluate", "log"),
     benchmark:
@@ -33,7 +79,7 @@ rule evaluate:
         {STRATA} evaluate --params-file {params.cfg_file} --tracking {params.tracking} --seed {wildcards.seed} \\
             --variant {params.variant:q} \\
             --probe-train {input.probe_train} --probe-test {input.probe_test} \\
-            --curation-stats {input.curation_stats} --output {output.metrics} > {log} 2>&1
+            {params.curation_stats} --output {output.metrics} > {log} 2>&1
         """
 
 
@@ -97,6 +143,8 @@ rule summarize:
                     n: {k: c[k] for k in ("method", "target_size", "features", "features_seed") if c.get(k) is not None}
                     for n, c in ((n, curation_config(n)) for n in config["curations"])
                 },
+                # Frozen-feature entries (ssl method none): reference rows, never compared between curations.
+                "frozen": {s: frozen_label(c) for s, c in config["ssl"].items() if is_frozen(c)},
             }
         ),
         cfg_file=job_file("summarize", "params"),

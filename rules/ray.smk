@@ -5,9 +5,11 @@
 import os
 import sys
 
-# Rules whose jobs use Ray: embed always; pretrain with GPUs or `num_workers` (on CPU with one worker it runs in
-# Ray Train's local mode, in the job's process); curate with more than one thread (k-means on Ray actors).
-RAY_RULES = {"embed_pool", "embed_probes"}
+# Rules whose jobs use Ray: embed with more than one thread or a GPU (with one CPU thread it runs the encoder in
+# the job's process); pretrain with GPUs or `num_workers` (on CPU with one worker it runs in Ray Train's local
+# mode, in the job's process); curate with more than one thread (k-means on Ray actors).
+EMBED_RULES = {"embed_pool", "embed_probes", "embed_backbone"}
+ALWAYS_RAY = set()  # rules whose jobs always use Ray: none of the workflow's (tests/ray_study's stand-in jobs)
 
 
 def _resource_value(name):
@@ -25,12 +27,17 @@ def _run_needs_ray():
 
     def uses_ray(job):
         name = job.rule.name
+        if name in ALWAYS_RAY:
+            return True
+        try:
+            gpu = int(job.resources.get("gpu", 0) or 0) if name == "pretrain" or name in EMBED_RULES else 0
+        except Exception:  # resources not evaluable here: assume Ray
+            return True
         if name == "pretrain":
-            try:
-                return workers or int(job.resources.get("gpu", 0) or 0) > 0
-            except Exception:  # resources not evaluable here: assume Ray
-                return True
-        return name in RAY_RULES or (name == "curate" and job.threads > 1)
+            return bool(workers) or gpu > 0
+        if name in EMBED_RULES:
+            return job.threads > 1 or gpu > 0
+        return name == "curate" and job.threads > 1
 
     return any(uses_ray(job) for job in jobs)
 

@@ -44,7 +44,7 @@ def comparative_figures():
     for dataset in config["datasets"]:
         if any(curation_config(c)["method"] != "none" for c in config["curations"]):
             out += expand(rules.kept_per_class.output.png, dataset=dataset, seed=config["seeds"])
-        for ssl in config["ssl"]:
+        for ssl in trained_ssl():  # a frozen-feature entry has no curations to compare, nor losses
             out += expand(rules.compare_losses.output.png, dataset=dataset, ssl=ssl, curation=list(comparisons()))
             if config["report"]["figures"]:
                 out += expand(rules.compare_embeddings.output.png, dataset=dataset, ssl=ssl, seed=config["seeds"])
@@ -54,6 +54,14 @@ def comparative_figures():
 def variant_item(item, shows):
     """Report labels of a per-variant figure (a function of the job's wildcards)."""
     return lambda w: variant_labels(item, shows, w.curation, w.seed)
+
+
+def figure_title(w):
+    """A per-variant figure's title; a frozen-feature entry's names its space (it has no curation)."""
+    cfg = config["ssl"][w.ssl]
+    if is_frozen(cfg):
+        return f"{frozen_label(cfg)} · {w.ssl} · {w.dataset} · seed {w.seed}"
+    return variant_title(w.dataset, w.curation, curation_config(w.curation), w.ssl, w.seed)
 
 
 rule plot_training:
@@ -69,7 +77,7 @@ rule plot_training:
             labels=variant_item("Training curves", "still falling = train longer"),
         ),
     params:
-        title=lambda w: variant_title(w.dataset, w.curation, curation_config(w.curation), w.ssl, w.seed),
+        title=figure_title,
         tracking=job_file("plot_training", "tracking"),
     log:
         job_file("plot_training", "log"),
@@ -93,7 +101,7 @@ rule plot_training:
 rule plot_embeddings:
     """2-D t-SNE map of a variant's probe_test embeddings, coloured by label."""
     input:
-        embeddings=rules.embed_probes.output.probe_test,
+        embeddings=lambda w: variant_probes(w)["probe_test"],  # a frozen entry: its space's probes
     output:
         png=report(
             f"{RESULTS}/{{dataset}}/figures/{{curation}}/{{ssl}}/seed{{seed}}/embeddings.png",
@@ -103,7 +111,7 @@ rule plot_embeddings:
             labels=variant_item("t-SNE map", "tight groups = classes apart"),
         ),
     params:
-        title=lambda w: variant_title(w.dataset, w.curation, curation_config(w.curation), w.ssl, w.seed),
+        title=figure_title,
         tracking=job_file("plot_embeddings", "tracking"),
         max_points=config["report"]["map_max_points"],
     log:

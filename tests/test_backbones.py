@@ -212,7 +212,7 @@ def test_workflow_plans_one_embed_job_per_backbone_space(models, tmp_path: Path)
     text = result.stdout + result.stderr
     assert text.count("embed_backbone: the pool and probes of img in the dino space") == 1
     assert f"embed --encoder {models['dino']} --pooling auto" in text
-    assert "--features results/img/features/dino/pool.parquet" in text
-    assert "--probe-test-features results/img/features/dino/probe_test.parquet" in text
+    assert "--features results/bb/img/features/dino/pool.parquet" in text
+    assert "--probe-test-features results/bb/img/features/dino/probe_test.parquet" in text
     for curation in ("hk.raw", "hk.dino", "km_dino"):
         assert f"curate: {curation} subset of img, seed 1" in text

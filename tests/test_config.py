@@ -122,7 +122,7 @@ def test_unknown_ssl_method() -> None:
     err = _error(config)
     assert err.where == f"{SOURCE}: ssl.simclr.method"
     assert "'mocov3' is not allowed" in err.message
-    assert "['simclr', 'byol', 'barlowtwins', 'vicreg', 'swav', 'tldr', 'dino']" in err.message
+    assert "['simclr', 'byol', 'barlowtwins', 'vicreg', 'swav', 'tldr', 'dino', 'none']" in err.message
 
 
 def test_unknown_curation_method_lists_allowed_values() -> None:
@@ -321,7 +321,8 @@ FORMER_RELEVANT = {
     ("dataset", "digits"): _DATA_GENERATOR,
     ("dataset", "blobs"): [*_DATA_GENERATOR, "n_classes", "dim", "n_subclusters"],
     ("dataset", "file"): ["kind", "path", "vector_column", "labels_path", "probe_train_path", "probe_test_path",
-                          "input_kind"],
+                          "input_kind", "seed", "probe_fraction", "probe_train_labels_path",
+                          "probe_test_labels_path"],  # issue 18 item 5: held-out and .npy probes
     ("dataset", "digits-images"): [*_DATA_GENERATOR, "image_size", "image_mode"],
     ("dataset", "image-folder"): ["kind", "seed", "path", "probe_train_path", "probe_test_path",
                                   "probe_train_per_class", "probe_test_per_class", "input_kind", "image_size",
@@ -346,6 +347,8 @@ def test_ssl_keys_follow_the_method_and_the_data() -> None:
            "tldr": {"lambda_param", "tldr_k"}}
     method_only = set().union(*own.values())
     for method in enum("ssl", "method"):
+        if method == "none":  # a frozen-feature entry: tests/test_frozen_baseline.py
+            continue
         cfg = validate({"method": method}, "ssl")
         for dataset, image in (({"kind": "blobs", "input_kind": "auto"}, False), ({"kind": "digits-images"}, True),
                                ({"kind": "file", "input_kind": "image"}, True), ({"kind": "mnist1d-lt"}, False)):
@@ -372,7 +375,7 @@ def test_code_enums_are_the_schemas() -> None:
     from workflow.curate.stage import METHODS
     from workflow.kmeans import INIT_METHODS, PRUNE_MODES
 
-    assert enum("ssl", "method") == ("simclr", "byol", "barlowtwins", "vicreg", "swav", "tldr", "dino")
+    assert enum("ssl", "method") == ("simclr", "byol", "barlowtwins", "vicreg", "swav", "tldr", "dino", "none")
     assert METHODS == enum("curation", "method") == ("none", "random", "kmeans", "hkmeans", "semdedup")
     assert INIT_METHODS == enum("curation", "init_method") and SAMPLE_STRATEGIES == enum("curation", "sample_strategy")
     assert LEAF_STRATEGIES == enum("curation", "leaf_strategy")

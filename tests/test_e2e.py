@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_summary_has_every_variant(study: Path) -> None:
-    df = pd.read_csv(study / "results" / "summary.csv")
+    df = pd.read_csv(study / "results" / "strata-test" / "summary.csv")
     assert len(df) == 3 * 2  # curations x seeds
     assert set(df["curation"]) == {"none", "random", "hkmeans"}
     assert set(df["seed"]) == {0, 1}
@@ -26,7 +26,7 @@ def test_summary_has_every_variant(study: Path) -> None:
         assert df[metric].between(-1, 1).all() and df[metric].notna().all(), metric
     # Learned embeddings beat chance (10 classes) on the kNN probe.
     assert df["knn_accuracy"].mean() > 0.15
-    md = (study / "results" / "summary.md").read_text()
+    md = (study / "results" / "strata-test" / "summary.md").read_text()
     for name in ("none", "random", "hkmeans", "hkmeans − random", "knn_accuracy", "map_at_r", "cluster_nmi"):
         assert name in md
 
@@ -34,7 +34,7 @@ def test_summary_has_every_variant(study: Path) -> None:
 def test_verdict_json(study: Path) -> None:
     from workflow.verdict import VERDICTS, classify
 
-    results = study / "results"
+    results = study / "results" / "strata-test"
     verdict = json.loads((results / "verdict.json").read_text())
     assert (verdict["primary"], verdict["baseline"], verdict["rope"], verdict["n_seeds"]) == (
         "knn_accuracy", "random", 0.01, 2)
@@ -57,22 +57,22 @@ def test_verdict_json(study: Path) -> None:
 
 
 def test_report_opens_with_the_verdict(study: Path) -> None:
-    report = study / "results" / "report.html"
+    report = study / "results" / "strata-test" / "report.html"
     result = snakemake(study, "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
     html = report.read_text()
     assert "Verdict on knn_accuracy" in html and "hkmeans vs random" in html
     assert json.dumps(CATEGORY["verdict"]) in html and "forest.png" in html  # the first category
     # The comparative figures: every curation of a seed side by side, loss overlays, kept per class.
-    compare = study / "results" / "tiny" / "compare"
+    compare = study / "results" / "strata-test" / "tiny" / "compare"
     for path in ("simclr/seed0/embeddings.png", "simclr/losses/hkmeans.png", "simclr/losses/none.png",
                  "kept_per_class/seed1.png"):
         assert (compare / path).read_bytes()[:4] == b"\x89PNG", path
 
 
 def test_curated_subsets(study: Path) -> None:
-    root = study / "results" / "tiny" / "curate"
-    pool = pq.read_table(study / "results" / "tiny" / "data" / "pool.parquet")
+    root = study / "results" / "strata-test" / "tiny" / "curate"
+    pool = pq.read_table(study / "results" / "strata-test" / "tiny" / "data" / "pool.parquet")
     pool_ids = set(pool.column("id").to_pylist())
     for method in ("random", "hkmeans"):
         sel = pq.read_table(root / method / "seed0" / "selection.parquet")
@@ -89,7 +89,8 @@ def test_curated_subsets(study: Path) -> None:
     selected = pq.read_table(root / "hkmeans" / "seed0" / "selection.parquet")
     assert stats["labels_after"]["histogram"] == counts(selected.column("label").to_pylist())
     # hkmeans curated on the embeddings of the encoder pretrained on the whole pool (the `none` job).
-    assert (study / "results" / "tiny" / "embed" / "none" / "simclr" / "seed0" / "pool.parquet").exists()
+    embed = study / "results" / "strata-test" / "tiny" / "embed"
+    assert (embed / "none" / "simclr" / "seed0" / "pool.parquet").exists()
 
 
 def test_mlflow_store(study: Path) -> None:

@@ -1,15 +1,21 @@
 """One image pool curated in three feature spaces by the real workflow (issue 18): raw pixels, the embeddings of
 an SSL encoder of the study, and a pretrained backbone read from local files (a tiny DINOv2 with random weights),
-each with its leakage check (and decontamination in the raw space). Slow: six Ray jobs on 2 cores."""
+each with its leakage check (and decontamination in the raw space); a chain that deduplicates (semdedup) and then
+balances (hkmeans) what is left; and the backbone's features evaluated as they are (a frozen-feature baseline,
+ssl method none). Slow: a dozen Ray jobs on 2 cores."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import snakemake
+
+from workflow.tables import read_table
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.e2e
@@ -27,9 +33,12 @@ def test_one_image_pool_in_three_spaces(tmp_path: Path) -> None:
                              "probe_train_per_class": 10, "probe_test_per_class": 10}},
         "curations": {"hk_raw": {**hk, "features": "raw", "decontaminate": True},
                       "hk_ssl": {**hk, "features": "simclr"},
-                      "hk_dino": {**hk, "features": {"backbone": str(model), "name": "dino"}}},
+                      "hk_dino": {**hk, "features": {"backbone": str(model), "name": "dino"}},
+                      "dedup": {"method": "semdedup", "n_clusters": [4], "n_iters": 10, "semdedup_epsilon": 0.01},
+                      "dedup_hk": {**hk, "target_size": 40, "pool": "dedup"}},
         "ssl": {"simclr": {"method": "simclr", "steps": 4, "batch_size": 16, "embedding_dim": 8,
-                           "resnet_widths": [4, 8], "resnet_blocks": [1, 1]}},
+                           "resnet_widths": [4, 8], "resnet_blocks": [1, 1]},
+                "dino_alone": {"method": "none", "features": {"backbone": str(model), "name": "dino"}}},
         "evaluation": {"cluster_n_init": 1, "linear_probe": False},
         "report": {"figures": False},
         "summary": {"baseline": "hk_raw"},
@@ -38,7 +47,7 @@ def test_one_image_pool_in_three_spaces(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, configfile=path)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    root = tmp_path / "results" / "img"
+    root = tmp_path / "results" / "three-spaces" / "img"
     assert sorted(p.name for p in (root / "features").iterdir()) == ["dino"]
     expected = {"none": "raw", "hk_raw": "raw", "hk_ssl": "simclr", "hk_dino": "dino"}
     for curation, label in expected.items():
@@ -52,3 +61,37 @@ def test_one_image_pool_in_three_spaces(tmp_path: Path) -> None:
             assert 0 <= metrics["metrics"]["knn_accuracy"] <= 1
     raw = json.loads((root / "curate" / "hk_raw" / "seed0" / "stats.json").read_text())["leakage"]
     assert raw["decontaminated"] and raw["removed"] == raw["flagged"]
+
+    # The chain: hkmeans ran on semdedup's selection, and stats.json reports the fraction kept at each step.
+    dedup = pq.read_table(root / "curate" / "dedup" / "seed0" / "selection.parquet").column("id").to_pylist()
+    chained = pq.read_table(root / "curate" / "dedup_hk" / "seed0" / "selection.parquet").column("id").to_pylist()
+    assert len(dedup) > 40 and set(chained) <= set(dedup) and len(chained) == 40
+    chain = json.loads((root / "curate" / "dedup_hk" / "seed0" / "stats.json").read_text())["chain"]
+    pool_size = pq.read_metadata(root / "data" / "pool.parquet").num_rows
+    assert [(step["curation"], step["kept"]) for step in chain] == [("dedup", len(dedup)), ("dedup_hk", 40)]
+    assert chain[1]["fraction_kept"] == pytest.approx(40 / len(dedup))
+    assert chain[1]["fraction_of_pool"] == pytest.approx(40 / pool_size)
+
+    # The frozen baseline: the backbone's probe embeddings evaluated as they are, once per seed, never compared.
+    frozen = json.loads((root / "evaluate" / "frozen" / "dino_alone" / "seed0" / "metrics.json").read_text())
+    train = read_table(root / "features" / "dino" / "probe_train.parquet")
+    test = read_table(root / "features" / "dino" / "probe_test.parquet")
+    assert frozen["metrics"]["knn_accuracy"] == pytest.approx(
+        weighted_knn_accuracy(train.vectors, train.labels, test.vectors, test.labels), abs=1e-9)
+    assert not list(root.glob("pretrain/*/dino_alone"))
+    verdict = json.loads((tmp_path / "results" / "three-spaces" / "verdict.json").read_text())
+    assert {c["ssl"] for c in verdict["comparisons"]} == {"simclr"}
+
+
+def weighted_knn_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, k: int = 20,
+                          temperature: float = 0.07) -> float:
+    """Wu et al. 2018 weighted kNN (docs/metrics.md, the schema defaults k 20, T 0.07): cosine neighbours voting
+    with exp(sim / T), in float64."""
+    a = xtr / np.linalg.norm(xtr, axis=1, keepdims=True)
+    b = xte / np.linalg.norm(xte, axis=1, keepdims=True)
+    sim = b.astype(np.float64) @ a.astype(np.float64).T
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    votes = np.zeros((len(b), int(ytr.max()) + 1))
+    for i, row in enumerate(top):
+        np.add.at(votes[i], ytr[row], np.exp(sim[i, row] / temperature))
+    return float((votes.argmax(1) == yte).mean())

@@ -138,6 +138,66 @@ def test_kept_per_class_without_labels_says_so(tmp_path: Path, figures: list[Any
     assert "no labels" in figures[-1].axes[0].texts[0].get_text()
 
 
+# ---- curation diagnostics (curate job) ---------------------------------------------------------------------------
+
+@pytest.fixture
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Every matplotlib figure saved while the test runs, by file name (still written to disk)."""
+    from matplotlib.figure import Figure
+
+    saved: dict[str, Any] = {}
+    real = Figure.savefig
+
+    def keep(fig: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        saved[Path(path).name] = fig
+        real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved
+
+
+def test_labels_png_is_on_log_axes_with_the_tail_on_the_right(tmp_path: Path) -> None:
+    from workflow.curate.diagnostics import plot_labels
+
+    labels = np.repeat([0, 1, 2, 3], [1000, 300, 30, 5])  # the tail class: 5 in 1 335
+    rows = np.r_[np.arange(0, 1000, 10), np.arange(1000, 1300, 6), np.arange(1300, 1330, 3)]  # class 3: none kept
+    fig = plot_labels(labels, rows, tmp_path / "labels.png", "hkmeans [simclr features] · seed 2")
+    assert _is_png(tmp_path / "labels.png")
+    shares, frac = fig.axes[:2]
+    assert shares.get_yscale() == frac.get_yscale() == "log"
+    # Largest class first: the tail is on the right, and readable on the log axis (its share 5/1335 is above
+    # the axis' bottom).
+    assert [t.get_text().split("\n")[0] for t in frac.get_xticklabels()] == ["0", "1", "2", "3"]
+    assert shares.get_ylim()[0] < 5 / labels.size
+    kept = frac.lines[0].get_ydata()
+    np.testing.assert_allclose(kept[:3], [0.1, 50 / 300, 10 / 30])
+    assert np.isnan(kept[3])  # nothing kept of class 3: marked ▼ at the bottom instead
+    assert "hkmeans [simclr features] · seed 2" in fig._suptitle.get_text()
+
+
+def test_every_diagnostics_title_names_the_curation_the_space_and_the_seed(tmp_path: Path,
+                                                                           saved_figures: dict[str, Any]) -> None:
+    from workflow.curate.diagnostics import write_diagnostics
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [200, 50, 10])
+    x = rng.normal(size=(labels.size, 6)) + 4 * np.eye(6)[labels]
+    leakage = {"flagged": 2, "threshold": 0.98, "near_space": "simclr", "decontaminated": False,
+               "per_class": {"0": {"exact": 1, "near": 1}}}
+    folder = tmp_path / "curate" / "hk_mine" / "seed3" / "diagnostics"  # the workflow's layout names the curation
+    written = write_diagnostics(folder, x, np.arange(0, labels.size, 4), labels, [np.array([100, 80, 80])], 3,
+                                method="hkmeans", space="simclr", leakage=leakage)
+    names = sorted(Path(p).name for p in written)
+    assert names == ["cluster_sizes.png", "labels.png", "leakage.png", "map.png"]
+    for name in names:
+        fig = saved_figures[name]
+        assert "hk_mine [simclr features] · seed 3" in _titles(fig), name
+    # `random` uses no features, and an explicit name wins over the folder layout.
+    write_diagnostics(tmp_path / "d", x, np.arange(50), labels, None, 0, method="random", space="raw",
+                      curation="random")
+    assert "random [uniform, no features] · seed 0" in _titles(saved_figures["labels.png"])
+
+
 def test_loss_overlay_has_a_panel_per_seed_and_one_of_all(tmp_path: Path, figures: list[Any]) -> None:
     runs = [Panel(c, space, _history(tmp_path / f"{c}{s}.parquet", scale), seed=s)
             for c, space, scale in (("hkmeans", HK_SPACE, 1.1), ("random", "uniform, no features", 1.0))

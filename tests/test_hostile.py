@@ -543,7 +543,7 @@ def test_snakemake_failing_job(case: str, words: list[str], tmp_path: Path) -> N
     assert len(message) == 1, out[-3000:]
     for word in words:
         assert word in message[0], (word, message[0])
-    data = work / "results" / "u" / "data"
+    data = work / "results" / "strata" / "u" / "data"
     assert not data.exists() or not any(data.iterdir())
     assert not (work / "results" / "mlflow.db").exists()
 

@@ -94,7 +94,7 @@ def slurm_study(tmp_path_factory: pytest.TempPathFactory) -> SlurmStudy:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--workflow-profile", str(PROFILE), "--configfile", str(configfile),
            "--retries", "0",  # fail fast in the test
-           "results/summary.csv", "results/summary.md"]
+           "results/strata-test/summary.csv", "results/strata-test/summary.md"]
     start = time.perf_counter()
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=workdir)
     seconds = time.perf_counter() - start
@@ -146,7 +146,7 @@ def test_results_equal_the_local_run(slurm_study: SlurmStudy, request: pytest.Fi
     """Curated ids identical, every metric within 1e-6 of the local run's seed-0 variants."""
     # Asked for here, not as an argument: a session fixture would be set up before the SLURM check skips.
     study: Path = request.getfixturevalue("study")
-    mine, local = slurm_study.workdir / "results" / "tiny", study / "results" / "tiny"
+    mine, local = slurm_study.workdir / "results" / "strata-test" / "tiny", study / "results" / "strata-test" / "tiny"
     for curation in CURATIONS:
         ids = pq.read_table(mine / "curate" / curation / "seed0" / "selection.parquet").column("id").to_pylist()
         ref = pq.read_table(local / "curate" / curation / "seed0" / "selection.parquet").column("id").to_pylist()
@@ -157,8 +157,8 @@ def test_results_equal_the_local_run(slurm_study: SlurmStudy, request: pytest.Fi
         for key, value in want.items():
             assert math.isclose(got[key], value, rel_tol=0, abs_tol=TOLERANCE), (curation, key, got[key], value)
 
-    rows = pd.read_csv(slurm_study.workdir / "results" / "summary.csv")
-    ref_rows = pd.read_csv(study / "results" / "summary.csv")
+    rows = pd.read_csv(slurm_study.workdir / "results" / "strata-test" / "summary.csv")
+    ref_rows = pd.read_csv(study / "results" / "strata-test" / "summary.csv")
     ref_rows = ref_rows[(ref_rows["seed"] == 0) & ref_rows["curation"].isin(CURATIONS)]
     assert len(rows) == len(ref_rows) == len(CURATIONS)
     rows, ref_rows = (df.sort_values("curation").reset_index(drop=True) for df in (rows, ref_rows))

@@ -49,7 +49,7 @@ def browser_ready() -> None:
 
 
 def _screenshot_dir(study: Path) -> Path:
-    out = Path(os.environ.get("STRATA_SCREENSHOT_DIR", study / "results" / "screenshots"))
+    out = Path(os.environ.get("STRATA_SCREENSHOT_DIR", study / "results" / "strata-test" / "screenshots"))
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -59,11 +59,11 @@ def test_mlflow_compare_view(study: Path, browser_ready: None) -> None:
 
     uri = f"sqlite:///{study / 'results' / 'mlflow.db'}"
     port = free_port()
-    proc = start_ui(uri, port=port, log_path=str(study / "results" / "mlflow-ui.log"))
+    proc = start_ui(uri, port=port, log_path=str(study / "results" / "strata-test" / "mlflow-ui.log"))
     try:
         base = f"http://127.0.0.1:{port}"
         assert experiment_url(base, uri, "strata-test").endswith("/runs?workflowType=machine_learning")
-        summary = pd.read_csv(study / "results" / "summary.csv")
+        summary = pd.read_csv(study / "results" / "strata-test" / "summary.csv")
         names = [f"{r.curation}/{r.ssl}/s{r.seed} · {r.dataset}" for r in summary.itertuples()]
         with browser_page(1600, 1000) as page:
             text = open_compare_view(page, base, "strata-test", names)
@@ -100,7 +100,7 @@ def test_mlflow_dataset_model_and_loss_views(study: Path, browser_ready: None) -
                if r.data.params["curation.name"] == "hkmeans" and r.data.params["seed"] == "0")
     shots = _screenshot_dir(study)
     port = free_port()
-    proc = start_ui(uri, port=port, log_path=str(study / "results" / "mlflow-ui.log"))
+    proc = start_ui(uri, port=port, log_path=str(study / "results" / "strata-test" / "mlflow-ui.log"))
     try:
         base = f"http://127.0.0.1:{port}"
         with browser_page(1600, 1000) as page:
@@ -138,7 +138,7 @@ def test_report_in_browser(study: Path, browser_ready: None) -> None:
 
     from workflow.report_layout import CATEGORY, ITEM, STUDY_ITEMS
 
-    report = study / "results" / "report.html"
+    report = study / "results" / "strata-test" / "report.html"
     result = snakemake(study, "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
     with browser_page(1400, 900) as page:

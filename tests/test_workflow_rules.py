@@ -107,15 +107,41 @@ def test_unactivated_venv_snakemake_runs_a_job(tmp_path: Path) -> None:
     env["PATH"] = os.pathsep.join(p for p in ("/usr/local/bin", "/usr/bin", "/bin") if Path(p).is_dir())
     snakemake = Path(sys.executable).parent / "snakemake"
     result = subprocess.run(
-        [str(snakemake), "results/tiny/data/info.json", "--snakefile", str(REPO / "Snakefile"),
+        [str(snakemake), "results/strata-test/tiny/data/info.json", "--snakefile", str(REPO / "Snakefile"),
          "--directory", str(tmp_path), "--cores", "1", "--configfile", str(REPO / "configs" / "test.yaml")],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (tmp_path / "results" / "tiny" / "data" / "pool.parquet").is_file()
-    spec = json.loads((tmp_path / "results" / ".work" / "jobs" / "data" / "tiny" / "tracking.json").read_text())
-    assert spec["job"] == "data/tiny" and spec["log"] == "results/logs/data/tiny.log"
-    assert spec["benchmark"] == "results/benchmarks/data/tiny.tsv" and spec["parent_kind"] == "dataset"
-    assert json.loads((tmp_path / "results" / ".work" / "jobs" / "data" / "tiny" / "params.json").read_text())
+    results = tmp_path / "results" / "strata-test"  # each study in its own folder
+    assert (results / "tiny" / "data" / "pool.parquet").is_file()
+    spec = json.loads((results / ".work" / "jobs" / "data" / "tiny" / "tracking.json").read_text())
+    assert spec["job"] == "data/tiny" and spec["log"] == "results/strata-test/logs/data/tiny.log"
+    assert spec["benchmark"] == "results/strata-test/benchmarks/data/tiny.tsv" and spec["parent_kind"] == "dataset"
+    assert spec["uri"] == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"  # one store shared by the studies
+    assert json.loads((results / ".work" / "jobs" / "data" / "tiny" / "params.json").read_text())
+
+
+def test_curation_run_settings_reach_the_job_but_trigger_no_rerun(tmp_path: Path) -> None:
+    """A curation's run settings (x-parameter: false) are in its job's params file, not in its parameters."""
+    config = yaml.safe_load((REPO / "configs" / "test.yaml").read_text())
+    config["curations"] = {"random": {"method": "random", "target_size": 20},
+                           "km": {"method": "kmeans", "target_size": 20, "n_clusters": [4], "n_iters": 3,
+                                  "chunk_size": 128, "prune": "never"}}
+    config["summary"] = {"baseline": "random"}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "results/strata-test/tiny/curate/km/seed0/stats.json", "--snakefile",
+           str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1", "--configfile", str(path)]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = tmp_path / "results" / "strata-test" / ".work" / "jobs" / "curate" / "tiny" / "km" / "seed0"
+    params = json.loads((jobs / "params.json").read_text())
+    assert params["chunk_size"] == 128 and params["prune"] == "never" and params["n_clusters"] == [4]
+    # Changing a run setting changes no parameter: nothing to rerun.
+    config["curations"]["km"]["chunk_size"] = 256
+    path.write_text(yaml.safe_dump(config))
+    dry = subprocess.run([*cmd, "-n", "--rerun-triggers", "params"], env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
 
 
 def test_tracking_spec_from_a_file_or_json(tmp_path: Path) -> None:

@@ -102,21 +102,34 @@ def cmd_curate(args: argparse.Namespace) -> None:
     probes = read_probes({k: v for k, v in (("probe_train", args.probe_train), ("probe_test", args.probe_test)) if v},
                          {"probe_train": args.probe_train_features, "probe_test": args.probe_test_features}, space,
                          args.cache_dir)
+    from workflow.chains import chain_metrics, chain_stats, prior_pool
+
+    name = args.name or params["method"]
+    # A chained curation (curations.<name>.pool): the prior selection's rows are its pool.
+    subset, prior_stats, note = prior_pool(pool.ids, args.pool_selection, args.pool_stats, name, params["method"])
+    if subset is not None:
+        print(f"curate: the pool is the prior selection, {len(subset)} of {len(pool)} items", flush=True)
     if args.diagnostics:
         Path(args.diagnostics).mkdir(parents=True, exist_ok=True)
     rows, levels_ids, stats = curate(pool, features, Curation.from_config(params), args.seed,
                                      progress=lambda msg: print(f"curate: {msg}", flush=True),
                                      workers=args.threads, ray_address=args.ray_address,
                                      diagnostics_dir=args.diagnostics, cache_dir=args.cache_dir,
-                                     threads=args.threads, probes=probes, space=space)
+                                     threads=args.threads, probes=probes, space=space, subset=subset,
+                                     pool_note=note)
+    stats["chain"] = chain_stats(prior_stats, name, params["method"], len(rows), len(pool),
+                                 None if subset is None else len(subset))
     stats["seconds"] = timing.add_compute(time.perf_counter() - start)
     write_selection(pool, rows, levels_ids, args.selection)
     write_json(stats, args.stats)
-    print(f"curate: {params['method']} kept {len(rows)} of {len(pool)} items -> {args.selection}", flush=True)
+    print(f"curate: {params['method']} kept {len(rows)} of {len(pool) if subset is None else len(subset)} items "
+          f"-> {args.selection}", flush=True)
     record = _record("curate", {**relevant("curation", params), "seed": args.seed, "feature_space": space.label},
-                     [args.pool, args.features or args.pool], [args.selection, args.stats])
+                     [args.pool, args.features or args.pool, *filter(None, (args.pool_selection, args.pool_stats))],
+                     [args.selection, args.stats])
     record.add_datasets([(args.pool, "pool"), (args.selection, "selection")])
     record.metrics = {"selected_size": len(rows), "pool_size": len(pool), "seconds": stats["seconds"]}
+    record.metrics.update(chain_metrics(stats["chain"]))  # kept count and fractions of each step of a chain
     for when in ("before", "after"):
         if f"labels_{when}" in stats:
             record.metrics[f"label_entropy_{when}"] = stats[f"labels_{when}"]["normalized_entropy"]
@@ -240,7 +253,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         df = summarize(args.metrics, args.csv, args.md, summary.get("baseline", args.baseline), png_path=args.png,
                        stats_path=args.stats, summary=summary, curations=curations,
                        verdict_path=args.verdict, forest_path=args.forest, curve_md=args.curve_md,
-                       curve_png=args.curve_png)
+                       curve_png=args.curve_png, frozen=study.get("frozen"))
     print(f"summarize: {len(df)} variants -> {args.csv}, {args.md}", flush=True)
     print(Path(args.md).read_text(), flush=True)
     if args.tracking_uri:
@@ -350,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diagnostics", help="output folder for the diagnostic pictures (PNG)")
     p.add_argument("--cache-dir", default="results/.work/curate-cache",
                    help="scratch folder for the features' float32 memmap")
+    p.add_argument("--name", help="the curation's name in the study, for stats.json's chain (default: the method)")
+    p.add_argument("--pool-selection", help="a chained curation's pool: the prior curation's selection.parquet "
+                   "(same data set and seed); target_size applies to it")
+    p.add_argument("--pool-stats", help="the prior curation's stats.json (the earlier steps of the chain)")
     for split in ("probe-train", "probe-test"):  # the leakage check (leakage_check, decontaminate)
         p.add_argument(f"--{split}", help=f"{split} table (Parquet) of the data set, for the leakage check")
         p.add_argument(f"--{split}-features", help=f"{split} in the curation's feature space (default: raw "
@@ -395,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="random", help="baseline curation when --summary does not name one")
     p.add_argument("--summary", help="the config's summary section as JSON (baseline, primary, rope, curve, ...)")
     p.add_argument("--curations", help="the config's curations as JSON (method, target_size: for summary.curve)")
-    p.add_argument("--study-file", help="...or both as one JSON file: {\"summary\": ..., \"curations\": ...}")
+    p.add_argument("--study-file", help="...or both as one JSON file: {\"summary\": ..., \"curations\": ...}, "
+                   "with \"frozen\": {ssl entry: label} for the frozen-feature entries (ssl method none)")
     p.add_argument("--verdict", help="output: the pre-registered verdict (JSON)")
     p.add_argument("--forest", help="output: forest plot of the paired differences (PNG)")
     p.add_argument("--curve-md", help="output: size-sweep table (Markdown; needs summary.curve)")
@@ -421,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     from workflow.compare_figures import add_commands
 
     add_commands(stage)  # compare-embeddings, compare-losses, kept-per-class: the report's comparative figures
+
+    from workflow.frozen import add_commands as add_frozen_commands
+
+    add_frozen_commands(stage)  # frozen-probes: a frozen table's probes with the data set's labels
 
     p = sub.add_parser("attach-files", help="Attach Snakemake logs/benchmarks to MLflow stage runs.")
     p.set_defaults(func=cmd_attach, outputs=[])

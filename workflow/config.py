@@ -125,9 +125,23 @@ def typed_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return {key: retype(value) for key, value in overrides.items()}
 
 
+#: Where studies write: each under ``results/<study>/``, beside the one MLflow store ``results/mlflow.db``.
+RESULTS_ROOT = Path("results")
+
+
+def study_results(config: Mapping[str, Any]) -> str:
+    """The folder of a validated study's outputs, ``results/<study>/`` (relative to the working directory)."""
+    return f"{RESULTS_ROOT.as_posix()}/{config['study']}"
+
+
 def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate a whole study config and the cross-references a schema cannot express."""
     validate(config, None, source)
+    from workflow.data.user import check_file_dataset  # probe files or probe_fraction, labels of .npy probes
+
+    for name, data in config["datasets"].items():
+        if data["kind"] == "file":
+            check_file_dataset(data, f"{source}: datasets.{name}")
     for name, cur in config["curations"].items():
         where = f"{source}: curations.{name}"
         if cur["method"] == "none" and name != "none":
@@ -139,6 +153,9 @@ def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any
     if "none" in config["curations"] and config["curations"]["none"]["method"] != "none":
         raise StrataError("the curation named `none` must use method none", where=f"{source}: curations.none",
                           fix="set method: none, or rename the entry.")
+    from workflow.chains import check_chains  # chained curations: `pool` names another curation, no loop
+
+    check_chains(config["curations"], source)
     baseline = config.get("summary", {}).get("baseline", "random")
     if baseline not in config["curations"]:
         raise StrataError(f"baseline {baseline!r} is not a curation of the study", where=f"{source}: summary.baseline",
@@ -235,3 +252,31 @@ def relevant(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
     context = {name: cfg[name] for name in ("method", "kind") if name in cfg}
     return {k: cfg[k] for k, spec in _properties(section).items()
             if k in cfg and spec.get("x-parameter", True) and applies(section, k, context)}
+
+
+def run_settings(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a ``curation`` entry that change only how it runs (``x-parameter: false``: device, workers,
+    chunk sizes), where they apply: the job needs them, but they are no parameter and trigger no rerun."""
+    context = {name: cfg[name] for name in ("method", "kind") if name in cfg}
+    return {k: cfg[k] for k, spec in _properties(section).items()
+            if k in cfg and not spec.get("x-parameter", True) and applies(section, k, context)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workflow.config CONFIG``: print the study's results folder (what the Makefile's targets use)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m workflow.config CONFIG", file=sys.stderr)
+        return 2
+    try:
+        print(study_results(check_study(load_yaml(args[0]), args[0])))
+    except StrataError as err:
+        print(f"strata: invalid config: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

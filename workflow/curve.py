@@ -3,8 +3,9 @@
 For every (dataset, ssl) and every size of :func:`workflow.comparisons.curve_points`, the table holds the
 treatment's and the control's mean with their 95% t-intervals, and the paired difference treatment − control
 over matched seeds (:func:`workflow.effects.paired_difference`) with its verdict
-(:func:`workflow.verdict.classify`). Outputs: ``results/curve.md`` (this table) and ``results/curve.png``
-(:func:`workflow.summary_figures.plot_curve`), only for studies that declare ``summary.curve``.
+(:func:`workflow.verdict.classify`). Outputs: ``results/<study>/curve.md`` (this table) and
+``results/<study>/curve.png`` (:func:`workflow.summary_figures.plot_curve`), only for studies that declare
+``summary.curve``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _f(value: float, fmt: str) -> str:
 
 
 def curve_markdown(table: pd.DataFrame, primary: str, rope: float, treatment: str, control: str) -> str:
-    """The curve table as Markdown (``results/curve.md``)."""
+    """The curve table as Markdown (``results/<study>/curve.md``)."""
     lines = [f"# By how much: {treatment} − {control} on {primary} against the curated size", "",
              f"Paired over matched seeds; 95% Student-t intervals; verdict with rope ±{rope:g} "
              "(docs/metrics.md). wins = share of seeds where the treatment is ahead (ties half).", "",

@@ -15,7 +15,7 @@
 
 :func:`feature_space` turns the value into a :class:`FeatureSpace` with a short ``label`` (run names, MLflow
 params, ``stats.json``, figure titles) and, for a backbone, a file-system-safe ``slug`` (its output folder
-``results/<dataset>/features/<slug>/``). :func:`check_features` checks every curation of a study, and first
+``results/<study>/<dataset>/features/<slug>/``). :func:`check_features` checks every curation of a study, and first
 expands a **list** of spaces (the space as a factor of the grid): ``hkmeans: {features: [raw, simclr]}`` becomes
 the curations ``hkmeans.raw`` and ``hkmeans.simclr``.
 """
@@ -173,8 +173,8 @@ def expand_feature_grid(config: dict[str, Any], source: str = "config") -> None:
 
 def check_features(config: dict[str, Any], source: str = "config") -> dict[str, FeatureSpace]:
     """Expand lists of spaces (:func:`expand_feature_grid`), then check every curation's ``features`` (and
-    ``features_seed``) against the study; returns the backbone spaces by slug (one embed job each). Two different
-    backbones may not share a ``name``."""
+    ``features_seed``) against the study, and the frozen-feature ssl entries (:mod:`workflow.frozen`); returns the
+    backbone spaces by slug (one embed job each). Two different backbones may not share a ``name``."""
     expand_feature_grid(config, source)
     backbones: dict[str, FeatureSpace] = {}
     for name, cur in config["curations"].items():
@@ -187,8 +187,8 @@ def check_features(config: dict[str, Any], source: str = "config") -> dict[str, 
         for key in ("table", "ids", "probe_train", "probe_test", "backbone"):
             path = cur["features"].get(key) if isinstance(cur.get("features"), Mapping) else None
             if path is not None and not Path(path).exists():
-                raise StrataError(f"{path!r} does not exist (paths are relative to the working directory; nothing "
-                                  "is downloaded)", where=f"{where}.{key}",
+                raise StrataError(f"{path!r} does not exist (a relative path is looked up in the working directory, "
+                                  "then beside the config file; nothing is downloaded)", where=f"{where}.{key}",
                                   fix="give the path of a local file or folder" + (
                                       ": a transformers model saved with save_pretrained, or a TorchScript file."
                                       if key == "backbone" else "."))
@@ -197,4 +197,7 @@ def check_features(config: dict[str, Any], source: str = "config") -> dict[str, 
             if other != space:
                 raise StrataError(f"two backbone feature spaces are both named {space.slug!r}", where=where,
                                   fix="give each backbone (path and pooling) its own name.")
+    from workflow.frozen import check_frozen  # ssl entries with method none: their spaces and backbones
+
+    check_frozen(config, source, backbones)
     return backbones

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def _metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def summary_stats(df: pd.DataFrame, baseline: str = "random", metrics: list[str] | None = None,
-                  refs: dict[str, str] | None = None) -> pd.DataFrame:
+                  refs: dict[str, str] | None = None, frozen: Collection[str] = ()) -> pd.DataFrame:
     """Per (dataset, ssl, curation, metric) statistics over seeds and paired differences to the reference.
 
     See the module docstring for the formulas. A curation without a reference (the baseline itself, a
@@ -107,6 +108,8 @@ def summary_stats(df: pd.DataFrame, baseline: str = "random", metrics: list[str]
         baseline: Curation every other curation is compared with when ``refs`` is None.
         metrics: Metric columns to summarise; default every numeric non-key column.
         refs: Curation → the curation it is compared with (:func:`workflow.comparisons.references`).
+        frozen: Frozen-feature ssl entries (:mod:`workflow.frozen`): statistics over seeds, but no paired
+            difference (their features do not depend on the curation: it would be 0 by construction).
 
     Returns:
         Long-format frame with :data:`STATS_COLUMNS`, sorted by dataset, ssl, curation and the order
@@ -131,7 +134,7 @@ def summary_stats(df: pd.DataFrame, baseline: str = "random", metrics: list[str]
     for (dataset, ssl), group in df.groupby(["dataset", "ssl"], sort=True):
         for curation, sub in group.groupby("curation", sort=True):
             sub = sub.set_index("seed")
-            ref = refs.get(curation)
+            ref = None if ssl in frozen else refs.get(curation)
             base = group[group["curation"] == ref].set_index("seed") if ref is not None else None
             if base is not None and base.empty:
                 base = None
@@ -178,20 +181,50 @@ def _diff_cell(row: pd.Series) -> str:
     return f"{_num(row['diff_mean'], True)} {ci}, {_p(row['p_value'])}"
 
 
-def _markdown(df: pd.DataFrame, st: pd.DataFrame, metrics: list[str], verdict_lines: list[str] | None = None) -> str:
+def _frozen_rows(df: pd.DataFrame, st: pd.DataFrame, dataset: str, frozen: dict[str, str],
+                 metrics: list[str]) -> list[str]:
+    """A data set's frozen-feature entries as reference rows (every curation they carry: one, in a study run)."""
+    lines = []
+    for ssl, label in frozen.items():
+        group = st[(st["dataset"] == dataset) & (st["ssl"] == ssl)]
+        cells = group.set_index(["curation", "metric"])
+        for curation in dict.fromkeys(group["curation"]):
+            n = int(((df["dataset"] == dataset) & (df["ssl"] == ssl) & (df["curation"] == curation)).sum())
+            row = [_mean_ci_cell(cells.loc[(curation, m)]) for m in metrics]
+            lines.append(f"| *{label}* ({ssl}, reference) | {n} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _markdown(df: pd.DataFrame, st: pd.DataFrame, metrics: list[str], verdict_lines: list[str] | None = None,
+              frozen: dict[str, str] | None = None) -> str:
+    frozen = frozen or {}
     lines = ["# Strata study summary", "", *(["```", *verdict_lines, "```", ""] if verdict_lines else []),
              "Metrics on `probe_test`; kNN and linear probe trained on `probe_train`. Cells: mean ± half-width of "
              "the 95% confidence interval over seeds (Student t, n − 1 degrees of freedom: t₀.₉₇₅ · sd / √n); "
              f"n = number of seeds; `{NA}` where it is undefined (n = 1).", ""]
-    for (dataset, ssl), group in st.groupby(["dataset", "ssl"], sort=True):
+    if frozen:
+        lines += ["Rows in *italics* are frozen features (ssl method none): evaluated as they are, once per seed, "
+                  "without pretraining or curation. They are references beside the trained encoders, never "
+                  "compared between curations (every difference would be 0 by construction).", ""]
+    groups = list(st.groupby(["dataset", "ssl"], sort=True))
+    trained = {dataset for (dataset, ssl), _ in groups if ssl not in frozen}
+    for (dataset, ssl), group in groups:
+        if ssl in frozen and dataset in trained:
+            continue  # shown as reference rows in the data set's trained tables
         cells = group.set_index(["curation", "metric"])
         curations = list(dict.fromkeys(group["curation"]))
         n_seeds = df[(df["dataset"] == dataset) & (df["ssl"] == ssl)].groupby("curation").size()
-        lines += [f"## {dataset} · {ssl}", "", "| curation | n | " + " | ".join(metrics) + " |",
+        title = f"frozen features of {dataset}" if ssl in frozen else f"{dataset} · {ssl}"
+        lines += [f"## {title}", "", "| curation | n | " + " | ".join(metrics) + " |",
                   "|---|---|" + "---|" * len(metrics)]
+        if ssl in frozen:
+            lines += _frozen_rows(df, st, dataset, frozen, metrics)
+            lines.append("")
+            continue
         for curation in curations:
             row = [_mean_ci_cell(cells.loc[(curation, m)]) for m in metrics]
             lines.append(f"| {curation} | {int(n_seeds[curation])} | " + " | ".join(row) + " |")
+        lines += _frozen_rows(df, st, dataset, frozen, metrics)
         lines.append("")
         diffs = []
         for curation in curations:
@@ -217,7 +250,7 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
               stats_path: str | None = None, *, summary: dict[str, Any] | None = None,
               curations: dict[str, dict[str, Any]] | None = None, verdict_path: str | None = None,
               forest_path: str | None = None, curve_md: str | None = None,
-              curve_png: str | None = None) -> pd.DataFrame:
+              curve_png: str | None = None, frozen: dict[str, str] | None = None) -> pd.DataFrame:
     """Write the study's summary files; returns the per-variant frame.
 
     Args:
@@ -236,6 +269,9 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
         forest_path: Optional forest plot of the paired differences (needs ``verdict_path``).
         curve_md: Optional size-sweep table (needs ``summary.curve``).
         curve_png: Optional size-sweep figure (needs ``summary.curve``).
+        frozen: Frozen-feature ssl entries (method none) → their label (``frozen features: raw``,
+            :func:`workflow.frozen.frozen_label`): reference rows in ``summary.md``, no paired difference, no
+            comparison in the verdict or the forest plot.
 
     Returns:
         The per-variant frame (as written to ``csv_path``).
@@ -258,13 +294,19 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
 
         spaces = {name: feature_space(c, None) for name, c in curations.items()}
     refs = references(curations, cfg["baseline"], cfg["curve"], source="summary")
-    st = summary_stats(df, cfg["baseline"], refs=refs)
+    frozen = frozen or {}
+    if spaces is not None and frozen:
+        from workflow.frozen import FROZEN_CURATION
+
+        spaces[FROZEN_CURATION] = "; ".join(dict.fromkeys(frozen.values()))
+    st = summary_stats(df, cfg["baseline"], refs=refs, frozen=frozen)
     headline = [c for c in HEADLINE if c in df.columns]
     sizes = {name: int(c["target_size"]) for name, c in curations.items() if c.get("target_size") is not None}
     verdict = None
     if verdict_path is not None:
         verdict = build_verdict(df, cfg["primary"], cfg["baseline"], cfg["rope"], refs, headline,
-                                sizes if cfg["curve"] else None, cfg["bootstrap_resamples"], cfg["bootstrap_seed"])
+                                sizes if cfg["curve"] else None, cfg["bootstrap_resamples"], cfg["bootstrap_seed"],
+                                frozen=frozen)
     if stats_path is None:
         stats_path = str(Path(csv_path).with_name(f"{Path(csv_path).stem}_stats.csv"))
     with atomic_path(csv_path) as tmp:
@@ -272,7 +314,7 @@ def summarize(paths: list[str], csv_path: str, md_path: str, baseline: str = "ra
     with atomic_path(stats_path) as tmp:
         st.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(md_path) as tmp:
-        tmp.write_text(_markdown(df, st, headline, verdict_lines(verdict) if verdict else None))
+        tmp.write_text(_markdown(df, st, headline, verdict_lines(verdict) if verdict else None, frozen))
     if verdict is not None:
         write_verdict(verdict, verdict_path)
     if png_path is not None or forest_path is not None:

@@ -1,14 +1,14 @@
 """The study's figures of differences (PNG, Agg): forest plot, per-metric dot plots, size curve.
 
-* :func:`plot_forest` (``results/forest.png``, the report's first figure): the paired differences of every
+* :func:`plot_forest` (``results/<study>/forest.png``, the report's first figure): the paired differences of every
   comparison. Left, the primary metric in its own units with the ±rope band and the verdict: the
   pre-registered question. Right, every headline metric as a *relative* difference (% of the reference's mean),
   so metrics on different scales (ARI ≈ 0.1, kNN ≈ 0.8) share one axis, plus the bootstrap aggregate of those
   relative differences. Whiskers are the 95% paired t-intervals (scaled by the reference mean on the right).
-* :func:`plot_metrics` (``results/summary.png``): one panel per metric, zoomed to the data (no bars from 0):
+* :func:`plot_metrics` (``results/<study>/summary.png``): one panel per metric, zoomed to the data (no bars from 0):
   each seed's value (thin lines join a seed across curations, since seeds are paired), the mean with its 95%
   t-interval, and the baseline's mean as a dashed line.
-* :func:`plot_curve` (``results/curve.png``): the paired effect treatment − control at each curated size.
+* :func:`plot_curve` (``results/<study>/curve.png``): the paired effect treatment − control at each curated size.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ units). For each comparison (a curation against its reference on one data set an
 * ``unresolved``: anything else, including an undefined interval (fewer than 2 matched seeds).
 
 An interval inside ±rope that excludes 0 is ``better``/``worse``: a resolved but practically small effect,
-which the reported interval shows. ``python -m workflow.verdict results/verdict.json`` prints the verdict.
+which the reported interval shows. ``python -m workflow.verdict results/<study>/verdict.json`` prints the verdict.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,8 @@ def _finite(value: Any) -> Any:
 
 def build_verdict(df: pd.DataFrame, primary: str, baseline: str, rope: float, refs: dict[str, str],
                   metrics: list[str], sizes: dict[str, int] | None = None, n_resamples: int = 2000,
-                  seed: int = 0) -> dict[str, Any]:
-    """The verdict record (the contract of ``results/verdict.json``, docs/tables.md).
+                  seed: int = 0, frozen: Collection[str] = ()) -> dict[str, Any]:
+    """The verdict record (the contract of ``results/<study>/verdict.json``, docs/tables.md).
 
     Args:
         df: Per-variant frame (``dataset``, ``ssl``, ``curation``, ``seed``, metric columns).
@@ -72,10 +73,13 @@ def build_verdict(df: pd.DataFrame, primary: str, baseline: str, rope: float, re
         sizes: Curation → target_size, recorded as ``size`` where known.
         n_resamples: Bootstrap resamples of the aggregate.
         seed: Seed of the bootstrap.
+        frozen: Frozen-feature ssl entries (method none, :mod:`workflow.frozen`): their features do not depend
+            on the curation, so a comparison inside one would be 0 by construction and read as ``equivalent``;
+            they get none, whatever curations their rows carry.
 
     Returns:
         ``primary``, ``baseline``, ``rope``, ``n_seeds`` and ``comparisons``: one entry per
-        (dataset, ssl, curation) with a reference, in the frame's order.
+        (dataset, ssl, curation) with a reference, in the frame's order (frozen entries: none).
 
     Raises:
         StrataError: If the primary metric is not in the metrics.
@@ -86,6 +90,8 @@ def build_verdict(df: pd.DataFrame, primary: str, baseline: str, rope: float, re
                           where="summary.primary", fix="choose one of those metrics in the config.")
     comparisons = []
     for (dataset, ssl), group in df.groupby(["dataset", "ssl"], sort=True):
+        if ssl in frozen:
+            continue
         present = list(dict.fromkeys(group["curation"]))
         for curation in sorted(present, key=lambda c: (sizes or {}).get(c, 0)):
             ref = refs.get(curation)
@@ -170,10 +176,13 @@ def verdict_rst(verdict: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the verdict of a ``verdict.json`` (default ``results/verdict.json``)."""
+    """Print the verdict of a ``verdict.json`` (``make run`` passes ``results/<study>/verdict.json``)."""
     args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m workflow.verdict results/<study>/verdict.json", file=sys.stderr)
+        return 2
     try:
-        verdict = read_verdict(args[0] if args else "results/verdict.json")
+        verdict = read_verdict(args[0])
     except StrataError as err:
         print(f"verdict: error: {err}", file=sys.stderr)
         return 2

@@ -10,10 +10,11 @@ The measures themselves (:func:`workflow.measures.entropy`, :func:`workflow.meas
 :func:`workflow.measures.vendi_score`) live in ``workflow/measures.py``, shared with training and evaluation.
 
 Pictures (matplotlib, Agg backend): ``cluster_sizes.png`` (rank-size plot per level, log-log),
-``labels.png`` (label shares of the pool and of the selection), ``map.png`` (the pool in grey and the
-selection in colour: the points themselves for 2-D data, else a 2-D PCA computed with NumPy's SVD on a
-seeded sample of the pool), and ``leakage.png`` (pool items per class that copy a probe item, exactly or
-nearly) when the leakage check flagged any. Titles name the feature space.
+``labels.png`` (label shares of the pool and of the selection, and the fraction of each class kept, both on log
+axes so that the tail classes show), ``map.png`` (the pool in grey and the selection in colour: the points
+themselves for 2-D data, else a 2-D PCA computed with NumPy's SVD on a seeded sample of the pool), and
+``leakage.png`` (pool items per class that copy a probe item, exactly or nearly) when the leakage check flagged
+any. Every title names the curation, its feature space and the seed (:func:`heading`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,24 @@ def pca_2d(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, axes
 
 
+def heading(curation: str, method: str, space: str | None, seed: int) -> str:
+    """The first title line of every diagnostics picture: ``hkmeans [simclr features] · seed 0``.
+
+    ``random`` and ``none`` use no features, whatever space the curation names.
+    """
+    if method == "none":
+        where = "whole pool, no features"
+    elif method == "random":
+        where = "uniform, no features"
+    else:
+        where = f"{space or 'raw'} features"
+    return f"{curation} [{where}] · seed {seed}"
+
+
+def _with(title: str, what: str) -> str:
+    return f"{title}\n{what}" if title else what
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -73,7 +92,7 @@ def _plt() -> Any:
     return plt
 
 
-def plot_cluster_sizes(level_sizes: Sequence[np.ndarray], path: Path) -> None:
+def plot_cluster_sizes(level_sizes: Sequence[np.ndarray], path: Path, title: str = "") -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for t, sizes in enumerate(level_sizes, start=1):
@@ -83,35 +102,73 @@ def plot_cluster_sizes(level_sizes: Sequence[np.ndarray], path: Path) -> None:
                   label=f"level {t} ({len(sizes)} clusters, Gini {gini(sizes):.2f})")
     ax.set_xlabel("cluster rank")
     ax.set_ylabel("points in cluster")
-    ax.set_title("Cluster sizes (rank-size)")
+    ax.set_title(_with(title, "Cluster sizes (rank-size)"), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_labels(labels: np.ndarray, rows: np.ndarray, path: Path) -> None:
+def plot_labels(labels: np.ndarray, rows: np.ndarray, path: Path, title: str = "") -> Any:
+    """Label shares of the pool and of the selection, and the fraction of each class kept, on log axes.
+
+    Classes run from the largest in the pool to the smallest, so the tail is on the right. Left: each class's
+    share of the pool (grey) and of the selection (colour). Right: the fraction of each class that the selection
+    kept, with the overall fraction dotted (what a uniform sample keeps of every class); a class with nothing
+    kept is marked at the bottom (▼). Log axes, so a tail class of 10 in 1 000 is as readable as the head.
+
+    Args:
+        labels: ``(n,)`` pool labels, all known (≥ 0).
+        rows: Selected row indices.
+        path: Output PNG.
+        title: First line of the title (:func:`heading`: curation, feature space, seed).
+
+    Returns:
+        The matplotlib figure (closed: saved, not shown), for tests to inspect.
+    """
     plt = _plt()
-    classes = np.unique(labels)
-    before = np.array([(labels == c).sum() for c in classes], dtype=np.float64)
-    after_labels = labels[rows]
-    after = np.array([(after_labels == c).sum() for c in classes], dtype=np.float64)
+    classes, before = np.unique(labels, return_counts=True)
+    order = np.lexsort((classes, -before))  # largest class first, ties by label
+    classes, before = classes[order], before[order].astype(np.float64)
+    after = np.array([(labels[rows] == c).sum() for c in classes], dtype=np.float64)
     pos = np.arange(classes.size)
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * classes.size + 2), 4))
-    ax.bar(pos - 0.2, before / max(before.sum(), 1), width=0.4, color="0.6", label=f"pool ({int(before.sum())})")
-    ax.bar(pos + 0.2, after / max(after.sum(), 1), width=0.4, color="C0", label=f"selection ({int(after.sum())})")
-    ax.set_xticks(pos)
-    ax.set_xticklabels([str(c) for c in classes], fontsize=8)
-    ax.set_xlabel("label")
-    ax.set_ylabel("share")
-    ax.set_title("Label histogram before / after curation")
-    ax.legend()
+    share_before = before / max(before.sum(), 1)
+    share_after = after / max(after.sum(), 1)
+    kept = np.divide(after, before, out=np.zeros_like(after), where=before > 0)
+    overall = after.sum() / max(before.sum(), 1)
+    positive = np.concatenate([share_before[share_before > 0], share_after[share_after > 0], kept[kept > 0]])
+    floor = 0.5 * (positive.min() if positive.size else 1.0)
+
+    fig, (shares, frac) = plt.subplots(1, 2, figsize=(max(9.0, 0.5 * classes.size + 4), 4.2))
+    shares.bar(pos - 0.2, share_before, width=0.4, color="0.6", label=f"pool ({int(before.sum())})")
+    shares.bar(pos + 0.2, np.where(share_after > 0, share_after, np.nan), width=0.4, color="C0",
+               label=f"selection ({int(after.sum())})")
+    shares.set_ylabel("share of the table (log)")
+    shares.set_title("Label shares: pool vs selection", fontsize=9)
+    shares.legend(fontsize=8, frameon=False)
+    frac.plot(pos, np.where(kept > 0, kept, np.nan), "o-", color="C0", ms=4, lw=1, label="kept")
+    frac.axhline(overall, color="C0", linestyle=":", linewidth=1, label=f"overall {overall:.1%}")
+    if (kept == 0).any():
+        frac.plot(pos[kept == 0], np.full(int((kept == 0).sum()), floor), "v", color="C3", ms=7,
+                  label="none kept")
+    frac.set_ylabel("fraction kept (log)")
+    frac.set_title("Fraction of each class kept (dotted: overall)", fontsize=9)
+    frac.legend(fontsize=8, frameon=False, loc="lower left")
+    for ax in (shares, frac):
+        ax.set_yscale("log")
+        ax.set_ylim(floor * 0.6, 1.5)
+        ax.set_xticks(pos)
+        ax.set_xticklabels([f"{c}\n({int(b)})" for c, b in zip(classes, before, strict=True)], fontsize=7)
+        ax.set_xlabel("label (pool count), largest first: the tail is on the right", fontsize=8)
+        ax.grid(alpha=0.3, which="both", axis="y")
+    fig.suptitle((f"{title}\n" if title else "") + "Label histogram before / after curation", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
-def plot_leakage(leakage: dict[str, Any], path: Path) -> None:
+def plot_leakage(leakage: dict[str, Any], path: Path, title: str = "") -> None:
     """Bars per pool class of the exact and near copies of probe items (``stats["leakage"]``)."""
     plt = _plt()
     per_class = leakage.get("per_class", {})
@@ -128,7 +185,7 @@ def plot_leakage(leakage: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("pool class")
     ax.set_ylabel("pool items")
     removed = ", removed" if leakage.get("decontaminated") else ""
-    ax.set_title(f"Probe items copied in the pool: {leakage['flagged']} items{removed}")
+    ax.set_title(_with(title, f"Probe items copied in the pool: {leakage['flagged']} items{removed}"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -176,7 +233,7 @@ def plot_map(x: Any, rows: np.ndarray, labels: np.ndarray | None, seed: int, pat
     else:
         ax.scatter(sel_xy[:, 0], sel_xy[:, 1], s=4, c="C3", lw=0, label=f"selection ({len(rows)})",
                    rasterized=True)
-    ax.set_title(title or ("Pool and selection" + (" (PCA)" if how == "PCA" else "")))
+    ax.set_title(title or ("Pool and selection" + (" (PCA)" if how == "PCA" else "")), fontsize=10)
     if how == "PCA":
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
@@ -189,7 +246,8 @@ def plot_map(x: Any, rows: np.ndarray, labels: np.ndarray | None, seed: int, pat
 def write_diagnostics(folder: str | Path, x: Any, rows: np.ndarray, labels: np.ndarray | None,
                       level_sizes: Sequence[np.ndarray] | None, seed: int, map_sample_size: int = MAP_SAMPLE,
                       method: str = "", *, space: str | None = None,
-                      leakage: dict[str, Any] | None = None) -> list[str]:
+                      leakage: dict[str, Any] | None = None, curation: str | None = None,
+                      pool_note: str = "") -> list[str]:
     """Write the PNG diagnostics of a curation into ``folder``; return the written paths.
 
     Args:
@@ -200,28 +258,36 @@ def write_diagnostics(folder: str | Path, x: Any, rows: np.ndarray, labels: np.n
         level_sizes: Data points per cluster for every level (``cluster_sizes.png``), or None.
         seed: Seed of the map's samples.
         map_sample_size: Largest pool (and selection) sample on the map.
-        method: Curation method named in the map's title.
-        space: The feature space's label, named in the map's title too.
+        method: Curation method.
+        space: The feature space's label.
         leakage: ``stats["leakage"]``: ``leakage.png`` when it flagged any pool item.
+        pool_note: What the pool is when it is not the data set's (a chained curation: the prior selection),
+            a line of the map's title.
+        curation: The curation's name in the config; default: the workflow's folder layout
+            (``.../<curation>/seed<seed>/diagnostics``), else ``method``. Every picture's title names it, its
+            feature space and the seed (:func:`heading`).
     """
     folder = Path(folder)
+    if curation is None:
+        layout = folder.resolve().parent
+        curation = layout.parent.name if layout.name == f"seed{seed}" and layout.parent.name else method
+    title = heading(curation or "curation", method, space, seed)
     folder.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
     if level_sizes:
         path = folder / "cluster_sizes.png"
-        plot_cluster_sizes(level_sizes, path)
+        plot_cluster_sizes(level_sizes, path, title)
         written.append(str(path))
     if labels is not None and len(labels) and (labels >= 0).all():
         path = folder / "labels.png"
-        plot_labels(labels, rows, path)
+        plot_labels(labels, rows, path, title)
         written.append(str(path))
     if leakage and leakage.get("flagged"):
         path = folder / "leakage.png"
-        plot_leakage(leakage, path)
+        plot_leakage(leakage, path, title)
         written.append(str(path))
     path = folder / "map.png"
-    where = f" in {space} features" if space else ""
-    plot_map(x, rows, labels, seed, path, map_sample_size,
-             title=f"{method}{where}: pool (grey) and selection" if method else "")
+    what = "Pool (grey) and selection" + (f"\n{pool_note}" if pool_note else "")
+    plot_map(x, rows, labels, seed, path, map_sample_size, title=_with(title, what))
     written.append(str(path))
     return written

@@ -17,7 +17,9 @@ selects everything available and records a warning (``progress`` and ``stats["wa
 
 Before any method runs, the leakage check (``leakage_check``, given the probes) flags pool items that copy a
 probe item exactly or nearly in the curation's feature space (:mod:`workflow.curate.leakage`); with
-``decontaminate`` they are removed from the pool first (``stats["leakage"]``).
+``decontaminate`` they are removed from the pool first (``stats["leakage"]``). A chained curation
+(``curations.<name>.pool``, :mod:`workflow.chains`) passes the prior selection's rows as ``subset``: they are
+its pool, before the leakage check.
 
 Output table ``selection.parquet``: ``id`` (int64, pool ids, ascending), ``label`` (int64, nullable),
 and for ``kmeans``, ``hkmeans`` and ``semdedup`` one ``cluster_level{t}`` (int64) column per level with
@@ -161,6 +163,7 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
            progress: Callable[[str], None] = print, *, workers: int = 1, ray_address: str | None = None,
            diagnostics_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
            threads: int | None = None, probes: Sequence[ProbeSet] = (), space: FeatureSpace | None = None,
+           subset: np.ndarray | None = None, pool_note: str = "",
            ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Select pool rows.
 
@@ -183,6 +186,11 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
         probes: The probe splits for the leakage check (``params.leakage_check``); none: no check.
         space: The feature space ``features`` holds (its label goes to ``stats["feature_space"]``; a precomputed
             table's ``column``, ``ids`` and ``dim``); default raw.
+        subset: Ascending pool rows that form this curation's pool (a chained curation: the prior curation's
+            selection, :mod:`workflow.chains`); the leakage check, the method, ``target_size``, the Vendi score
+            and the pictures see these rows only. None: the whole pool. ``pool_size`` and ``labels_before``
+            stay the whole pool's, so that curations compare; ``stats["input_size"]`` is the subset's size.
+        pool_note: With ``subset``, a line on the map's title saying what the pool is.
 
     Returns:
         ``(selected row indices ascending, cluster ids per level (n, T) or None, stats)``.
@@ -202,19 +210,26 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
     needs_norm = method == "semdedup" or (method in ("kmeans", "hkmeans") and params.normalize)
     with _torch_threads(threads):
         x = _features(pool, features, needs_norm, cache_dir, space)
-        keep = _leakage(pool, x, params, probes, label, stats, progress, threads)
-        work = pool if keep is None else pool.take(keep)
+        base = pool
+        if subset is not None:  # a chained curation: the prior selection is the pool
+            subset = np.asarray(subset, dtype=np.int64)
+            base, x = pool.take(subset), np.asarray(x[subset])
+            stats["input_size"] = len(subset)
+        keep = _leakage(base, x, params, probes, label, stats, progress, threads)
+        work = base if keep is None else base.take(keep)
         if keep is not None:
             x = np.asarray(x[keep])
+        # The pool row of each row of `work` (None: the same rows).
+        origin = subset if keep is None else (keep if subset is None else subset[keep])
         options = dataclasses.replace(params.kmeans, seed=seed, ray_address=ray_address,
                                       workers=int(workers if params.num_workers is None else params.num_workers))
         rows, levels_ids, level_sizes = _select(x, len(work), params, options, stats, warn, progress)
         local_rows = rows
-        if keep is not None:  # back to rows of the whole pool
-            rows = keep[rows]
+        if origin is not None:  # back to rows of the whole pool
+            rows = origin[rows]
             if levels_ids is not None:
                 full = np.full((n, levels_ids.shape[1]), -1, dtype=levels_ids.dtype)
-                full[keep] = levels_ids
+                full[origin] = levels_ids
                 levels_ids = full
         stats["selected_size"] = len(rows)
         if level_sizes is not None:
@@ -229,7 +244,8 @@ def curate(pool: VectorTable, features: VectorTable | str | os.PathLike[str], pa
         stats["vendi"] = vendi_summary(x, local_rows, seed, params.vendi_sample_size)
         if diagnostics_dir is not None:
             files = write_diagnostics(diagnostics_dir, x, local_rows, work.labels, level_sizes, seed,
-                                      params.map_sample_size, method, space=label, leakage=stats.get("leakage"))
+                                      params.map_sample_size, method, space=label, leakage=stats.get("leakage"),
+                                      pool_note=pool_note)
             stats["diagnostics"] = [os.path.basename(f) for f in files]
             progress(f"diagnostics: wrote {', '.join(files)}")
     return rows, levels_ids, stats

@@ -33,7 +33,8 @@ from workflow.pretrain.dino import DINOHead, DINOLoss, MultiCrop
 from workflow.pretrain.ema import byol_tau, ema_update
 from workflow.pretrain.models import ProjectionHead, SwAVPrototypes
 
-METHODS = enum("ssl", "method")  # the schema's list, in its order
+# The schema's list, in its order, less `none` (a frozen-feature entry: evaluated, never trained).
+METHODS = tuple(m for m in enum("ssl", "method") if m != "none")
 
 # Method defaults where the papers differ (small-data settings; every one is a config key).
 DEFAULTS: dict[str, dict[str, Any]] = {
