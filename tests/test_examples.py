@@ -315,7 +315,10 @@ def test_example_study_runs_as_shipped(example: Path, tmp_path: Path) -> None:
     assert verdict["primary"] == config["summary"]["primary"] and verdict["comparisons"]
     assert all(math.isfinite(c["mean"]) for c in verdict["comparisons"])
     rows = list(csv.DictReader((summaries[0].parent / "summary.csv").open()))
-    assert {r["curation"] for r in rows} == set(config["curations"])
+    frozen = {name for name, entry in config["ssl"].items() if entry["method"] == "none"}
+    assert {r["curation"] for r in rows if r["ssl"] not in frozen} == set(config["curations"])
+    assert {r["curation"] for r in rows if r["ssl"] in frozen} <= {"frozen"}  # once per seed, no curation
+    assert {c["ssl"] for c in verdict["comparisons"]}.isdisjoint(frozen)  # references, never compared
     assert all(0 <= float(r["knn_accuracy"]) <= 1 for r in rows)
     infos = [p for p in outputs("info.json") if p.parent.name == "data"]
     assert len(infos) == 1
