@@ -6,7 +6,7 @@ CORES ?= 2
 CONFIG ?= configs/default.yaml
 UI_PORT ?= 5000
 # The study's folder, results/<study>/ (read from CONFIG once the venv exists): studies coexist.
-STUDY_DIR = $(shell $(BIN)/python -m workflow.config $(CONFIG))
+STUDY_DIR = $(or $(shell $(BIN)/python -m workflow.config $(CONFIG)),$(error $(CONFIG) is not a valid study config))
 DEFAULT_DIR = $(shell $(BIN)/python -m workflow.config configs/default.yaml)
 CURVE_DIR = $(shell $(BIN)/python -m workflow.config configs/curve.yaml)
 export PATH := $(BIN):$(PATH)

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import RESULTS, print_table  # noqa: E402
-from workflow.config import check_study, load_yaml, study_results  # noqa: E402
+from workflow.config import load_study, study_results  # noqa: E402
 from workflow.timing import COMPUTE_PREFIX  # noqa: E402
 
 COMPUTE_RE = re.compile(re.escape(COMPUTE_PREFIX) + r"([0-9.]+)")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     wall, cpu, _ = run_study(args.configfile.resolve(), args.cores, workdir)
     load_after = os.getloadavg()
-    study = check_study(load_yaml(args.configfile), str(args.configfile))
+    study = load_study(args.configfile)
     jobs = collect(workdir / study_results(study))  # results/<study>/
     if not jobs:
         sys.exit(f"no job benchmarks under {workdir / study_results(study)}; study kept in {workdir}")

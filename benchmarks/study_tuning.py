@@ -62,14 +62,14 @@ def main() -> None:
 
     import torch
 
-    from workflow.config import check_study, load_yaml, validate
+    from workflow.config import load_study, validate
     from workflow.data import build_dataset
     from workflow.pretrain.augment import build_augment
     from workflow.pretrain.methods import resolved
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    study = check_study(load_yaml(args.configfile), args.configfile)
+    study = load_study(args.configfile)
     (name, data_cfg), = study["datasets"].items()
     splits = build_dataset(validate(dict(data_cfg), "dataset"), name)
     target = next(c["target_size"] for c in study["curations"].values() if c["method"] == "random")

@@ -50,12 +50,12 @@ def output_folder(args: argparse.Namespace, results: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from workflow.config import check_study, load_yaml, study_results
+    from workflow.config import load_study, study_results
     from workflow.errors import StrataError
     from workflow.ui import _study_store
 
     try:
-        study = check_study(load_yaml(args.config), args.config)
+        study = load_study(args.config)
         uri, experiment = _study_store(args.config)
     except StrataError as err:
         print(f"screenshots: error: {err}", file=sys.stderr)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from workflow.config import check_study, load_yaml, validate
 from workflow.data import build_dataset
 from workflow.data.builtin import PROBE_TEST_ID_OFFSET, PROBE_TRAIN_ID_OFFSET
 from workflow.data.paths import resolve_data_paths
-from workflow.data.user import hold_out_probes
+from workflow.data.user import held_out_counts, hold_out_probes
 from workflow.errors import StrataError
 from workflow.tables import VectorTable, read_table
 
@@ -130,6 +134,23 @@ def test_hold_out_probes_names_the_class_that_is_too_small() -> None:
     assert "class 10 has 4 rows" in err.message and "holds out 1" in err.message  # floor(0.3 * 4) = 1
     assert err.where == "my/pool.npy (datasets.mine.probe_fraction)"
     assert "0.5" in err.fix  # 2 / 4
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 9, 15, 19, 21, 97])
+def test_the_suggested_probe_fraction_works_for_the_smallest_class(n: int) -> None:
+    """The fix names a fraction that holds out 2 rows of the smallest class (rounded up, not to nearest), or
+    says that none below 1 can."""
+    y = np.concatenate([np.zeros(1000, np.int64), np.ones(n, np.int64), np.full(n + 1, 2, np.int64)])
+    pool = VectorTable(ids=np.arange(len(y)), vectors=np.zeros((len(y), 2), np.float32), labels=y)
+    with pytest.raises(StrataError) as info:
+        hold_out_probes(pool, 0.01, 0, "datasets.mine", "")
+    assert f"class 1 has {n} rows" in info.value.message  # the smallest, not the first small one
+    suggested = re.search(r"at least ([0-9.]+),", info.value.fix)
+    if n < 3:
+        assert suggested is None and "no probe_fraction below 1" in info.value.fix
+    else:
+        fraction = float(suggested.group(1))
+        assert fraction < 1 and sum(held_out_counts(np.array([n]), fraction))[0] >= 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,14 +284,17 @@ def test_relative_paths_fall_back_to_the_config_files_folder(tmp_path: Path, mon
     text = {"datasets": {"d": {"kind": "file", "path": "data/pool.npy", "labels_path": "data/labels.npy",
                                "probe_train_path": "data/missing.npy"}},
             "curations": {"a": {"features": {"table": "data/emb.parquet"}},
-                          "b": {"features": ["raw", {"table": "data/emb.parquet"}]}}}
+                          "b": {"features": ["raw", {"table": "data/emb.parquet"}]}},
+            "ssl": {"frozen_emb": {"method": "none", "features": {"table": "data/emb.parquet",
+                                                                  "probe_train": "data/emb.parquet"}}}}
     cfg_file = tmp_path / "cfg" / "study.yaml"
     cfg_file.write_text(yaml.safe_dump(text))
     monkeypatch.chdir(tmp_path / "work")
     config = yaml.safe_load(cfg_file.read_text())
     config["datasets"]["d"]["probe_test_path"] = "data/pool.npy"  # as if from --config: no file sets it
     done = resolve_data_paths(config, [cfg_file])
-    assert sorted(done) == ["curations.a.features.table", "curations.b.features.1.table", "datasets.d.path"]
+    assert sorted(done) == ["curations.a.features.table", "curations.b.features.1.table", "datasets.d.path",
+                            "ssl.frozen_emb.features.probe_train", "ssl.frozen_emb.features.table"]
     d = config["datasets"]["d"]
     assert d["path"] == str(tmp_path / "cfg" / "data" / "pool.npy")
     assert d["labels_path"] == "data/labels.npy"  # found in the working directory: as written
@@ -324,3 +348,14 @@ def test_example_study_runs_as_shipped(example: Path, tmp_path: Path) -> None:
     assert len(infos) == 1
     sizes = json.loads(infos[0].read_text())["sizes"]
     assert min(sizes.values()) > 0
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_make_finds_each_example_s_results_folder(example: Path, tmp_path: Path) -> None:
+    """`python -m workflow.config CONFIG` (what `make run|report|ui CONFIG=…` ask) reads the config as the workflow
+    does, data paths beside it included, from any working directory."""
+    result = subprocess.run([sys.executable, "-m", "workflow.config", str(example)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"results/{load_yaml(example)['study']}"

@@ -166,6 +166,16 @@ def check_study(config: dict[str, Any], source: str = "config") -> dict[str, Any
     return config
 
 
+def load_study(path: str | Path) -> dict[str, Any]:
+    """A study config file as the workflow reads it: relative data paths found beside the file when they are not
+    in the working directory (:mod:`workflow.data.paths`), then :func:`check_study`."""
+    from workflow.data.paths import resolve_data_paths
+
+    config = load_yaml(path)
+    resolve_data_paths(config, [path])
+    return check_study(config, str(path))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for missing or malformed files."""
     path = Path(path)
@@ -271,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m workflow.config CONFIG", file=sys.stderr)
         return 2
     try:
-        print(study_results(check_study(load_yaml(args[0]), args[0])))
+        print(study_results(load_study(args[0])))
     except StrataError as err:
         print(f"strata: invalid config: {err}", file=sys.stderr)
         return 2

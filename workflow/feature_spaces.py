@@ -171,6 +171,19 @@ def expand_feature_grid(config: dict[str, Any], source: str = "config") -> None:
     curations.update(expanded)
 
 
+def check_space_paths(value: Any, where: str) -> None:
+    """Every file or folder a feature space's mapping names (``table``, ``ids``, probe files, ``backbone``) exists:
+    else one message naming ``<where>.<key>``. For curations and frozen-feature ssl entries alike."""
+    for key in ("table", "ids", "probe_train", "probe_test", "backbone"):
+        path = value.get(key) if isinstance(value, Mapping) else None
+        if path is not None and not Path(path).exists():
+            raise StrataError(f"{path!r} does not exist (a relative path is looked up in the working directory, "
+                              "then beside the config file; nothing is downloaded)", where=f"{where}.{key}",
+                              fix="give the path of a local file or folder" + (
+                                  ": a transformers model saved with save_pretrained, or a TorchScript file."
+                                  if key == "backbone" else "."))
+
+
 def check_features(config: dict[str, Any], source: str = "config") -> dict[str, FeatureSpace]:
     """Expand lists of spaces (:func:`expand_feature_grid`), then check every curation's ``features`` (and
     ``features_seed``) against the study, and the frozen-feature ssl entries (:mod:`workflow.frozen`); returns the
@@ -184,14 +197,7 @@ def check_features(config: dict[str, Any], source: str = "config") -> dict[str, 
             raise StrataError("features_seed applies only when features names an ssl entry",
                               where=f"{source}: curations.{name}.features_seed",
                               fix="remove features_seed (a table or backbone is one fixed space already).")
-        for key in ("table", "ids", "probe_train", "probe_test", "backbone"):
-            path = cur["features"].get(key) if isinstance(cur.get("features"), Mapping) else None
-            if path is not None and not Path(path).exists():
-                raise StrataError(f"{path!r} does not exist (a relative path is looked up in the working directory, "
-                                  "then beside the config file; nothing is downloaded)", where=f"{where}.{key}",
-                                  fix="give the path of a local file or folder" + (
-                                      ": a transformers model saved with save_pretrained, or a TorchScript file."
-                                      if key == "backbone" else "."))
+        check_space_paths(cur.get("features"), where)
         if space.kind == "backbone" and cur.get("method") not in ("none", "random"):
             other = backbones.setdefault(space.slug, space)
             if other != space:

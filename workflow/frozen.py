@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from workflow.errors import StrataError
-from workflow.feature_spaces import FeatureSpace, feature_space
+from workflow.feature_spaces import FeatureSpace, check_space_paths, feature_space
 
 #: The curation wildcard of a frozen entry's variants (results/<dataset>/evaluate/frozen/<ssl>/seed<N>/).
 FROZEN_CURATION = "frozen"
@@ -100,13 +100,7 @@ def check_frozen(config: dict[str, Any], source: str, backbones: dict[str, Featu
         if space.kind == "table" and tables.setdefault(space.slug, space) != space:
             raise StrataError(f"two frozen tables are both named {space.slug!r}", where=where,
                               fix="give each table its own `name` (it names its results folder).")
-        value = config["ssl"][name].get("features")
-        for key in ("table", "ids", "probe_train", "probe_test", "backbone"):
-            path = value.get(key) if isinstance(value, Mapping) else None
-            if path is not None and not Path(path).exists():
-                raise StrataError(f"{path!r} does not exist (paths are relative to the working directory; "
-                                  "nothing is downloaded)", where=f"{where}.{key}", fix="give the path of a local "
-                                  "file or folder.")
+        check_space_paths(config["ssl"][name].get("features"), where)
         if space.kind == "backbone" and backbones.setdefault(space.slug, space) != space:
             raise StrataError(f"two backbone feature spaces are both named {space.slug!r}", where=where,
                               fix="give each backbone (path and pooling) its own name.")

@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _study_store(config_path: str) -> tuple[str, str]:
     """The tracking URI and experiment name a study config logs to (the workflow's own resolution)."""
-    from workflow.config import check_study, load_yaml
+    from workflow.config import load_study
     from workflow.tracking import resolve_tracking_uri
 
-    study = check_study(load_yaml(config_path), config_path)
+    study = load_study(config_path)
     return resolve_tracking_uri(study["tracking"]["uri"], "results"), study["study"]
 
 

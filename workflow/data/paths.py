@@ -9,8 +9,9 @@ existing config keeps its meaning. A path found in neither place is left as writ
 message. Values given with ``--config`` come from no file and are never rewritten.
 
 The paths concerned are those of the user's data: a data set's ``path``, ``labels_path``, ``probe_train_path``,
-``probe_test_path``, ``probe_train_labels_path`` and ``probe_test_labels_path``, and a curation's feature space
-``table``, ``ids``, ``probe_train``, ``probe_test`` and ``backbone`` (also inside a list of spaces).
+``probe_test_path``, ``probe_train_labels_path`` and ``probe_test_labels_path``, and the ``table``, ``ids``,
+``probe_train``, ``probe_test`` and ``backbone`` of a feature space: a curation's (also inside a list of spaces)
+or a frozen-feature ssl entry's (``method: none``).
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ def _path_slots(config: Mapping[str, Any]) -> Iterable[tuple[Any, ...]]:
         for name, cfg in datasets.items():
             if isinstance(cfg, Mapping):
                 yield from (("datasets", name, k) for k in DATASET_PATH_KEYS if isinstance(cfg.get(k), str))
-    curations = config.get("curations")
-    if isinstance(curations, Mapping):
-        for name, cfg in curations.items():
+    for section in ("curations", "ssl"):  # a curation's feature space(s); a frozen-feature ssl entry's space
+        entries = config.get(section)
+        if not isinstance(entries, Mapping):
+            continue
+        for name, cfg in entries.items():
             features = cfg.get("features") if isinstance(cfg, Mapping) else None
             spaces = list(enumerate(features)) if isinstance(features, list) else [(None, features)]
             for i, space in spaces:
                 if isinstance(space, Mapping):
-                    base = ("curations", name, "features") + (() if i is None else (i,))
+                    base = (section, name, "features") + (() if i is None else (i,))
                     yield from ((*base, k) for k in FEATURE_PATH_KEYS if isinstance(space.get(k), str))
 
 

@@ -177,15 +177,19 @@ def hold_out_probes(pool: VectorTable, fraction: float, seed: int, where: str,
     n_train, n_test = held_out_counts(counts, fraction)
     small = np.flatnonzero(n_test < 1)
     if small.size:
-        c = int(small[0])
+        c = int(small[np.argmin(counts[small])])  # the smallest class: what a fraction must work for
+        n = int(counts[c])
         need = math.ceil(2 / fraction)
         others = f" ({small.size - 1} more classes too)" if small.size > 1 else ""
-        raise StrataError(f"class {int(classes[c])} has {int(counts[c])} rows, so probe_fraction {fraction} holds out "
+        # Rounded up to 3 decimals, so that floor(f * n) >= 2 holds for the suggested f itself.
+        raise_to = (f"raise probe_fraction to at least {math.ceil(2000 / n) / 1000:g}, " if n >= 3 else
+                    f"no probe_fraction below 1 holds out 2 of its {n} rows: ")
+        raise StrataError(f"class {int(classes[c])} has {n} rows, so probe_fraction {fraction} holds out "
                           f"{int(n_train[c] + n_test[c])}, fewer than the 2 needed (one probe_train and one "
                           f"probe_test item){others}",
                           where=f"{source} ({where}.probe_fraction)" if source else f"{where}.probe_fraction",
-                          fix=f"raise probe_fraction to at least {2 / int(counts[c]):.3g}, give every class at least "
-                              f"{need} rows (or drop the small classes), or give probe files.")
+                          fix=f"{raise_to}give every class at least {need} rows (or drop the small classes), or "
+                              "give probe files.")
     rng = np.random.default_rng(seed)
     chosen: dict[str, list[np.ndarray]] = {"probe_train": [], "probe_test": []}
     for c, a, b in zip(classes, n_train, n_test, strict=True):
