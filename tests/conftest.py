@@ -40,6 +40,22 @@ def snakemake(workdir: Path, *args: str,
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
 
 
+def assert_config_refused(config: Path, work: Path, words: list[str], *args: str) -> None:
+    """`snakemake` on a bad study ``config`` in a fresh folder ``work``: exit 2, no traceback, one
+    `strata: invalid config:` line that names the config file, the fix and each of ``words``, and nothing
+    created (no results folder, no MLflow store)."""
+    work.mkdir()
+    result = snakemake(work, *args, configfile=config)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("strata: invalid config: ")]
+    assert len(lines) == 1, result.stderr
+    assert str(config) in lines[0] and "Fix:" in lines[0], lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not (work / "results").exists()
+
+
 @pytest.fixture(scope="session")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished study of configs/test.yaml (shared by the end-to-end and browser tests).

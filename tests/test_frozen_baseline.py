@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import snakemake
+from conftest import assert_config_refused, snakemake
 
 from workflow.config import check_study, ssl_for_dataset, validate
 from workflow.errors import StrataError
@@ -110,15 +110,7 @@ def test_snakemake_rejects_bad_frozen_features(features: Any, words: list[str], 
         features = {"table": str(table)}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(_study(frozen_bad=features)))
-    work = tmp_path / "work"
-    work.mkdir()
-    result = snakemake(work, "-n", configfile=path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("strata: invalid config: ")]
-    assert len(lines) == 1, result.stderr
-    assert "Fix:" in lines[0] and all(word in lines[0] for word in words), lines[0]
-    assert not (work / "results").exists()  # nothing created: no results folder, no MLflow store
+    assert_config_refused(path, tmp_path / "work", words, "-n")
 
 
 # --------------------------------------------------------------------------------------------------

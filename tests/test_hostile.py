@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import data_cli, snakemake
+from conftest import assert_config_refused, data_cli, snakemake
 
 from workflow.cli import main
 from workflow.errors import StrataError
@@ -505,17 +505,7 @@ def test_snakemake_bad_config(case: str, dataset: str, extra: str, words: list[s
     config = _study(tmp_path, dataset, extra)
     if case == "negative-seed":
         config.write_text(config.read_text().replace("seeds: [0]", "seeds: [-1]"))
-    work = tmp_path / "work"
-    work.mkdir()
-    result = snakemake(work, configfile=config)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("strata: invalid config: ")]
-    assert len(lines) == 1, result.stderr
-    assert str(config) in lines[0] and "Fix:" in lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    assert not (work / "results").exists()
+    assert_config_refused(config, tmp_path / "work", words)
 
 
 @pytest.mark.parametrize(("case", "words"), [
