@@ -255,21 +255,25 @@ def ssl_for_dataset(ssl_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> dic
     return {k: v for k, v in ssl_cfg.items() if applies("ssl", k, context)}
 
 
+def _applicable(section: str, cfg: dict[str, Any], parameters: bool) -> dict[str, Any]:
+    """The keys of ``cfg`` that apply to its method or kind (``x-applies-to``) and are parameters (``parameters``)
+    or run settings (``x-parameter: false``)."""
+    context = {name: cfg[name] for name in ("method", "kind") if name in cfg}
+    return {k: cfg[k] for k, spec in _properties(section).items()
+            if k in cfg and spec.get("x-parameter", True) == parameters and applies(section, k, context)}
+
+
 def relevant(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The keys of a validated ``curation`` or ``dataset`` entry that change its result: those that apply to its
     method or kind (``x-applies-to``), less the settings of how it runs (``x-parameter: false``). They go into
     run parameters, hashes and rerun triggers."""
-    context = {name: cfg[name] for name in ("method", "kind") if name in cfg}
-    return {k: cfg[k] for k, spec in _properties(section).items()
-            if k in cfg and spec.get("x-parameter", True) and applies(section, k, context)}
+    return _applicable(section, cfg, parameters=True)
 
 
 def run_settings(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The keys of a ``curation`` entry that change only how it runs (``x-parameter: false``: device, workers,
     chunk sizes), where they apply: the job needs them, but they are no parameter and trigger no rerun."""
-    context = {name: cfg[name] for name in ("method", "kind") if name in cfg}
-    return {k: cfg[k] for k, spec in _properties(section).items()
-            if k in cfg and not spec.get("x-parameter", True) and applies(section, k, context)}
+    return _applicable(section, cfg, parameters=False)
 
 
 def main(argv: list[str] | None = None) -> int:
