@@ -5,10 +5,12 @@ BIN := $(abspath $(VENV))/bin
 CORES ?= 2
 CONFIG ?= configs/default.yaml
 UI_PORT ?= 5000
-# The study's folder, results/<study>/ (read from CONFIG once the venv exists): studies coexist.
-STUDY_DIR = $(or $(shell $(BIN)/python -m workflow.config $(CONFIG)),$(error $(CONFIG) is not a valid study config))
-DEFAULT_DIR = $(shell $(BIN)/python -m workflow.config configs/default.yaml)
-CURVE_DIR = $(shell $(BIN)/python -m workflow.config configs/curve.yaml)
+# The study's folder, results/<study>/ (read from CONFIG once the venv exists): studies coexist. Each is read
+# on first use only, then kept (`$(eval X := ...)$(X)`: a recipe uses STUDY_DIR several times).
+STUDY_DIR = $(eval STUDY_DIR := $(or $(shell $(BIN)/python -m workflow.config $(CONFIG)),\
+	$(error $(CONFIG) is not a valid study config)))$(STUDY_DIR)
+DEFAULT_DIR = $(eval DEFAULT_DIR := $(shell $(BIN)/python -m workflow.config configs/default.yaml))$(DEFAULT_DIR)
+CURVE_DIR = $(eval CURVE_DIR := $(shell $(BIN)/python -m workflow.config configs/curve.yaml))$(CURVE_DIR)
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup run test report lint ui screenshots clean readme-results curve
