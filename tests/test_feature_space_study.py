@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import snakemake
+from metric_helpers import brute_force_knn
 
 from workflow.tables import read_table
 
@@ -76,22 +76,9 @@ def test_one_image_pool_in_three_spaces(tmp_path: Path) -> None:
     frozen = json.loads((root / "evaluate" / "frozen" / "dino_alone" / "seed0" / "metrics.json").read_text())
     train = read_table(root / "features" / "dino" / "probe_train.parquet")
     test = read_table(root / "features" / "dino" / "probe_test.parquet")
-    assert frozen["metrics"]["knn_accuracy"] == pytest.approx(
-        weighted_knn_accuracy(train.vectors, train.labels, test.vectors, test.labels), abs=1e-9)
+    assert frozen["metrics"]["knn_accuracy"] == pytest.approx(  # the schema's defaults: k 20, T 0.07
+        brute_force_knn(train.vectors, train.labels, test.vectors, test.labels, 20, 0.07), abs=1e-9)
     assert not list(root.glob("pretrain/*/dino_alone"))
     verdict = json.loads((tmp_path / "results" / "three-spaces" / "verdict.json").read_text())
     assert {c["ssl"] for c in verdict["comparisons"]} == {"simclr"}
 
-
-def weighted_knn_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, k: int = 20,
-                          temperature: float = 0.07) -> float:
-    """Wu et al. 2018 weighted kNN (docs/metrics.md, the schema defaults k 20, T 0.07): cosine neighbours voting
-    with exp(sim / T), in float64."""
-    a = xtr / np.linalg.norm(xtr, axis=1, keepdims=True)
-    b = xte / np.linalg.norm(xte, axis=1, keepdims=True)
-    sim = b.astype(np.float64) @ a.astype(np.float64).T
-    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    votes = np.zeros((len(b), int(ytr.max()) + 1))
-    for i, row in enumerate(top):
-        np.add.at(votes[i], ytr[row], np.exp(sim[i, row] / temperature))
-    return float((votes.argmax(1) == yte).mean())

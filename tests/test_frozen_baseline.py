@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import assert_config_refused, snakemake
+from metric_helpers import brute_force_knn
 
 from workflow.config import check_study, ssl_for_dataset, validate
 from workflow.errors import StrataError
@@ -167,22 +168,10 @@ def test_frozen_entries_are_reference_rows_never_comparisons(frozen_curations: l
 
 
 def _knn(train: Any, test: Any, k: int, temperature: float) -> float:
-    """Weighted kNN as docs/metrics.md defines it, computed directly with numpy (exhaustive cosine search)."""
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    xtr, xte = (unit(np.stack(t.column("vector").to_numpy(zero_copy_only=False)).astype(np.float64))
-                for t in (train, test))
-    ytr, yte = (np.asarray(t.column("label").to_numpy()) for t in (train, test))
-    sims = xte @ xtr.T
-    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    classes = np.unique(ytr)
-    correct = 0
-    for i, idx in enumerate(nearest):
-        weights = np.exp(sims[i, idx] / temperature)
-        scores = np.array([weights[ytr[idx] == c].sum() for c in classes])
-        correct += int(classes[int(np.argmax(scores))] == yte[i])
-    return correct / len(yte)
+    """Weighted kNN as docs/metrics.md defines it, on two probe tables (metric_helpers.brute_force_knn)."""
+    x_tr, x_te = (np.stack(t.column("vector").to_numpy(zero_copy_only=False)) for t in (train, test))
+    y_tr, y_te = (np.asarray(t.column("label").to_numpy()) for t in (train, test))
+    return brute_force_knn(x_tr, y_tr, x_te, y_te, k, temperature)
 
 
 def _outputs(work: Path, name: str) -> list[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from metric_helpers import angles, blobs
+from metric_helpers import angles, blobs, brute_force_knn
 
 from workflow.errors import StrataError
 from workflow.evaluate.probes import linear_probe_accuracy, weighted_knn_accuracy
@@ -12,21 +12,6 @@ from workflow.evaluate.probes import linear_probe_accuracy, weighted_knn_accurac
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _brute_force_knn(x_tr, y_tr, x_te, y_te, k, t) -> float:
-    a = x_tr / np.linalg.norm(x_tr, axis=1, keepdims=True)
-    b = x_te / np.linalg.norm(x_te, axis=1, keepdims=True)
-    sim = b.astype(np.float64) @ a.T.astype(np.float64)
-    n_cls = int(max(y_tr.max(), y_te.max())) + 1
-    correct = 0
-    for i in range(len(y_te)):
-        top = np.argsort(-sim[i], kind="stable")[:k]
-        scores = np.zeros(n_cls)
-        for j in top:
-            scores[y_tr[j]] += np.exp(sim[i, j] / t)
-        correct += int(np.argmax(scores) == y_te[i])
-    return correct / len(y_te)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +44,7 @@ def test_weighted_knn_matches_brute_force():
     x_te = rng.standard_normal((40, 6)).astype(np.float32)
     y_te = rng.integers(0, 3, 40)
     for k, t in ((1, 0.07), (5, 0.07), (20, 0.5)):
-        ref = _brute_force_knn(x_tr, y_tr, x_te, y_te, k, t)
+        ref = brute_force_knn(x_tr, y_tr, x_te, y_te, k, t)
         assert weighted_knn_accuracy(x_tr, y_tr, x_te, y_te, k=k, temperature=t, n_classes=3) == ref
 
 
