@@ -110,6 +110,7 @@ rule plot_embeddings:
             subcategory="{dataset} · {ssl}",
             labels=variant_item("t-SNE map", "tight groups = classes apart"),
         ),
+        coordinates=f"{RESULTS}/{{dataset}}/figures/{{curation}}/{{ssl}}/seed{{seed}}/map.parquet",  # compare_embeddings
     params:
         title=figure_title,
         tracking=job_file("plot_embeddings", "tracking"),
@@ -128,8 +129,9 @@ rule plot_embeddings:
         runtime=20,
     shell:
         """
-        {STRATA} plot-embeddings --embeddings {input.embeddings} --output {output.png} --seed {wildcards.seed} \\
-            --title {params.title:q} --max-points {params.max_points} --tracking {params.tracking} > {log} 2>&1
+        {STRATA} plot-embeddings --embeddings {input.embeddings} --output {output.png} --map {output.coordinates} \\
+            --seed {wildcards.seed} --title {params.title:q} --max-points {params.max_points} \\
+            --tracking {params.tracking} > {log} 2>&1
         """
 
 
@@ -139,9 +141,10 @@ def each_curation(pattern, w):
 
 
 rule compare_embeddings:
-    """Every curation's t-SNE map of probe_test side by side, for one data set, SSL method and seed."""
+    """Every curation's t-SNE map of probe_test side by side, for one data set, SSL method and seed: the maps
+    plot_embeddings computed, so t-SNE runs once per variant."""
     input:
-        tables=lambda w: each_curation(rules.embed_probes.output.probe_test, w),
+        maps=lambda w: each_curation(rules.plot_embeddings.output.coordinates, w),
         metrics=lambda w: each_curation(rules.evaluate.output.metrics, w),
     output:
         png=report(
@@ -154,11 +157,10 @@ rule compare_embeddings:
     params:
         panels=lambda w, input: one_per_line(
             f"--panel {shlex.quote(c)} {shlex.quote(curated(c, w.seed))} {t} {m}"
-            for c, t, m in zip(config["curations"], input.tables, input.metrics)
+            for c, t, m in zip(config["curations"], input.maps, input.metrics)
         ),
         title=lambda w: f"{w.dataset} · {w.ssl} · seed {w.seed}",
         metric=config["summary"]["primary"],
-        max_points=config["report"]["map_max_points"],
     log:
         job_file("compare_embeddings", "log"),
     benchmark:
@@ -174,8 +176,7 @@ rule compare_embeddings:
     shell:
         """
         {STRATA} compare-embeddings --output {output.png} --seed {wildcards.seed} --title {params.title:q} \\
-            --metric {params.metric} --max-points {params.max_points} \\
-            {params.panels} > {log} 2>&1
+            --metric {params.metric} {params.panels} > {log} 2>&1
         """
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from workflow import compare_figures
 from workflow.compare_figures import Panel, plot_embedding_panels, plot_kept_per_class, plot_loss_overlay
-from workflow.figures import plot_embedding_map, plot_training
+from workflow.figures import map_points, plot_embedding_map, plot_training, read_map
 from workflow.report_layout import (
     CATEGORY,
     DIAGNOSTICS,
@@ -79,6 +79,14 @@ def _embeddings(path: Path, seed: int, n: int = 40) -> str:
     return str(path)
 
 
+def _map(tmp_path: Path, name: str, seed: int) -> str:
+    """A saved t-SNE map, as plot_embeddings writes it for compare_embeddings."""
+    path = tmp_path / f"{name}.map.parquet"
+    plot_embedding_map(_embeddings(tmp_path / f"{name}.parquet", seed), str(tmp_path / f"{name}.png"), 0,
+                       map_path=str(path))
+    return str(path)
+
+
 def _history(path: Path, scale: float, steps: int = 30) -> str:
     step = np.arange(1, steps + 1)
     pd.DataFrame({"step": step, "epoch": step // 10, "loss": scale * (1 + 5 / step), "lr": 1e-3 * np.ones(steps)}
@@ -105,6 +113,16 @@ def test_per_variant_figures_carry_the_given_title(tmp_path: Path) -> None:
     info = plot_embedding_map(_embeddings(tmp_path / "e.parquet", 0), str(tmp_path / "map.png"), 0, title)
     assert _is_png(tmp_path / "training.png") and _is_png(tmp_path / "map.png")
     assert info["points"] == 40 and 0 < info["trustworthiness"] <= 1
+
+
+def test_a_saved_map_is_the_map_that_was_drawn(tmp_path: Path) -> None:
+    table = _embeddings(tmp_path / "e.parquet", 0)
+    info = plot_embedding_map(table, str(tmp_path / "map.png"), 3, max_points=30, map_path=str(tmp_path / "m.pq"))
+    xy, labels, trust = read_map(str(tmp_path / "m.pq"))
+    want_xy, want_labels, want_trust = map_points(table, 3, 30)  # computed again, independently
+    np.testing.assert_array_equal(xy, want_xy)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert trust == want_trust == info["trustworthiness"] and xy.shape == (30, 2)
 
 
 # ---- comparative figures ----------------------------------------------------------------------------------------
@@ -224,14 +242,22 @@ def test_loss_overlay_needs_a_common_seed(tmp_path: Path) -> None:
         plot_loss_overlay(runs, "hkmeans", "random", str(tmp_path / "x.png"), "t")
 
 
-def test_embedding_panels_put_every_curation_of_a_seed_side_by_side(tmp_path: Path, figures: list[Any]) -> None:
+def test_embedding_panels_put_every_curation_of_a_seed_side_by_side(tmp_path: Path, figures: list[Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     metrics = tmp_path / "m.json"
     metrics.write_text(json.dumps({"metrics": {"knn_accuracy": 0.75}}))
-    panels = [Panel("random", "uniform, no features", _embeddings(tmp_path / "r.parquet", 1), metrics=str(metrics)),
-              Panel("hkmeans", HK_SPACE, _embeddings(tmp_path / "h.parquet", 2))]
+    panels = [Panel("random", "uniform, no features", _map(tmp_path, "r", 1), metrics=str(metrics)),
+              Panel("hkmeans", HK_SPACE, _map(tmp_path, "h", 2))]
     out = tmp_path / "emb.png"
+    import workflow.figures
+
+    def no_tsne(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("compare-embeddings ran t-SNE again")
+
+    monkeypatch.setattr(workflow.figures, "embedding_map", no_tsne)  # the panels are the saved maps
     trust = plot_embedding_panels(panels, str(out), 0, "tiny · simclr · seed 0", "knn_accuracy")
     assert set(trust) == {"random", "hkmeans"} and _is_png(out)
+    assert trust["hkmeans"] == read_map(panels[1].path)[2]
     fig = figures[-1]
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles[0].startswith("random · seed 0\n[uniform, no features]") and "knn_accuracy 0.750" in titles[0]
@@ -261,7 +287,7 @@ def test_the_subcommands_parse_and_draw(tmp_path: Path) -> None:
                               "--control", "random", *runs])
     args.func(args)
     args = parser.parse_args(["compare-embeddings", "--output", str(tmp_path / "e.png"), "--seed", "0",
-                              "--panel", "hkmeans", HK_SPACE, _embeddings(tmp_path / "e.parquet", 0), "-"])
+                              "--panel", "hkmeans", HK_SPACE, _map(tmp_path, "e", 0), "-"])
     args.func(args)
     assert all(_is_png(tmp_path / f"{n}.png") for n in "kle")
 

@@ -307,6 +307,13 @@ def _cases() -> dict[str, Build]:
     c["plot-embeddings-max-points-zero"] = lambda t, fx: (
         ["plot-embeddings", "--embeddings", str(fx.probe_test), "--output", str(t / "out" / "m.png"),
          "--max-points", "0"], ["--max-points"])
+    # --- compare-embeddings: it draws the maps plot-embeddings saved ---
+    c["compare-embeddings-map-pickle"] = lambda t, fx: (
+        ["compare-embeddings", "--output", str(t / "out" / "c.png"), "--panel", "hkmeans", "raw",
+         str(_pickle(t / "map.parquet")), "-"], ["map.parquet", "cannot read the t-SNE map", "plot_embeddings"])
+    c["compare-embeddings-table-not-a-map"] = lambda t, fx: (
+        ["compare-embeddings", "--output", str(t / "out" / "c.png"), "--panel", "hkmeans", "raw",
+         str(fx.probe_test), "-"], [fx.probe_test.name, "cannot read the t-SNE map"])
     return c
 
 

@@ -284,11 +284,11 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     with timing.compute():
-        info = plot_embedding_map(args.embeddings, args.output, args.seed, args.title, args.max_points)
+        info = plot_embedding_map(args.embeddings, args.output, args.seed, args.title, args.max_points, args.map)
     print(f"plot-embeddings: t-SNE of {int(info['points'])} points in {time.perf_counter() - start:.1f} s, "
           f"trustworthiness@5 {info['trustworthiness']:.3f} -> {args.output}", flush=True)
     record = _record("plot_embeddings", {"title": args.title, "seed": args.seed, "max_points": args.max_points},
-                     [args.embeddings], [args.output])
+                     [args.embeddings], [args.output, *([args.map] if args.map else [])])
     record.metrics["map_trustworthiness"] = info["trustworthiness"]
     record.parent_artifacts = [args.output]  # the variant's figures
     log_stage(_tracking(args), record)
@@ -428,9 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="")
 
     p = stage("plot-embeddings", cmd_plot_embeddings, "Draw a t-SNE map of an embedding table coloured by label.",
-              ["output"], params=False)
+              ["output", "map"], params=False)
     p.add_argument("--embeddings", required=True, help="embedding table (Parquet), e.g. probe_test")
     p.add_argument("--output", required=True, help="output: PNG")
+    p.add_argument("--map", help="output: the map's coordinates (Parquet), which compare-embeddings draws")
     p.add_argument("--seed", type=_int_at_least(0, SEED_MAX), default=0)
     p.add_argument("--title", default="")
     p.add_argument("--max-points", type=_int_at_least(4), default=5000,

@@ -2,7 +2,8 @@
 
 * :func:`plot_embedding_panels`: per data set × SSL method × seed, the t-SNE maps of every curation's
   ``probe_test`` embeddings side by side (same seed, same colours per label), each panel titled with the
-  curation, its feature space, the map's trustworthiness and the primary metric.
+  curation, its feature space, the map's trustworthiness and the primary metric. The maps are those the
+  per-variant figures computed (their saved coordinates, ``workflow.figures.read_map``): t-SNE runs once.
 * :func:`plot_loss_overlay`: per comparison (a curation and its reference, ``workflow.comparisons.references``),
   the pretraining loss of both overlaid, one panel per seed and one of every seed (mean and range).
 * :func:`plot_kept_per_class`: per data set × seed, the fraction of each class that every curation kept, on a log
@@ -27,7 +28,7 @@ import numpy as np
 
 from workflow import timing
 from workflow.errors import StrataError
-from workflow.figures import MAP_MAX_POINTS, figure_grid, map_points, scatter_by_label
+from workflow.figures import figure_grid, read_map, scatter_by_label
 from workflow.tables import atomic_path
 
 
@@ -63,24 +64,24 @@ def _metric(path: str | None, name: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def plot_embedding_panels(panels: Sequence[Panel], png_path: str, seed: int, title: str, metric: str = "",
-                          max_points: int = MAP_MAX_POINTS) -> dict[str, float]:
+def plot_embedding_panels(panels: Sequence[Panel], png_path: str, seed: int, title: str, metric: str = ""
+                          ) -> dict[str, float]:
     """Every curation's t-SNE map of ``probe_test`` side by side; returns each curation's trustworthiness@5.
 
     Args:
-        panels: One per curation (``path``: its probe_test embedding table; ``metrics``: optional metrics.json).
+        panels: One per curation (``path``: its saved map, ``plot-embeddings --map``; ``metrics``: optional
+            metrics.json).
         png_path: Output PNG, written atomically.
-        seed: The variants' seed (also seeds each map).
+        seed: The variants' seed (shown in the titles).
         title: The figure's title (data set, SSL method, seed).
         metric: Metric of ``metrics.json`` shown in each panel's title (e.g. the primary metric).
-        max_points: Seeded sample size above which points are drawn.
 
     Raises:
-        StrataError: If a table or metrics file cannot be read, or a table has fewer than 4 rows.
+        StrataError: If a map or metrics file cannot be read.
     """
     if not panels:
         raise StrataError("no curation to draw", where="compare-embeddings", fix="pass --panel at least once.")
-    maps = [map_points(p.path, seed, max_points) for p in panels]
+    maps = [read_map(p.path) for p in panels]
     known = [lab[lab >= 0] for _, lab, _ in maps if lab is not None]
     classes = np.unique(np.concatenate(known)) if known else None
     nrows, ncols = _grid(len(panels))
@@ -293,8 +294,7 @@ def _panels(rows: list[list[str]] | None, with_seed: bool = False) -> list[Panel
 
 def cmd_compare_embeddings(args: argparse.Namespace) -> None:
     with timing.compute():  # the job's own work, for benchmarks/study.py's fixed cost
-        trust = plot_embedding_panels(_panels(args.panel), args.output, args.seed, args.title, args.metric,
-                                      args.max_points)
+        trust = plot_embedding_panels(_panels(args.panel), args.output, args.seed, args.title, args.metric)
     print(f"compare-embeddings: {len(trust)} maps (trustworthiness@5 "
           f"{', '.join(f'{c} {t:.3f}' for c, t in trust.items())}) -> {args.output}", flush=True)
 
@@ -316,16 +316,15 @@ def add_commands(stage: Callable[..., argparse.ArgumentParser]) -> None:
     """Add the comparative figures' subcommands to the ``strata`` parser (``stage`` is ``workflow.cli``'s helper:
     ``stage(name, func, help, outputs, params=False)`` → the subcommand's parser)."""
     p = stage("compare-embeddings", cmd_compare_embeddings, "Draw every curation's t-SNE map of probe_test side by "
-              "side (one seed).", ["output"], params=False)
+              "side (one seed), from the maps plot-embeddings saved.", ["output"], params=False)
     p.add_argument("--panel", nargs=4, action="append", required=True,
-                   metavar=("CURATION", "FEATURES", "EMBEDDINGS", "METRICS"),
-                   help="a curation, its feature space in words, its probe_test table and its metrics.json (- for "
-                        "none)")
+                   metavar=("CURATION", "FEATURES", "MAP", "METRICS"),
+                   help="a curation, its feature space in words, its probe_test map (plot-embeddings --map) and its "
+                        "metrics.json (- for none)")
     p.add_argument("--output", required=True, help="output: PNG")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--title", default="")
     p.add_argument("--metric", default="", help="metric of metrics.json shown per panel (e.g. knn_accuracy)")
-    p.add_argument("--max-points", type=int, default=MAP_MAX_POINTS)
 
     p = stage("compare-losses", cmd_compare_losses, "Overlay the pretraining loss of a curation and its reference, "
               "per seed and over all seeds.", ["output"], params=False)

@@ -7,11 +7,13 @@
   of the L2-normalised embeddings, through scikit-learn, seeded, PCA-initialised; points coloured by label.
   The map's trustworthiness (Venna & Kaski 2001; ``sklearn.manifold.trustworthiness``, 1 = every
   neighbour in the map is a neighbour in the embedding space) is printed in the title, so a misleading
-  map is visible as such.
+  map is visible as such. The map's coordinates can be saved (``write_map``) so that the comparative figure
+  draws the same map without computing t-SNE again (``read_map``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from workflow.tables import atomic_path
 _NOT_SERIES = ("step", "epoch")
 #: Collapse monitors, logged only at checkpoints.
 MONITORS = ("embedding_std", "rankme", "alignment", "uniformity")
+#: Parquet schema metadata key of a saved map: JSON with its trustworthiness, seed and source table.
+MAP_METADATA_KEY = b"strata.map"
 #: Largest number of points a map draws (a seeded sample above it); t-SNE is O(n log n) but slow past this.
 MAP_MAX_POINTS = 5000
 
@@ -155,15 +159,57 @@ def scatter_by_label(ax: Any, xy: np.ndarray, labels: np.ndarray | None, classes
     ax.set_yticks([])
 
 
+def write_map(path: str, xy: np.ndarray, labels: np.ndarray | None, trust: float, seed: int, source: str) -> None:
+    """Save a map's coordinates (Parquet: ``x``, ``y`` and ``label`` when known), written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"x": pa.array(xy[:, 0], pa.float64()), "y": pa.array(xy[:, 1], pa.float64())}
+    if labels is not None:
+        columns["label"] = pa.array(np.asarray(labels, dtype=np.int64))
+    info = {"trustworthiness": trust, "seed": seed, "embeddings": source}
+    table = pa.table(columns).replace_schema_metadata({MAP_METADATA_KEY: json.dumps(info).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_map(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """A map saved by ``write_map``: ``(xy, labels, trustworthiness@5)``.
+
+    Raises:
+        StrataError: If the file cannot be read, or is not a map (no ``x``/``y`` columns, no trustworthiness,
+            fewer than 4 points or coordinates that are not finite).
+    """
+    import pyarrow.parquet as pq
+
+    fix = "re-run the plot_embeddings job that writes it (delete the file first)."
+    try:
+        table = pq.read_table(path)
+        info = json.loads((table.schema.metadata or {})[MAP_METADATA_KEY])
+        trust = float(info["trustworthiness"])
+        xy = np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()]).astype(np.float64)
+        labels = table.column("label").to_numpy().astype(np.int64) if "label" in table.column_names else None
+    except Exception as err:  # pyarrow, JSON and key errors alike: the file is not a readable map
+        raise StrataError(f"cannot read the t-SNE map ({type(err).__name__}: {err})", where=path, fix=fix) from err
+    if xy.shape[0] < 4 or not np.isfinite(xy).all() or not 0.0 <= trust <= 1.0:
+        raise StrataError(f"not a t-SNE map: {xy.shape[0]} points, finite {bool(np.isfinite(xy).all())}, "
+                          f"trustworthiness {trust}", where=path, fix=fix)
+    return xy, labels, trust
+
+
 def plot_embedding_map(embeddings_path: str, png_path: str, seed: int = 0, title: str = "",
-                       max_points: int = MAP_MAX_POINTS) -> dict[str, float]:
+                       max_points: int = MAP_MAX_POINTS, map_path: str | None = None) -> dict[str, float]:
     """Draw the t-SNE map of an embedding table coloured by label; returns ``{"trustworthiness", "points"}``.
+
+    With ``map_path``, the map's coordinates are also saved there (``write_map``), for the comparative figure.
 
     Raises:
         StrataError: If the table cannot be read (see ``read_table``: also NaN or infinite values) or has
             fewer than 4 rows.
     """
     xy, labels, trust = map_points(embeddings_path, seed, max_points)
+    if map_path:
+        write_map(map_path, xy, labels, trust, seed, embeddings_path)
     fig, axes = figure_grid(1, 1, 6.0, 5.2)
     ax = axes[0]
     scatter_by_label(ax, xy, labels)
