@@ -37,9 +37,11 @@ curve: setup
 	@$(MAKE) --no-print-directory run CONFIG=configs/curve.yaml
 	@echo; cat $(CURVE_DIR)/curve.md
 
-# Regenerate the README's results blocks and pictures from a fresh `make run` (and `make curve`, if it ran).
+# Regenerate the README's results blocks and pictures from the studies that ran: `make run` (the default study)
+# and `make curve` (the size curve); a block whose study has not run is kept.
 readme-results: setup
-	$(BIN)/python docs/readme_results.py --results $(DEFAULT_DIR) --readme README.md \
+	$(BIN)/python docs/readme_results.py --readme README.md \
+		$(if $(wildcard $(DEFAULT_DIR)/run.json),--results $(DEFAULT_DIR)) \
 		$(if $(wildcard $(CURVE_DIR)/curve.md),--curve $(CURVE_DIR))
 
 test: setup

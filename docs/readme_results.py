@@ -6,7 +6,9 @@ and ``<!-- results:end -->`` from ``results/verdict.json``, ``summary_stats.csv`
 screen's one-line verdict between ``<!-- verdict:start -->`` and ``<!-- verdict:end -->``, and copies
 ``results/forest.png`` to ``docs/images/default_study_forest.png``. With ``--curve DIR`` (the results folder of
 ``make curve``) it also rewrites ``<!-- curve:start -->`` … ``<!-- curve:end -->`` from ``curve.md`` and copies
-``curve.png`` to ``docs/images/curve.png``. The block names the commit and the machine the numbers came from.
+``curve.png`` to ``docs/images/curve.png``. Each block names the commit and the machine its numbers came from.
+A block whose study was not given is kept as it is (``make readme-results`` passes each study that has run), so
+the curve's block can be refreshed without re-running the default study, and the other way round.
 """
 
 from __future__ import annotations
@@ -155,31 +157,44 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", default="results", help="results folder of a finished `make run`")
+    p.add_argument("--results", help="results folder of a finished `make run` (the default study's blocks)")
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--images", default=str(REPO / "docs" / "images"), help="where the pictures are copied")
     p.add_argument("--curve", help="results folder of a finished `make curve` (curve.md, curve.png)")
     p.add_argument("--stamp", choices=["start", "end"], help="only record the run's start or end in run.json")
     args = p.parse_args(argv)
-    results = Path(args.results)
+    if args.stamp and not args.results:
+        p.error("--stamp needs --results (the folder whose run.json it writes)")
+    if not args.stamp and not (args.results or args.curve):
+        print("readme-results: error: no finished study to write from: run `make run` (default study) or "
+              "`make curve` (size curve) first", file=sys.stderr)
+        return 2
     try:
         if args.stamp:
-            stamp(results, args.stamp)
+            stamp(Path(args.results), args.stamp)
             return 0
         readme = Path(args.readme)
-        text = replace_block(readme.read_text(), "results", results_block(results))
-        text = replace_block(text, "verdict", verdict_line(results))
+        text = readme.read_text()
         images = Path(args.images)
         images.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(results / "forest.png", images / "default_study_forest.png")
+        copies, written = [], []
+        if args.results:  # every block is built before anything is written: an error leaves the README as it was
+            results = Path(args.results)
+            text = replace_block(text, "results", results_block(results))
+            text = replace_block(text, "verdict", verdict_line(results))
+            copies.append((results / "forest.png", images / "default_study_forest.png"))
+            written.append(f"the default study's blocks from {results}")
         if args.curve:
             text = replace_block(text, "curve", curve_block(Path(args.curve)))
-            shutil.copyfile(Path(args.curve) / "curve.png", images / "curve.png")
+            copies.append((Path(args.curve) / "curve.png", images / "curve.png"))
+            written.append(f"the size curve's block from {args.curve}")
+        for src, dst in copies:
+            shutil.copyfile(src, dst)
         readme.write_text(text)
     except (StrataError, OSError, KeyError) as err:
         print(f"readme-results: error: {err}", file=sys.stderr)
         return 2
-    print(f"readme-results: rewrote the results block of {args.readme} from {results}")
+    print(f"readme-results: rewrote {' and '.join(written)} in {args.readme}")
     return 0
 
 

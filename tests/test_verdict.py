@@ -290,3 +290,27 @@ def test_readme_results_regenerates_the_block(tmp_path):
     assert "| hkmeans − random | d · s |" in text and "**better**" in text and "| d · s | none | 4 |" in text
     assert (tmp_path / "img" / "default_study_forest.png").is_file()
     assert "old verdict" not in text and "hkmeans vs random (d · s): **better**" in text  # the first screen's line
+
+
+def test_readme_results_writes_the_curve_block_alone_and_keeps_the_others(tmp_path):
+    curve = tmp_path / "curve"
+    curve.mkdir()
+    script = [sys.executable, str(REPO / "docs" / "readme_results.py")]
+    for stamp in ("start", "end"):
+        subprocess.run([*script, "--results", str(curve), "--stamp", stamp], check=True)
+    (curve / "curve.md").write_text("# By how much\n\n| size | Δ |\n|---|---|\n| 136 | -0.033 |\n")
+    (curve / "curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    readme = tmp_path / "README.md"
+    before = ("<!-- verdict:start -->\nkept verdict\n<!-- verdict:end -->\n<!-- results:start -->\nkept numbers\n"
+              "<!-- results:end -->\n<!-- curve:start -->\nNot generated yet\n<!-- curve:end -->\n")
+    readme.write_text(before)
+    nothing = subprocess.run([*script, "--readme", str(readme)], capture_output=True, text=True)
+    assert nothing.returncode == 2 and "make run" in nothing.stderr and "make curve" in nothing.stderr
+    assert readme.read_text() == before
+    subprocess.run([*script, "--readme", str(readme), "--curve", str(curve), "--images", str(tmp_path / "img")],
+                   check=True)
+    text = readme.read_text()
+    assert "kept verdict" in text and "kept numbers" in text and "Not generated yet" not in text
+    assert "from `make curve` at commit" in text and "| 136 | -0.033 |" in text
+    assert (tmp_path / "img" / "curve.png").read_bytes() == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "img" / "default_study_forest.png").exists()
