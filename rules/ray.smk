@@ -64,24 +64,35 @@ def stop_run_cluster():
 
 
 TRACKING_SPOOL = os.path.abspath(f"{RESULTS}/.work/tracking-spool")
+SPOOL_FLUSHERS = []  # the thread that logs spooled records while the run goes on (workflow/spool_flusher.py)
 
 
 def start_tracking_spool():
-    """`onstart`: local jobs spool their MLflow records (workflow/tracking.py, SPOOL_ENV); log a killed run's."""
+    """`onstart`: local jobs spool their MLflow records (workflow/tracking.py, SPOOL_ENV); log a killed run's,
+    then log new ones every few seconds while the jobs run, so that the run's end has few left."""
+    from workflow.spool_flusher import SpoolFlusher
     from workflow.tracking import SPOOL_ENV
 
     if not workflow.local_exec or not workflow.is_main_process or workflow.touch:
         return
     flush_tracking()
     os.environ[SPOOL_ENV] = TRACKING_SPOOL
+    SPOOL_FLUSHERS.append(SpoolFlusher(TRACKING_SPOOL))
+    SPOOL_FLUSHERS[-1].start()
 
 
 def flush_tracking():
-    """`onsuccess` / `onerror` (before attach_job_files): log the spooled records in this one process."""
+    """`onsuccess` / `onerror` (before attach_job_files): stop the flushing thread, then log what is left
+    (the study summary last) in this one process."""
     from workflow.tracking import flush_spool
 
+    logged = 0
+    while SPOOL_FLUSHERS:
+        flusher = SPOOL_FLUSHERS.pop()
+        flusher.stop()
+        logged += flusher.logged
     try:
-        n = flush_spool(TRACKING_SPOOL)
+        n = logged + flush_spool(TRACKING_SPOOL)
     except Exception as err:  # tracking must never turn a finished workflow into a failed one
         print(f"strata: could not log the jobs' records to MLflow (kept in {TRACKING_SPOOL}): {err}",
               file=sys.stderr)

@@ -80,3 +80,64 @@ def test_a_spooled_study_summary_is_logged_after_the_variant_runs(tmp_path: Path
     assert study.data.tags["mlflow.note.content"] == "**better**"
     assert [a.path for a in client.list_artifacts(study.info.run_id, "summary")] == ["summary/summary.md"]
     assert runs["v:hk"].data.metrics["knn_accuracy.diff_vs_random"] == pytest.approx(0.125)
+
+
+def _spool_variant_records(spool: Path, uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spooled study summary first, then two variants' evaluate records (as summarize and evaluate spool them)."""
+    from workflow.tracking import log_study
+
+    monkeypatch.setenv(SPOOL_ENV, str(spool))
+    log_study(uri, "spool", {"hk.knn_accuracy.diff_mean": 0.125}, note="**better**", baseline="random",
+              compared=["knn_accuracy"])
+    for curation, knn in (("random", 0.5), ("hk", 0.625)):
+        params = {"dataset": {"name": "d"}, "curation": {"name": curation}, "ssl": {"name": "s"}, "seed": 1}
+        spec = TrackingSpec(uri=uri, experiment="spool", parent_kind="variant", parent_key=f"v:{curation}",
+                            parent_name=curation, parent_params=params, job=f"evaluate/d/{curation}/s/seed1")
+        log_stage(spec, StageRecord(stage="evaluate"), parent_metrics={"knn_accuracy": knn})
+
+
+def test_the_flusher_logs_stage_records_during_the_run_and_leaves_the_summary_to_the_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from workflow.spool_flusher import SpoolFlusher
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spool = tmp_path / "spool"
+    _spool_variant_records(spool, uri, monkeypatch)
+    flusher = SpoolFlusher(spool, interval=0.05)
+    flusher.start()
+    deadline = time.monotonic() + 120
+    while len(list(spool.glob("*.json"))) > 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    flusher.stop()
+    assert flusher.error is None and flusher.logged == 2 and not flusher.is_alive()
+    assert os.environ[SPOOL_ENV] == str(spool)  # jobs started meanwhile still spool
+    [left] = spool.glob("*.json")
+    assert '"study"' in left.read_text()  # the summary waits for the final flush
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("spool")
+    keys = {r.data.tags["strata.key"] for r in client.search_runs([exp.experiment_id])}
+    assert {"v:random", "v:hk", "evaluate/d/hk/s/seed1"} <= keys and "study:spool" not in keys
+
+    assert flush_spool(spool) == 1 and not list(spool.glob("*.json"))
+    runs = {r.data.tags["strata.key"]: r for r in client.search_runs([exp.experiment_id])}
+    assert runs["study:spool"].data.metrics["hk.knn_accuracy.diff_mean"] == 0.125
+
+
+def test_the_flusher_stops_at_a_store_error_and_keeps_the_records(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from workflow.errors import StrataError
+    from workflow.spool_flusher import SpoolFlusher
+
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    spool = tmp_path / "spool"
+    _spool_variant_records(spool, f"sqlite:///{tmp_path / 'blocker' / 'mlflow.db'}", monkeypatch)
+    flusher = SpoolFlusher(spool, interval=0.05)
+    flusher.start()
+    flusher.join(timeout=120)
+    assert not flusher.is_alive() and isinstance(flusher.error, StrataError) and flusher.logged == 0
+    assert len(list(spool.glob("*.json"))) == 3  # nothing lost: the final flush tries them again
+    flusher.stop()  # a stopped thread: returns at once

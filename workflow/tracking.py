@@ -367,6 +367,12 @@ def log_stage(spec: TrackingSpec | None, record: StageRecord, parent_metrics: di
     if os.environ.get(SPOOL_ENV):  # a local Snakemake run: its main process logs the record (flush_spool)
         _spool(Path(os.environ[SPOOL_ENV]), spec, record, parent_metrics)
         return
+    _log_stage_now(spec, record, parent_metrics, parent_start_ms)
+
+
+def _log_stage_now(spec: TrackingSpec, record: StageRecord, parent_metrics: dict[str, float] | None,
+                   parent_start_ms: int | None) -> None:
+    """Write the record to the store in this process (never spooled)."""
     from workflow.errors import StrataError
 
     _bound_http_retries()
@@ -419,15 +425,20 @@ def _write_spooled(folder: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, folder / name)
 
 
-def flush_spool(folder: str | os.PathLike[str]) -> int:
+def flush_spool(folder: str | os.PathLike[str], *, study: bool = True) -> int:
     """Log the records that jobs spooled into ``folder`` (oldest first), deleting each once logged.
 
-    A parent run created by the flush starts with the earliest job of the folder that belongs to it. Returns
-    how many were logged. Raises :class:`StrataError` on the first record the store refuses (that record and
-    the later ones stay spooled for the next run).
+    A parent run created by the flush starts with the earliest job of the folder that belongs to it. With
+    ``study=False`` the study summary stays spooled (the run's :class:`workflow.spool_flusher.SpoolFlusher`
+    logs stage records while jobs still run; the summary waits for the end). Returns how many were logged.
+    Raises :class:`StrataError` on the first record the store refuses (that record and the later ones stay
+    spooled for the next run). Never reads or changes :data:`SPOOL_ENV`, so that it can run in a thread beside
+    the process that starts the jobs.
     """
     files = sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []
     spooled = [(path, json.loads(path.read_text())) for path in files]
+    if not study:
+        spooled = [item for item in spooled if "study" not in item[1]]
     # The study summary annotates the variant runs, which the stage records create: it goes last.
     spooled.sort(key=lambda item: "study" in item[1])
     starts: dict[str, int] = {}
@@ -439,22 +450,19 @@ def flush_spool(folder: str | os.PathLike[str]) -> int:
         for key in [spec["parent_key"], *(link["parent_key"] for link in spec.get("links", []))]:
             if start is not None:
                 starts[key] = min(starts.get(key, start), start)
-    environ = os.environ.pop(SPOOL_ENV, None)
-    try:
-        for path, data in spooled:
-            if "study" in data:
-                log_study(**data["study"])
-                path.unlink()
-                continue
-            record = StageRecord(**data["record"])
-            record.series = [tuple(x) for x in record.series]  # type: ignore[misc]
-            spec = TrackingSpec(**data["spec"])
-            log_stage(spec, record, data["parent_metrics"], parent_start_ms=starts.get(spec.parent_key))
+    for path, data in spooled:
+        if "study" in data:
+            from workflow.tracking_study import log_study as log_study_now
+
+            log_study_now(**data["study"])
             path.unlink()
-    finally:
-        if environ is not None:
-            os.environ[SPOOL_ENV] = environ
-    return len(files)
+            continue
+        record = StageRecord(**data["record"])
+        record.series = [tuple(x) for x in record.series]  # type: ignore[misc]
+        spec = TrackingSpec(**data["spec"])
+        _log_stage_now(spec, record, data["parent_metrics"], starts.get(spec.parent_key))
+        path.unlink()
+    return len(spooled)
 
 
 def attach_job_files(uri: str, experiment: str) -> int:
