@@ -178,7 +178,7 @@ def read_map(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
 
     Raises:
         StrataError: If the file cannot be read, or is not a map (no ``x``/``y`` columns, no trustworthiness,
-            fewer than 4 points or coordinates that are not finite).
+            fewer than 4 points, or values that are not finite).
     """
     import pyarrow.parquet as pq
 
@@ -191,7 +191,7 @@ def read_map(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
         labels = table.column("label").to_numpy().astype(np.int64) if "label" in table.column_names else None
     except Exception as err:  # pyarrow, JSON and key errors alike: the file is not a readable map
         raise StrataError(f"cannot read the t-SNE map ({type(err).__name__}: {err})", where=path, fix=fix) from err
-    if xy.shape[0] < 4 or not np.isfinite(xy).all() or not 0.0 <= trust <= 1.0:
+    if xy.shape[0] < 4 or not np.isfinite(xy).all() or not np.isfinite(trust):
         raise StrataError(f"not a t-SNE map: {xy.shape[0]} points, finite {bool(np.isfinite(xy).all())}, "
                           f"trustworthiness {trust}", where=path, fix=fix)
     return xy, labels, trust
