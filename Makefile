@@ -41,7 +41,7 @@ curve: setup
 # and `make curve` (the size curve); a block whose study has not run is kept.
 readme-results: setup
 	$(BIN)/python docs/readme_results.py --readme README.md \
-		$(if $(wildcard $(DEFAULT_DIR)/run.json),--results $(DEFAULT_DIR)) \
+		$(if $(wildcard $(DEFAULT_DIR)/verdict.json),--results $(DEFAULT_DIR)) \
 		$(if $(wildcard $(CURVE_DIR)/curve.md),--curve $(CURVE_DIR))
 
 test: setup

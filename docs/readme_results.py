@@ -188,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             text = replace_block(text, "curve", curve_block(Path(args.curve)))
             copies.append((Path(args.curve) / "curve.png", images / "curve.png"))
             written.append(f"the size curve's block from {args.curve}")
+        for src, _ in copies:  # every picture is there before any is replaced
+            if not src.is_file():
+                raise StrataError("a study's figure is missing", where=str(src),
+                                  fix="re-run the study that writes it (`make run` or `make curve`).")
         for src, dst in copies:
             shutil.copyfile(src, dst)
         readme.write_text(text)
-    except (StrataError, OSError, KeyError) as err:
+    except (StrataError, OSError, KeyError, ValueError, TypeError) as err:  # ValueError: a run.json not JSON
         print(f"readme-results: error: {err}", file=sys.stderr)
         return 2
     print(f"readme-results: rewrote {' and '.join(written)} in {args.readme}")

@@ -71,12 +71,13 @@ def start_tracking_spool():
     """`onstart`: local jobs spool their MLflow records (workflow/tracking.py, SPOOL_ENV); log a killed run's,
     then log new ones every few seconds while the jobs run, so that the run's end has few left."""
     from workflow.spool_flusher import SpoolFlusher
-    from workflow.tracking import SPOOL_ENV
+    from workflow.tracking import SPOOL_ENV, bound_http_retries
 
     if not workflow.local_exec or not workflow.is_main_process or workflow.touch:
         return
     flush_tracking()
     os.environ[SPOOL_ENV] = TRACKING_SPOOL
+    bound_http_retries()  # here, not in the thread: the environment is changed before any job starts
     SPOOL_FLUSHERS.append(SpoolFlusher(TRACKING_SPOOL))
     SPOOL_FLUSHERS[-1].start()
 
@@ -91,6 +92,9 @@ def flush_tracking():
         flusher = SPOOL_FLUSHERS.pop()
         flusher.stop()
         logged += flusher.logged
+        if flusher.error is not None:
+            print(f"strata: logging during the run stopped at an error; retrying now: {flusher.error}",
+                  file=sys.stderr)
     try:
         n = logged + flush_spool(TRACKING_SPOOL)
     except Exception as err:  # tracking must never turn a finished workflow into a failed one

@@ -125,6 +125,31 @@ def test_a_saved_map_is_the_map_that_was_drawn(tmp_path: Path) -> None:
     assert trust == want_trust == info["trustworthiness"] and xy.shape == (30, 2)
 
 
+@pytest.mark.parametrize("damage", ["float-labels", "null-labels", "nan-coordinates", "three-points"])
+def test_a_damaged_map_is_refused_by_name(damage: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workflow.errors import StrataError
+    from workflow.figures import write_map
+
+    path = tmp_path / "map.parquet"
+    xy = np.arange(16, dtype=np.float64).reshape(8, 2)
+    write_map(str(path), xy[:3] if damage == "three-points" else xy, np.arange(3 if damage == "three-points" else 8),
+              0.9, 0, "e.parquet")
+    table = pq.read_table(path)
+    if damage == "float-labels":
+        table = table.set_column(2, "label", pa.array(np.linspace(0, 1, 8)))
+    elif damage == "null-labels":
+        table = table.set_column(2, "label", pa.array([1, None] * 4, pa.int64()))
+    elif damage == "nan-coordinates":
+        table = table.set_column(0, "x", pa.array([np.nan] * 8))
+    pq.write_table(table, path)
+    with pytest.raises(StrataError, match="t-SNE map") as err:
+        read_map(str(path))
+    assert str(path) in str(err.value) and "plot_embeddings" in str(err.value)
+
+
 # ---- comparative figures ----------------------------------------------------------------------------------------
 
 def test_kept_per_class_is_on_a_log_axis_with_the_tail_on_the_right(tmp_path: Path, figures: list[Any]) -> None:

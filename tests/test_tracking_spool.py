@@ -127,6 +127,24 @@ def test_the_flusher_logs_stage_records_during_the_run_and_leaves_the_summary_to
     assert runs["study:spool"].data.metrics["hk.knn_accuracy.diff_mean"] == 0.125
 
 
+def test_during_a_run_records_that_log_a_model_wait_and_a_halt_stops_between_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spool = tmp_path / "spool"
+    _spool_variant_records(spool, uri, monkeypatch)
+    spec = TrackingSpec(uri=uri, experiment="spool", parent_kind="variant", parent_key="v:hk", parent_name="hk",
+                        parent_params={}, job="pretrain/d/hk/s/seed1")
+    log_stage(spec, StageRecord(stage="pretrain", models=[{"path": str(tmp_path / "encoder.safetensors")}]))
+    halted = threading.Event()
+    halted.set()
+    assert flush_spool(spool, during_run=True, halt=halted) == 0 and len(list(spool.glob("*.json"))) == 4
+    assert flush_spool(spool, during_run=True) == 2  # the two evaluate records
+    left = sorted(path.read_text() for path in spool.glob("*.json"))
+    assert len(left) == 2 and any('"study"' in t for t in left) and any('"models": [{' in t for t in left)
+
+
 def test_the_flusher_stops_at_a_store_error_and_keeps_the_records(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from workflow.errors import StrataError

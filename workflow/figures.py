@@ -180,6 +180,7 @@ def read_map(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
         StrataError: If the file cannot be read, or is not a map (no ``x``/``y`` columns, no trustworthiness,
             fewer than 4 points, or values that are not finite).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fix = "re-run the plot_embeddings job that writes it (delete the file first)."
@@ -188,7 +189,13 @@ def read_map(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
         info = json.loads((table.schema.metadata or {})[MAP_METADATA_KEY])
         trust = float(info["trustworthiness"])
         xy = np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()]).astype(np.float64)
-        labels = table.column("label").to_numpy().astype(np.int64) if "label" in table.column_names else None
+        labels = None
+        if "label" in table.column_names:
+            column = table.column("label")
+            if column.null_count or not pa.types.is_integer(column.type):
+                raise ValueError(f"`label` must be integers without nulls, got {column.type} with "
+                                 f"{column.null_count} null(s)")
+            labels = column.to_numpy().astype(np.int64)
     except Exception as err:  # pyarrow, JSON and key errors alike: the file is not a readable map
         raise StrataError(f"cannot read the t-SNE map ({type(err).__name__}: {err})", where=path, fix=fix) from err
     if xy.shape[0] < 4 or not np.isfinite(xy).all() or not np.isfinite(trust):

@@ -60,7 +60,7 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQ
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
-def _bound_http_retries() -> None:
+def bound_http_retries() -> None:
     """Apply :data:`MLFLOW_HTTP_DEFAULTS` to this process (variables the user set win)."""
     for var, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(var, value)
@@ -375,7 +375,7 @@ def _log_stage_now(spec: TrackingSpec, record: StageRecord, parent_metrics: dict
     """Write the record to the store in this process (never spooled)."""
     from workflow.errors import StrataError
 
-    _bound_http_retries()
+    bound_http_retries()
     try:
         from workflow.tracking_store import log_stage_run
 
@@ -404,7 +404,8 @@ _IMPORTED_MS = int(time.time() * 1000)
 
 #: A local Snakemake run sets this to a folder (rules/ray.smk): jobs then write their records there as JSON
 #: instead of importing MLflow (2-3 s of a short job's fixed cost on 2 cores, more under load) and the run's
-#: main process logs them all at its end, or at the start of the next run after a kill (flush_spool).
+#: main process logs them (flush_spool): a thread while the jobs run, the rest at the end, or at the start of
+#: the next run after a kill.
 SPOOL_ENV = "STRATA_TRACKING_SPOOL"
 
 
@@ -425,20 +426,21 @@ def _write_spooled(folder: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, folder / name)
 
 
-def flush_spool(folder: str | os.PathLike[str], *, study: bool = True) -> int:
+def flush_spool(folder: str | os.PathLike[str], *, during_run: bool = False, halt: Any = None) -> int:
     """Log the records that jobs spooled into ``folder`` (oldest first), deleting each once logged.
 
-    A parent run created by the flush starts with the earliest job of the folder that belongs to it. With
-    ``study=False`` the study summary stays spooled (the run's :class:`workflow.spool_flusher.SpoolFlusher`
-    logs stage records while jobs still run; the summary waits for the end). Returns how many were logged.
-    Raises :class:`StrataError` on the first record the store refuses (that record and the later ones stay
-    spooled for the next run). Never reads or changes :data:`SPOOL_ENV`, so that it can run in a thread beside
-    the process that starts the jobs.
+    A parent run created by the flush starts with the earliest of this flush's jobs that belong to it.
+    ``during_run`` (the run's :class:`workflow.spool_flusher.SpoolFlusher`, a thread beside the one that starts
+    jobs) leaves two kinds of record for the final flush: the study summary (it annotates the variant runs) and
+    records that log an encoder as an MLflow model (that goes through ``$MLFLOW_EXPERIMENT_ID``, which a thread
+    must not set while jobs start). ``halt`` (a ``threading.Event``) stops the flush between two records.
+    Returns how many were logged. Raises :class:`StrataError` on the first record the store refuses (that
+    record and the later ones stay spooled for the next run). Never reads or changes :data:`SPOOL_ENV`.
     """
     files = sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []
     spooled = [(path, json.loads(path.read_text())) for path in files]
-    if not study:
-        spooled = [item for item in spooled if "study" not in item[1]]
+    if during_run:
+        spooled = [item for item in spooled if "study" not in item[1] and not item[1]["record"].get("models")]
     # The study summary annotates the variant runs, which the stage records create: it goes last.
     spooled.sort(key=lambda item: "study" in item[1])
     starts: dict[str, int] = {}
@@ -450,19 +452,22 @@ def flush_spool(folder: str | os.PathLike[str], *, study: bool = True) -> int:
         for key in [spec["parent_key"], *(link["parent_key"] for link in spec.get("links", []))]:
             if start is not None:
                 starts[key] = min(starts.get(key, start), start)
+    logged = 0
     for path, data in spooled:
+        if halt is not None and halt.is_set():
+            break
         if "study" in data:
             from workflow.tracking_study import log_study as log_study_now
 
             log_study_now(**data["study"])
-            path.unlink()
-            continue
-        record = StageRecord(**data["record"])
-        record.series = [tuple(x) for x in record.series]  # type: ignore[misc]
-        spec = TrackingSpec(**data["spec"])
-        _log_stage_now(spec, record, data["parent_metrics"], starts.get(spec.parent_key))
+        else:
+            record = StageRecord(**data["record"])
+            record.series = [tuple(x) for x in record.series]  # type: ignore[misc]
+            spec = TrackingSpec(**data["spec"])
+            _log_stage_now(spec, record, data["parent_metrics"], starts.get(spec.parent_key))
         path.unlink()
-    return len(spooled)
+        logged += 1
+    return logged
 
 
 def attach_job_files(uri: str, experiment: str) -> int:

@@ -11,8 +11,8 @@ from typing import Any
 from workflow.distributed import file_lock
 from workflow.tracking import (
     KIND_TAG,
-    _bound_http_retries,
     _lock_path,
+    bound_http_retries,
     check_tracking_uri,
     experiment_id,
 )
@@ -31,7 +31,7 @@ def attach_job_files(uri: str, experiment: str) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return 0  # no job logged anything (e.g. the run failed on its config): do not create the database
     check_tracking_uri(uri)  # an unreachable store fails in seconds, not after MLflow's retries
-    _bound_http_retries()
+    bound_http_retries()
     with file_lock(_lock_path(uri)):
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
