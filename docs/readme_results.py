@@ -73,8 +73,12 @@ def _run_line(results: Path) -> str:
     if not path.is_file():
         raise StrataError("no run.json beside the results", where=str(path),
                           fix="produce the results with `make run` (it records the commit and the machine).")
-    info = json.loads(path.read_text())
-    m = info.get("machine", {})
+    try:
+        info = json.loads(path.read_text())
+        m = info.get("machine", {})
+    except (ValueError, AttributeError) as err:  # not JSON, or not an object
+        raise StrataError(f"run.json is not a run record ({err})", where=str(path),
+                          fix="re-run the study with `make run` / `make curve`, which write it.") from err
     commit = info.get("commit", "unknown")[:12] + (" + uncommitted changes" if info.get("dirty") else "")
     wall = ""
     if info.get("start") and info.get("end"):

@@ -314,3 +314,23 @@ def test_readme_results_writes_the_curve_block_alone_and_keeps_the_others(tmp_pa
     assert "from `make curve` at commit" in text and "| 136 | -0.033 |" in text
     assert (tmp_path / "img" / "curve.png").read_bytes() == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "img" / "default_study_forest.png").exists()
+
+
+def test_readme_results_replaces_nothing_when_a_picture_or_run_json_is_bad(tmp_path):
+    curve = tmp_path / "curve"
+    curve.mkdir()
+    script = [sys.executable, str(REPO / "docs" / "readme_results.py")]
+    subprocess.run([*script, "--results", str(curve), "--stamp", "start"], check=True)
+    (curve / "curve.md").write_text("| size | Δ |\n|---|---|\n| 136 | -0.033 |\n")
+    readme = tmp_path / "README.md"
+    before = "<!-- curve:start -->\nold curve\n<!-- curve:end -->\n"
+    readme.write_text(before)
+    args = [*script, "--readme", str(readme), "--curve", str(curve), "--images", str(tmp_path / "img")]
+    missing = subprocess.run(args, capture_output=True, text=True)  # no curve.png
+    assert missing.returncode == 2 and "curve.png" in missing.stderr and "Traceback" not in missing.stderr
+    assert readme.read_text() == before and not (tmp_path / "img" / "curve.png").exists()
+    (curve / "curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (curve / "run.json").write_text("{not json")
+    corrupt = subprocess.run(args, capture_output=True, text=True)
+    assert corrupt.returncode == 2 and "Traceback" not in corrupt.stderr and "run.json" in corrupt.stderr
+    assert readme.read_text() == before
