@@ -49,26 +49,32 @@ def test_spooling_does_not_import_mlflow(tmp_path: Path) -> None:
     assert len(list((tmp_path / "spool").glob("*.json"))) == 1
 
 
-def test_a_spooled_study_summary_is_logged_after_the_variant_runs(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """summarize spools the study summary; the flush logs it last, so its per-variant differences find the
-    variant runs even when it was spooled first."""
-    from mlflow.tracking import MlflowClient
-
+def _spool_variant_records(spool: Path, uri: str, monkeypatch: pytest.MonkeyPatch, diff_mean: float = 0.125,
+                           files: tuple[str, ...] = ()) -> None:
+    """A spooled study summary first, then two variants' evaluate records (as summarize and evaluate spool them)."""
     from workflow.tracking import log_study
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spool = tmp_path / "spool"
-    summary = tmp_path / "summary.md"
-    summary.write_text("# summary\n")
     monkeypatch.setenv(SPOOL_ENV, str(spool))
-    log_study(uri, "spool", {"hk.knn_accuracy.diff_mean": 0.1}, [str(summary)], note="**better**",
+    log_study(uri, "spool", {"hk.knn_accuracy.diff_mean": diff_mean}, list(files), note="**better**",
               baseline="random", compared=["knn_accuracy"])
     for curation, knn in (("random", 0.5), ("hk", 0.625)):
         params = {"dataset": {"name": "d"}, "curation": {"name": curation}, "ssl": {"name": "s"}, "seed": 1}
         spec = TrackingSpec(uri=uri, experiment="spool", parent_kind="variant", parent_key=f"v:{curation}",
                             parent_name=curation, parent_params=params, job=f"evaluate/d/{curation}/s/seed1")
         log_stage(spec, StageRecord(stage="evaluate"), parent_metrics={"knn_accuracy": knn})
+
+
+def test_a_spooled_study_summary_is_logged_after_the_variant_runs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """summarize spools the study summary; the flush logs it last, so its per-variant differences find the
+    variant runs even when it was spooled first."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spool = tmp_path / "spool"
+    summary = tmp_path / "summary.md"
+    summary.write_text("# summary\n")
+    _spool_variant_records(spool, uri, monkeypatch, diff_mean=0.1, files=(str(summary),))
     assert len(list(spool.glob("*.json"))) == 3 and not (tmp_path / "mlflow.db").exists()
 
     assert flush_spool(spool) == 3
@@ -80,20 +86,6 @@ def test_a_spooled_study_summary_is_logged_after_the_variant_runs(tmp_path: Path
     assert study.data.tags["mlflow.note.content"] == "**better**"
     assert [a.path for a in client.list_artifacts(study.info.run_id, "summary")] == ["summary/summary.md"]
     assert runs["v:hk"].data.metrics["knn_accuracy.diff_vs_random"] == pytest.approx(0.125)
-
-
-def _spool_variant_records(spool: Path, uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A spooled study summary first, then two variants' evaluate records (as summarize and evaluate spool them)."""
-    from workflow.tracking import log_study
-
-    monkeypatch.setenv(SPOOL_ENV, str(spool))
-    log_study(uri, "spool", {"hk.knn_accuracy.diff_mean": 0.125}, note="**better**", baseline="random",
-              compared=["knn_accuracy"])
-    for curation, knn in (("random", 0.5), ("hk", 0.625)):
-        params = {"dataset": {"name": "d"}, "curation": {"name": curation}, "ssl": {"name": "s"}, "seed": 1}
-        spec = TrackingSpec(uri=uri, experiment="spool", parent_kind="variant", parent_key=f"v:{curation}",
-                            parent_name=curation, parent_params=params, job=f"evaluate/d/{curation}/s/seed1")
-        log_stage(spec, StageRecord(stage="evaluate"), parent_metrics={"knn_accuracy": knn})
 
 
 def test_the_flusher_logs_stage_records_during_the_run_and_leaves_the_summary_to_the_end(
