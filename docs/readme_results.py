@@ -180,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         readme = Path(args.readme)
         text = readme.read_text()
         images = Path(args.images)
-        images.mkdir(parents=True, exist_ok=True)
         copies, written = [], []
         if args.results:  # every block is built before anything is written: an error leaves the README as it was
             results = Path(args.results)
@@ -196,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             if not src.is_file():
                 raise StrataError("a study's figure is missing", where=str(src),
                                   fix="re-run the study that writes it (`make run` or `make curve`).")
+        images.mkdir(parents=True, exist_ok=True)
         for src, dst in copies:
             shutil.copyfile(src, dst)
         readme.write_text(text)
-    except (StrataError, OSError, KeyError, ValueError, TypeError) as err:  # ValueError: a run.json not JSON
+    except (StrataError, OSError, KeyError, ValueError, TypeError) as err:  # a result file with odd values
         print(f"readme-results: error: {err}", file=sys.stderr)
         return 2
     print(f"readme-results: rewrote {' and '.join(written)} in {args.readme}")

@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -426,7 +427,8 @@ def _write_spooled(folder: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, folder / name)
 
 
-def flush_spool(folder: str | os.PathLike[str], *, during_run: bool = False, halt: Any = None) -> int:
+def flush_spool(folder: str | os.PathLike[str], *, during_run: bool = False,
+                halt: threading.Event | None = None) -> int:
     """Log the records that jobs spooled into ``folder`` (oldest first), deleting each once logged.
 
     A parent run created by the flush starts with the earliest of this flush's jobs that belong to it.
