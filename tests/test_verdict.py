@@ -140,6 +140,33 @@ def test_verdict_contract_and_values(tmp_path):
     assert "hkmeans vs random" in text and "BETTER" in text and max(map(len, text.splitlines())) <= 110
 
 
+def test_pooled_over_ssl_methods_against_a_plain_loop():
+    """Per seed the mean over methods of curated − reference, over the seeds every method has; frozen left out."""
+    second = STUDY.assign(ssl="t", knn_accuracy=STUDY["knn_accuracy"] + 0.01 * STUDY["seed"] * (STUDY["curation"]
+                                                                                                 == "hkmeans"))
+    second = second[second["seed"] != 3]  # t lacks seed 3: pooled over seeds 0-2
+    frozen = STUDY.assign(ssl="f", knn_accuracy=0.99)
+    df = pd.concat([STUDY, second, frozen], ignore_index=True)
+    v = build_verdict(df, "knn_accuracy", "random", 0.01, {"hkmeans": "random"}, METRICS, frozen={"f"})
+    assert len(v["comparisons"]) == 2 and len(v["pooled"]) == 1  # s and t; f has none
+    pooled = v["pooled"][0]
+    d = []
+    for seed in range(3):
+        per_method = []
+        for ssl in ("s", "t"):
+            at = df[(df["ssl"] == ssl) & (df["seed"] == seed)].set_index("curation")["knn_accuracy"]
+            per_method.append(at["hkmeans"] - at["random"])
+        d.append(sum(per_method) / 2)
+    test = sps.ttest_1samp(d, 0.0)
+    lo, hi = sps.t.interval(0.95, 2, loc=np.mean(d), scale=sps.sem(d))
+    assert pooled["ssl_entries"] == ["s", "t"] and pooled["ssl"] == "mean of 2 methods" and pooled["n"] == 3
+    assert (pooled["diff_mean"], pooled["ci_low"], pooled["ci_high"]) == pytest.approx((np.mean(d), lo, hi))
+    assert pooled["p_value"] == pytest.approx(test.pvalue)
+    assert pooled["verdict"] == classify(lo, hi, 0.01)
+    assert any(line.startswith("  pooled: hkmeans vs random") for line in verdict_lines(v))
+    assert build_verdict(STUDY, "knn_accuracy", "random", 0.01, {"hkmeans": "random"}, METRICS)["pooled"] == []
+
+
 def test_verdict_undefined_numbers_are_null(tmp_path):
     one = STUDY[STUDY["seed"] == 0]
     v = build_verdict(one, "knn_accuracy", "random", 0.01, {"hkmeans": "random"}, METRICS)

@@ -13,7 +13,15 @@ units). For each comparison (a curation against its reference on one data set an
 * ``unresolved``: anything else, including an undefined interval (fewer than 2 matched seeds).
 
 An interval inside ±rope that excludes 0 is ``better``/``worse``: a resolved but practically small effect,
-which the reported interval shows. ``python -m workflow.verdict results/<study>/verdict.json`` prints the verdict.
+which the reported interval shows.
+
+With two or more trained SSL entries, each (data set, curation) also gets a **pooled** comparison over them:
+per seed, the mean over the entries of the curated − reference difference, ``d_s = (1/M) Σ_m (x_ms − b_ms)``,
+over the seeds where every entry has both values; the same t-interval, p-value, share of wins and verdict rule
+apply to ``d_s`` (docs/metrics.md, "Pooled over SSL methods"). Seeds stay the unit: the entries of one seed
+share its curated subset, so they are averaged, not counted as independent pairs.
+
+``python -m workflow.verdict results/<study>/verdict.json`` prints the verdict.
 """
 
 from __future__ import annotations
@@ -113,7 +121,39 @@ def build_verdict(df: pd.DataFrame, primary: str, baseline: str, rope: float, re
                 entry["size"] = int(sizes[curation])
             comparisons.append({k: _finite(v) for k, v in entry.items()})
     return {"primary": primary, "baseline": baseline, "rope": float(rope), "n_seeds": int(df["seed"].nunique()),
-            "confidence": 0.95, "comparisons": comparisons}
+            "confidence": 0.95, "comparisons": comparisons,
+            "pooled": pooled_comparisons(df, primary, rope, refs, frozen)}
+
+
+def pooled_comparisons(df: pd.DataFrame, primary: str, rope: float, refs: dict[str, str],
+                       frozen: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Per (data set, curation): the comparison pooled over the trained SSL entries (module docstring).
+
+    Only where two or more entries have the comparison; the entries are listed in ``ssl_entries`` and ``ssl``
+    reads ``mean of M methods``. Empty for a study with one SSL method.
+    """
+    pooled = []
+    for dataset, group in df[~df["ssl"].isin(list(frozen))].groupby("dataset", sort=True):
+        for curation in dict.fromkeys(group["curation"]):
+            ref = refs.get(curation)
+            diffs = {}
+            for ssl, g in group.groupby("ssl", sort=True):
+                x = g[g["curation"] == curation].set_index("seed")[primary]
+                b = g[g["curation"] == ref].set_index("seed")[primary]
+                d = (x - b).dropna()
+                if len(d):
+                    diffs[ssl] = d
+            if len(diffs) < 2:
+                continue
+            d = pd.concat(diffs, axis=1, join="inner").mean(axis=1)  # seeds every entry has
+            diff = paired_difference(d, pd.Series(0.0, index=d.index))
+            entry = {"dataset": dataset, "ssl": f"mean of {len(diffs)} methods", "ssl_entries": sorted(diffs),
+                     "curation": curation, "baseline": ref, "n": diff["diff_n"], "diff_mean": diff["diff_mean"],
+                     "ci_low": diff["diff_ci95_low"], "ci_high": diff["diff_ci95_high"], "p_value": diff["p_value"],
+                     "prob_improvement": diff["prob_improvement"],
+                     "verdict": classify(diff["diff_ci95_low"], diff["diff_ci95_high"], rope)}
+            pooled.append({k: _finite(v) for k, v in entry.items()})
+    return pooled
 
 
 def write_verdict(verdict: dict[str, Any], path: str) -> None:
@@ -158,6 +198,7 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
     """A few short lines for the terminal (``make run``)."""
     lines = [header(verdict)]
     lines += [f"  {comparison_line(c)}" for c in verdict["comparisons"]] or ["  (no comparison: no baseline runs)"]
+    lines += [f"  pooled: {comparison_line(c)}" for c in verdict.get("pooled", [])]
     lines.append("  wins = share of seeds where the curated variant is ahead (ties half); see docs/metrics.md")
     return lines
 
@@ -165,6 +206,7 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
 def verdict_markdown(verdict: dict[str, Any]) -> str:
     """Markdown for the MLflow study run's description (``mlflow.note.content``)."""
     rows = [f"- {comparison_line(c)}" for c in verdict["comparisons"]] or ["- no comparison (no baseline runs)"]
+    rows += [f"- pooled: {comparison_line(c)}" for c in verdict.get("pooled", [])]
     return f"**{header(verdict)}**\n\n" + "\n".join(rows) + "\n\nwins = share of seeds where the curated " \
         "variant is ahead (ties count half). Definitions: docs/metrics.md.\n"
 
@@ -172,6 +214,7 @@ def verdict_markdown(verdict: dict[str, Any]) -> str:
 def verdict_rst(verdict: dict[str, Any]) -> str:
     """reStructuredText for the first page of the Snakemake report."""
     rows = [f"* ``{comparison_line(c)}``" for c in verdict["comparisons"]] or ["* no comparison (no baseline runs)"]
+    rows += [f"* ``pooled: {comparison_line(c)}``" for c in verdict.get("pooled", [])]
     return f"**{header(verdict)}**\n\n" + "\n".join(rows) + "\n"
 
 
