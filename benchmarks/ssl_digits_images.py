@@ -4,6 +4,12 @@ but the 300 probe_test images), then score a linear probe and the weighted kNN (
 
     python benchmarks/ssl_digits_images.py                     # SimCLR, 300 steps, ResNet [16, 32, 64]
     python benchmarks/ssl_digits_images.py --steps 1000 --params '{"resnet_widths": [32, 64, 128]}'
+    python benchmarks/ssl_digits_images.py --sweep             # choose views and budget (about 35 min)
+
+The sweep selects without looking at probe_test: every candidate of :data:`SWEEP` (fixed before any was run)
+trains with seed 0 and is scored by kNN on a validation split of probe_train (350 fit / 150 held out); the best
+then trains again with seed 1 and is scored once on probe_test, against the raw pixels
+(``benchmarks/results/ssl_digits_images_sweep.json``).
 
 Uses the pipeline's own parts (data set, ResNet, kornia augmentations, method, optimiser, schedule, metrics) in
 one process; the Snakemake stage runs the same loop on Ray Train.
@@ -31,30 +37,29 @@ from benchmarks.common import (
     write_results,
 )
 
+#: Candidates: ssl keys over the benchmark's defaults. Digits at 16x16 are a few strokes, so the crop keeps at least
+#: half the area in two of them; the budget is about 10 min of training on 2 cores.
+SWEEP: list[dict[str, Any]] = [
+    {"steps": 400},
+    {"steps": 400, "image_augment": {"crop_scale": [0.5, 1.0]}},
+    {"steps": 400, "image_augment": {"crop_scale": [0.5, 1.0], "blur_probability": 0.5, "blur_sigma": [0.1, 1.0]}},
+]
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_ssl_arguments(parser, steps=300, params='{"resnet_widths": [16, 32, 64], "embedding_dim": 64}')
-    parser.add_argument("--image-size", type=int, default=16)
-    args = parser.parse_args()
+
+def _train(args: Any, keys: dict[str, Any], x_ssl: Any, meta: dict[str, Any], dim: int, seed: int) -> tuple:
+    """Train with the options' settings plus ``keys``: (method, seconds of training, resolved params, views)."""
+    import json
 
     import torch
 
-    from workflow.config import validate
-    from workflow.data import build_dataset
     from workflow.pretrain.augment import build_augment
     from workflow.pretrain.train import encoder_spec
 
-    torch.set_num_threads(args.threads)
-    # A flat "long tail" (rho = 1) keeps every digit that is not a probe in the pool.
-    splits = build_dataset(validate({"kind": "digits-images", "image_size": args.image_size, "imbalance_ratio": 1,
-                                     "duplicate_fraction": 0.0, "seed": args.seed}, "dataset"), "digits-images")
-    xtr, ytr = np.array(splits.probe_train.vectors), splits.probe_train.labels
-    xte, yte = np.array(splits.probe_test.vectors), splits.probe_test.labels
-    x_ssl = torch.from_numpy(np.concatenate([splits.pool.vectors, xtr]))
+    args = argparse.Namespace(**{**vars(args), "params": json.dumps({**json.loads(args.params), **keys}),
+                                 "steps": keys.get("steps", args.steps)})
     params = ssl_params(args, len(x_ssl))
-    spec, options = encoder_spec({"input_kind": "image", **splits.table_meta}, xtr.shape[1], params, "digits-images")
-    method, optimizer = make_method(spec, params, args.seed)
+    spec, options = encoder_spec({"input_kind": "image", **meta}, dim, params, "digits-images")
+    method, optimizer = make_method(spec, params, seed)
     start = time.perf_counter()
 
     def progress(step: int, out: Any) -> None:
@@ -62,13 +67,69 @@ def main() -> None:
             print(f"step {step}/{params['steps']} loss {out.scalars()['loss']:.4f} {time.perf_counter() - start:.0f} s",
                   flush=True)
 
-    bare_ssl_loop(method, optimizer, build_augment("image", spec["image_shape"], options), x_ssl, params, args.seed,
-                  after_step=progress)
-    rows = probe_rows(method, xtr, ytr, xte, yte, "raw pixels", f"{args.method} ResNet", time.perf_counter() - start)
-    print(f"{args.method}: {params['steps']} steps, batch {params['batch_size']}, lr {params['lr']}, "
-          f"{len(x_ssl)} images {spec['image_shape']}, augment {options}, {args.threads} threads")
+    bare_ssl_loop(method, optimizer, build_augment("image", spec["image_shape"], options), torch.from_numpy(x_ssl),
+                  params, seed, after_step=progress)
+    return method, time.perf_counter() - start, params, options
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_ssl_arguments(parser, steps=300, params='{"resnet_widths": [16, 32, 64], "embedding_dim": 64}')
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--sweep", action="store_true", help="choose among SWEEP on a validation split")
+    args = parser.parse_args()
+
+    import torch
+
+    from workflow.config import validate
+    from workflow.data import build_dataset
+
+    torch.set_num_threads(args.threads)
+    # A flat "long tail" (rho = 1) keeps every digit that is not a probe in the pool.
+    splits = build_dataset(validate({"kind": "digits-images", "image_size": args.image_size, "imbalance_ratio": 1,
+                                     "duplicate_fraction": 0.0, "seed": args.seed}, "dataset"), "digits-images")
+    xtr, ytr = np.array(splits.probe_train.vectors), splits.probe_train.labels
+    xte, yte = np.array(splits.probe_test.vectors), splits.probe_test.labels
+    x_ssl = np.concatenate([splits.pool.vectors, xtr])
+    meta, dim = splits.table_meta, xtr.shape[1]
+    if not args.sweep:
+        method, train_s, params, options = _train(args, {}, x_ssl, meta, dim, args.seed)
+        rows = probe_rows(method, xtr, ytr, xte, yte, "raw pixels", f"{args.method} ResNet", train_s)
+        print(f"{args.method}: {params['steps']} steps, batch {params['batch_size']}, lr {params['lr']}, "
+              f"{len(x_ssl)} images, augment {options}, {args.threads} threads")
+        print_table(rows)
+        write_results(f"ssl_digits_images_{args.method}", {**vars(args), "resolved": params, "augment": options}, rows)
+        return
+
+    from workflow.evaluate.probes import weighted_knn_accuracy
+
+    order = np.random.default_rng(0).permutation(len(xtr))
+    fit, held = order[:350], order[350:]
+    candidates = []
+    for i, keys in enumerate(SWEEP):
+        method, train_s, _, _ = _train(args, keys, x_ssl, meta, dim, 0)
+        emb = _embed(method, xtr)
+        candidates.append({"candidate": i, "keys": keys, "train_s": round(train_s, 1),
+                           "knn": weighted_knn_accuracy(emb[fit], ytr[fit], emb[held], ytr[held]),
+                           "raw_knn": weighted_knn_accuracy(xtr[fit], ytr[fit], xtr[held], ytr[held])})
+        print(f"#{i} {keys}: validation kNN {candidates[-1]['knn']:.3f} (raw pixels "
+              f"{candidates[-1]['raw_knn']:.3f}), {train_s:.0f} s", flush=True)
+    best = max(candidates, key=lambda c: c["knn"])
+    method, train_s, params, options = _train(args, best["keys"], x_ssl, meta, dim, 1)
+    rows = probe_rows(method, xtr, ytr, xte, yte, "raw pixels", f"{args.method} ResNet, candidate "
+                      f"{best['candidate']}", train_s)
     print_table(rows)
-    write_results(f"ssl_digits_images_{args.method}", {**vars(args), "resolved": params, "augment": options}, rows)
+    write_results("ssl_digits_images_sweep", {**vars(args), "resolved": params, "augment": options}, rows,
+                  extra={"selection": "kNN on probe_train 350 fit / 150 held out, seed 0; test: seed 1",
+                         "candidates": candidates, "chosen": best["candidate"]})
+
+
+def _embed(method: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    method.module.eval()
+    with torch.no_grad():
+        return method.module.encoder(torch.from_numpy(x)).numpy()
 
 
 if __name__ == "__main__":
