@@ -507,11 +507,14 @@ BLOBS_YAML = "{kind: blobs, n_max: 30, dim: 8, probe_train_per_class: 10, probe_
 @pytest.mark.parametrize(("case", "dataset", "extra", "words"), [
     ("unknown-key", "{kind: blobs, n_max: 30, n_mx: 3}", "", ["datasets.u", "n_mx"]),
     ("negative-seed", BLOBS_YAML, "", ["seeds.0", "-1"]),
-], ids=["unknown-key", "negative-seed"])
+    ("unknown-preset", BLOBS_YAML, "", ["ssl.simclr.preset", "big-data", "small-data"]),
+], ids=["unknown-key", "negative-seed", "unknown-preset"])
 def test_snakemake_bad_config(case: str, dataset: str, extra: str, words: list[str], tmp_path: Path) -> None:
     config = _study(tmp_path, dataset, extra)
     if case == "negative-seed":
         config.write_text(config.read_text().replace("seeds: [0]", "seeds: [-1]"))
+    if case == "unknown-preset":
+        config.write_text(config.read_text().replace("batch_size: 8}", "batch_size: 8, preset: big-data}"))
     assert_config_refused(config, tmp_path / "work", words)
 
 

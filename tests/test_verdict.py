@@ -159,7 +159,7 @@ def test_pooled_over_ssl_methods_against_a_plain_loop():
         d.append(sum(per_method) / 2)
     test = sps.ttest_1samp(d, 0.0)
     lo, hi = sps.t.interval(0.95, 2, loc=np.mean(d), scale=sps.sem(d))
-    assert pooled["ssl_entries"] == ["s", "t"] and pooled["ssl"] == "mean of 2 methods" and pooled["n"] == 3
+    assert pooled["ssl_entries"] == ["s", "t"] and pooled["ssl"] == "mean of 2 SSL entries" and pooled["n"] == 3
     assert (pooled["diff_mean"], pooled["ci_low"], pooled["ci_high"]) == pytest.approx((np.mean(d), lo, hi))
     assert pooled["p_value"] == pytest.approx(test.pvalue)
     assert pooled["verdict"] == classify(lo, hi, 0.01)

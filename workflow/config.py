@@ -89,6 +89,7 @@ def validate(instance: dict[str, Any], schema_ref: str | None = None, source: st
     Raises:
         StrataError: on the first violation, naming ``source`` and the offending key.
     """
+    _expand_presets(instance, schema_ref, source)
     schema = load_schema()
     if schema_ref is not None:
         schema = {"$ref": f"#/$defs/{schema_ref}", "$defs": schema["$defs"]}
@@ -99,6 +100,18 @@ def validate(instance: dict[str, Any], schema_ref: str | None = None, source: st
         raise StrataError(message, where=f"{source}: {path}",
                           fix=fix or f"edit that key to match {SCHEMA_PATH.relative_to(REPO_ROOT)}.")
     return instance
+
+
+def _expand_presets(instance: Any, schema_ref: str | None, source: str) -> None:
+    """Fill ``ssl`` entries from their ``preset`` before validation (see :mod:`workflow.ssl_presets`)."""
+    from workflow.ssl_presets import apply_preset
+
+    if schema_ref == "ssl" and isinstance(instance, dict):
+        apply_preset(instance, f"{source}: preset")
+    elif schema_ref is None and isinstance(instance, dict) and isinstance(instance.get("ssl"), dict):
+        for name, entry in instance["ssl"].items():
+            if isinstance(entry, dict):
+                apply_preset(entry, f"{source}: ssl.{name}.preset")
 
 
 def typed_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -130,12 +130,14 @@ def pooled_comparisons(df: pd.DataFrame, primary: str, rope: float, refs: dict[s
     """Per (data set, curation): the comparison pooled over the trained SSL entries (module docstring).
 
     Only where two or more entries have the comparison; the entries are listed in ``ssl_entries`` and ``ssl``
-    reads ``mean of M methods``. Empty for a study with one SSL method.
+    reads ``mean of M SSL entries``. Empty for a study with one SSL method.
     """
     pooled = []
     for dataset, group in df[~df["ssl"].isin(list(frozen))].groupby("dataset", sort=True):
         for curation in dict.fromkeys(group["curation"]):
             ref = refs.get(curation)
+            if ref is None:
+                continue
             diffs = {}
             for ssl, g in group.groupby("ssl", sort=True):
                 x = g[g["curation"] == curation].set_index("seed")[primary]
@@ -147,7 +149,7 @@ def pooled_comparisons(df: pd.DataFrame, primary: str, rope: float, refs: dict[s
                 continue
             d = pd.concat(diffs, axis=1, join="inner").mean(axis=1)  # seeds every entry has
             diff = paired_difference(d, pd.Series(0.0, index=d.index))
-            entry = {"dataset": dataset, "ssl": f"mean of {len(diffs)} methods", "ssl_entries": sorted(diffs),
+            entry = {"dataset": dataset, "ssl": f"mean of {len(diffs)} SSL entries", "ssl_entries": sorted(diffs),
                      "curation": curation, "baseline": ref, "n": diff["diff_n"], "diff_mean": diff["diff_mean"],
                      "ci_low": diff["diff_ci95_low"], "ci_high": diff["diff_ci95_high"], "p_value": diff["p_value"],
                      "prob_improvement": diff["prob_improvement"],
