@@ -4,7 +4,7 @@ but the 300 probe_test images), then score a linear probe and the weighted kNN (
 
     python benchmarks/ssl_digits_images.py                     # SimCLR, 300 steps, ResNet [16, 32, 64]
     python benchmarks/ssl_digits_images.py --steps 1000 --params '{"resnet_widths": [32, 64, 128]}'
-    python benchmarks/ssl_digits_images.py --sweep             # choose views and budget (about 35 min)
+    python benchmarks/ssl_digits_images.py --sweep             # choose the views at 400 steps (about 35 min)
 
 The sweep selects without looking at probe_test: every candidate of :data:`SWEEP` (fixed before any was run)
 trains with seed 0 and is scored by kNN on a validation split of probe_train (350 fit / 150 held out); the best
