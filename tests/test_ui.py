@@ -120,8 +120,9 @@ def test_mlflow_dataset_model_and_loss_views(study: Path, browser_ready: None) -
             open_model_metrics(page, "loss")
             page.screenshot(path=str(shots / "mlflow_loss.png"))
             open_run(page, base, exp.experiment_id, run.info.run_id, run.info.run_name)
-            model = open_logged_model(page, "encoder")
-            assert "pretrain hkmeans/simclr/s0" in model  # its source run
+            open_logged_model(page, "encoder")
+            # its source run: the name is fetched after the "Source run" label shows, so wait for the name itself
+            page.get_by_text("pretrain hkmeans/simclr/s0").first.wait_for()
             page.screenshot(path=str(shots / "mlflow_model.png"))
             open_chart_view(page, experiment_url(base, uri, "strata-test"))
             find_chart(page, "loss", axis="Step")  # every variant's loss history, overlaid
