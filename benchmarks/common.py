@@ -130,17 +130,22 @@ def make_method(spec: dict[str, Any], params: dict[str, Any], seed: int, device:
     return method, optimizer
 
 
-def probe_rows(method: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, raw: str, learned: str,
-               train_s: float) -> list[dict[str, Any]]:
-    """Linear-probe and weighted-kNN accuracy on ``probe_test`` of the raw inputs and of the trained encoder."""
+def embed(method: Any, x: Any) -> Any:
+    """The trained encoder's embeddings of the rows ``x`` (a NumPy array), in eval mode, as a NumPy array."""
     import torch
-
-    from workflow.evaluate.probes import linear_probe_accuracy, weighted_knn_accuracy
 
     method.module.eval()
     with torch.no_grad():
-        etr = method.module.encoder(torch.from_numpy(xtr)).numpy()
-        ete = method.module.encoder(torch.from_numpy(xte)).numpy()
+        return method.module.encoder(torch.from_numpy(x)).numpy()
+
+
+def probe_rows(method: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, raw: str, learned: str,
+               train_s: float) -> list[dict[str, Any]]:
+    """Linear-probe and weighted-kNN accuracy on ``probe_test`` of the raw inputs and of the trained encoder."""
+
+    from workflow.evaluate.probes import linear_probe_accuracy, weighted_knn_accuracy
+
+    etr, ete = embed(method, xtr), embed(method, xte)
     return [
         {"features": raw, "linear": linear_probe_accuracy(xtr, ytr, xte, yte),
          "knn": weighted_knn_accuracy(xtr, ytr, xte, yte), "train_s": 0.0},

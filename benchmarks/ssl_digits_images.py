@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (
     add_ssl_arguments,
     bare_ssl_loop,
+    embed,
     make_method,
     print_table,
     probe_rows,
@@ -55,8 +56,7 @@ def _train(args: Any, keys: dict[str, Any], x_ssl: Any, meta: dict[str, Any], di
     from workflow.pretrain.augment import build_augment
     from workflow.pretrain.train import encoder_spec
 
-    args = argparse.Namespace(**{**vars(args), "params": json.dumps({**json.loads(args.params), **keys}),
-                                 "steps": keys.get("steps", args.steps)})
+    args = argparse.Namespace(**{**vars(args), "params": json.dumps({**json.loads(args.params), **keys})})
     params = ssl_params(args, len(x_ssl))
     spec, options = encoder_spec({"input_kind": "image", **meta}, dim, params, "digits-images")
     method, optimizer = make_method(spec, params, seed)
@@ -105,15 +105,16 @@ def main() -> None:
 
     order = np.random.default_rng(0).permutation(len(xtr))
     fit, held = order[:350], order[350:]
+    raw_knn = weighted_knn_accuracy(xtr[fit], ytr[fit], xtr[held], ytr[held])
     candidates = []
     for i, keys in enumerate(SWEEP):
         method, train_s, _, _ = _train(args, keys, x_ssl, meta, dim, 0)
-        emb = _embed(method, xtr)
+        emb = embed(method, xtr)
         candidates.append({"candidate": i, "keys": keys, "train_s": round(train_s, 1),
                            "knn": weighted_knn_accuracy(emb[fit], ytr[fit], emb[held], ytr[held]),
-                           "raw_knn": weighted_knn_accuracy(xtr[fit], ytr[fit], xtr[held], ytr[held])})
-        print(f"#{i} {keys}: validation kNN {candidates[-1]['knn']:.3f} (raw pixels "
-              f"{candidates[-1]['raw_knn']:.3f}), {train_s:.0f} s", flush=True)
+                           "raw_knn": raw_knn})
+        print(f"#{i} {keys}: validation kNN {candidates[-1]['knn']:.3f} (raw pixels {raw_knn:.3f}), "
+              f"{train_s:.0f} s", flush=True)
     best = max(candidates, key=lambda c: c["knn"])
     method, train_s, params, options = _train(args, best["keys"], x_ssl, meta, dim, 1)
     rows = probe_rows(method, xtr, ytr, xte, yte, "raw pixels", f"{args.method} ResNet, candidate "
@@ -122,14 +123,6 @@ def main() -> None:
     write_results("ssl_digits_images_sweep", {**vars(args), "resolved": params, "augment": options}, rows,
                   extra={"selection": "kNN on probe_train 350 fit / 150 held out, seed 0; test: seed 1",
                          "candidates": candidates, "chosen": best["candidate"]})
-
-
-def _embed(method: Any, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    method.module.eval()
-    with torch.no_grad():
-        return method.module.encoder(torch.from_numpy(x)).numpy()
 
 
 if __name__ == "__main__":

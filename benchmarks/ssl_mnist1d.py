@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (
     add_ssl_arguments,
     bare_ssl_loop,
+    embed,
     make_method,
     print_table,
     probe_rows,
@@ -79,31 +80,29 @@ SWEEP: dict[str, list[dict[str, Any]]] = {
 SWEEP_SEED, TEST_SEED = 0, 1
 
 
-def _train(name: str, keys: dict[str, Any], x: np.ndarray, seed: int, threads: int) -> tuple[Any, float, dict]:
-    """Train ``name`` with config ``keys`` on ``x``; the trained method, its training seconds and settings."""
+def _sweep_params(name: str, keys: dict[str, Any], n_train: int) -> dict[str, Any]:
+    """A candidate's resolved ssl settings: ``keys`` over batch 128 and the method's defaults."""
+    from workflow.config import validate
+    from workflow.pretrain.methods import resolved
+
+    return resolved(validate({"method": name, "batch_size": 128, **keys}, "ssl"), n_train)
+
+
+def _train(params: dict[str, Any], x: np.ndarray, seed: int, threads: int) -> tuple[Any, float]:
+    """Train with the resolved ssl ``params`` on ``x``: the trained method and its training seconds."""
     import torch
 
-    from workflow.config import validate
     from workflow.pretrain.augment import build_augment
-    from workflow.pretrain.methods import resolved
     from workflow.pretrain.pairs import knn_pairs
 
     torch.set_num_threads(threads)
-    params = resolved(validate({"method": name, "batch_size": 128, **keys}, "ssl"), len(x))
+    name = params["method"]
     spec = {"input_kind": "signal", "input_dim": x.shape[1], "embedding_dim": params["embedding_dim"]}
     method, optimizer = make_method(spec, params, seed)
     pairs = torch.from_numpy(knn_pairs(x, k=params["tldr_k"], seed=seed)) if name == "tldr" else None
     start = time.perf_counter()
     bare_ssl_loop(method, optimizer, build_augment("signal"), torch.from_numpy(x), params, seed, pairs=pairs)
-    return method, time.perf_counter() - start, params
-
-
-def _embed(method: Any, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    method.module.eval()
-    with torch.no_grad():
-        return method.module.encoder(torch.from_numpy(x)).numpy()
+    return method, time.perf_counter() - start
 
 
 def _scores(etr: np.ndarray, ytr: np.ndarray, ete: np.ndarray, yte: np.ndarray) -> dict[str, float]:
@@ -127,8 +126,8 @@ def sweep(methods: list[str], threads: int, budget_s: float) -> None:
     for name in methods:
         rows = []
         for i, keys in enumerate(SWEEP[name]):
-            method, train_s, _ = _train(name, keys, xtr, SWEEP_SEED, threads)
-            emb = _embed(method, xtr)
+            method, train_s = _train(_sweep_params(name, keys, len(xtr)), xtr, SWEEP_SEED, threads)
+            emb = embed(method, xtr)
             row = {"method": name, "candidate": i, "keys": keys, "train_s": round(train_s, 1),
                    **_scores(emb[fit], ytr[fit], emb[held], ytr[held])}
             rows.append(row)
@@ -138,8 +137,9 @@ def sweep(methods: list[str], threads: int, budget_s: float) -> None:
             _write_sweep(record, threads)
         within = [r for r in rows if r["train_s"] <= budget_s]
         best = max(within or rows, key=lambda r: (r["linear"] + r["knn"]) / 2)  # none fitted: the best of all
-        method, train_s, params = _train(name, best["keys"], xtr, TEST_SEED, threads)
-        test = _scores(_embed(method, xtr), ytr, _embed(method, xte), yte)
+        params = _sweep_params(name, best["keys"], len(xtr))
+        method, train_s = _train(params, xtr, TEST_SEED, threads)
+        test = _scores(embed(method, xtr), ytr, embed(method, xte), yte)
         record["chosen"][name] = {"candidate": best["candidate"], "keys": best["keys"], "validation":
                                   {"linear": best["linear"], "knn": best["knn"]}, "test": test,
                                   "train_s": round(train_s, 1), "within_budget": bool(within), "resolved": params}
@@ -180,13 +180,9 @@ def main() -> None:
         sweep(args.methods.split(","), args.threads, args.budget_s)
         return
 
-    import torch
-
-    torch.set_num_threads(args.threads)
     xtr, ytr, xte, yte = _mnist1d()
     params = ssl_params(args, len(xtr))
-    method, train_s, params = _train(args.method, {k: v for k, v in params.items() if k != "method"}, xtr,
-                                     args.seed, args.threads)
+    method, train_s = _train(params, xtr, args.seed, args.threads)
     rows = probe_rows(method, xtr, ytr, xte, yte, "raw signals", f"{args.method} encoder", train_s)
     print(f"{args.method}: {params['steps']} steps, batch {params['batch_size']}, lr {params['lr']}, "
           f"{args.threads} threads")
