@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import bare_ssl_loop, make_method, print_table, write_results
+from benchmarks.common import bare_ssl_loop, embed, make_method, print_table, write_results
 
 MEASURES = ("knn", "linear", "map_at_r", "recall_at_1")
 
@@ -75,10 +75,7 @@ def tldr(xtr: np.ndarray, xte: np.ndarray, d: int, args: argparse.Namespace) -> 
                                 params["weight_decay"], params["momentum"])
     pairs = torch.from_numpy(knn_pairs(xtr, k=args.k, seed=args.seed))
     bare_ssl_loop(method, optimizer, None, torch.from_numpy(xtr), params, args.seed, pairs=pairs)
-    method.module.eval()
-    with torch.no_grad():
-        return (method.module.encoder(torch.from_numpy(xtr)).numpy(),
-                method.module.encoder(torch.from_numpy(xte)).numpy())
+    return embed(method, xtr), embed(method, xte)
 
 
 def simclr_space(xtr: np.ndarray, xte: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
@@ -94,10 +91,7 @@ def simclr_space(xtr: np.ndarray, xte: np.ndarray, args: argparse.Namespace) -> 
     spec = {"input_kind": "signal", "input_dim": xtr.shape[1], "embedding_dim": params["embedding_dim"]}
     method, optimizer = make_method(spec, params, args.seed)
     bare_ssl_loop(method, optimizer, build_augment("signal"), torch.from_numpy(xtr), params, args.seed)
-    method.module.eval()
-    with torch.no_grad():
-        return (method.module.encoder(torch.from_numpy(xtr)).numpy(),
-                method.module.encoder(torch.from_numpy(xte)).numpy())
+    return embed(method, xtr), embed(method, xte)
 
 
 def main() -> None:
