@@ -13,7 +13,7 @@ DEFAULT_DIR = $(eval DEFAULT_DIR := $(shell $(BIN)/python -m workflow.config con
 CURVE_DIR = $(eval CURVE_DIR := $(shell $(BIN)/python -m workflow.config configs/curve.yaml))$(CURVE_DIR)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test report lint ui screenshots clean readme-results curve
+.PHONY: setup run test report lint ui screenshots clean readme-results curve confirm
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ run: setup
 curve: setup
 	@$(MAKE) --no-print-directory run CONFIG=configs/curve.yaml
 	@echo; cat $(CURVE_DIR)/curve.md
+
+# The confirmatory run of the default study's design on fresh seeds (configs/confirm.yaml), in its own folder.
+confirm: setup
+	@$(MAKE) --no-print-directory run CONFIG=configs/confirm.yaml
 
 # Regenerate the README's results blocks and pictures from the studies that ran: `make run` (the default study)
 # and `make curve` (the size curve); a block whose study has not run is kept.
