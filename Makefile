@@ -11,6 +11,7 @@ STUDY_DIR = $(eval STUDY_DIR := $(or $(shell $(BIN)/python -m workflow.config $(
 	$(error $(CONFIG) is not a valid study config)))$(STUDY_DIR)
 DEFAULT_DIR = $(eval DEFAULT_DIR := $(shell $(BIN)/python -m workflow.config configs/default.yaml))$(DEFAULT_DIR)
 CURVE_DIR = $(eval CURVE_DIR := $(shell $(BIN)/python -m workflow.config configs/curve.yaml))$(CURVE_DIR)
+CONFIRM_DIR = $(eval CONFIRM_DIR := $(shell $(BIN)/python -m workflow.config configs/confirm.yaml))$(CONFIRM_DIR)
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup run test report lint ui screenshots clean readme-results curve confirm
@@ -41,12 +42,13 @@ curve: setup
 confirm: setup
 	@$(MAKE) --no-print-directory run CONFIG=configs/confirm.yaml
 
-# Regenerate the README's results blocks and pictures from the studies that ran: `make run` (the default study)
-# and `make curve` (the size curve); a block whose study has not run is kept.
+# Regenerate the README's results blocks and pictures from the studies that ran: `make run` (the default study),
+# `make curve` (the size curve) and `make confirm` (the confirmatory study); a block whose study has not run is kept.
 readme-results: setup
 	$(BIN)/python docs/readme_results.py --readme README.md \
 		$(if $(wildcard $(DEFAULT_DIR)/verdict.json),--results $(DEFAULT_DIR)) \
-		$(if $(wildcard $(CURVE_DIR)/curve.md),--curve $(CURVE_DIR))
+		$(if $(wildcard $(CURVE_DIR)/curve.md),--curve $(CURVE_DIR)) \
+		$(if $(wildcard $(CONFIRM_DIR)/verdict.json),--confirm $(CONFIRM_DIR))
 
 test: setup
 	$(BIN)/python -m pytest -q tests

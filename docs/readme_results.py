@@ -6,7 +6,10 @@ and ``<!-- results:end -->`` from ``results/verdict.json``, ``summary_stats.csv`
 screen's one-line verdict between ``<!-- verdict:start -->`` and ``<!-- verdict:end -->``, and copies
 ``results/forest.png`` to ``docs/images/default_study_forest.png``. With ``--curve DIR`` (the results folder of
 ``make curve``) it also rewrites ``<!-- curve:start -->`` … ``<!-- curve:end -->`` from ``curve.md`` and copies
-``curve.png`` to ``docs/images/curve.png``. Each block names the commit and the machine its numbers came from.
+``curve.png`` to ``docs/images/curve.png``. With ``--confirm DIR`` (``make confirm``, configs/confirm.yaml) it
+rewrites ``<!-- confirm:start -->`` … ``<!-- confirm:end -->`` like the default study's block, copies its forest
+plot to ``docs/images/confirm_forest.png``, and the first screen's verdict line then states the confirmatory
+verdict (the decisive one), not the pilot's. Each block names the commit and the machine its numbers came from.
 A block whose study was not given is kept as it is (``make readme-results`` passes each study that has run), so
 the curve's block can be refreshed without re-running the default study, and the other way round.
 """
@@ -97,8 +100,9 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}%"
 
 
-def results_block(results: Path) -> str:
-    """The Markdown of the default study's block (without the markers)."""
+def results_block(results: Path, command: str = "make run",
+                  image: str = "docs/images/default_study_forest.png") -> str:
+    """The Markdown of a study's block (without the markers): the default study's, or the confirmatory one's."""
     import pandas as pd
 
     verdict = read_verdict(results / "verdict.json")
@@ -119,23 +123,25 @@ def results_block(results: Path) -> str:
                 for m in metrics]
         means.append(f"| {dataset} · {ssl} | {curation} | {int(cell['n'].iloc[0])} | " + " | ".join(vals) + " |")
     return "\n".join([
-        _run_line(results), "",
+        _run_line(results).replace("make run", command), "",
         f"Pre-registered (config `summary`): primary metric `{verdict['primary']}`, baseline `{verdict['baseline']}`, "
         f"rope ±{verdict['rope']:g}; {verdict['n_seeds']} seeds. Verdict from the 95% paired t-interval "
         "(docs/metrics.md); wins = share of seeds where the curated variant is ahead; aggregate = mean relative "
         "difference over the headline metrics.", "", *rows, "",
         "Mean ± 95% CI half-width over seeds:", "", *means, "",
-        "![forest plot of the paired differences](docs/images/default_study_forest.png)"])
+        f"![forest plot of the paired differences]({image})"])
 
 
-def verdict_line(results: Path) -> str:
+def verdict_line(results: Path, confirmatory: bool = False) -> str:
     """The first screen's one-line answer: each comparison's verdict on the primary metric."""
     verdict = read_verdict(results / "verdict.json")
+    which, anchor = (("confirmatory study", "the-confirmatory-study") if confirmatory
+                     else ("default study", "results-of-the-default-study"))
     parts = [f"{c['curation']} vs {c['baseline']} ({c['dataset']} · {c['ssl']}): **{c['verdict']}**, "
              f"{_f(c['diff_mean'], '+.3f')} [{_f(c['ci_low'], '+.3f')}, {_f(c['ci_high'], '+.3f')}]"
              for c in verdict["comparisons"]]
-    return (f"Current verdict of the default study on `{verdict['primary']}` over {verdict['n_seeds']} seeds: "
-            + "; ".join(parts) + " ([results](#results-of-the-default-study)).")
+    return (f"Current verdict of the {which} on `{verdict['primary']}` over {verdict['n_seeds']} seeds: "
+            + "; ".join(parts) + f" ([results](#{anchor})).")
 
 
 def curve_block(results: Path) -> str:
@@ -165,13 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--images", default=str(REPO / "docs" / "images"), help="where the pictures are copied")
     p.add_argument("--curve", help="results folder of a finished `make curve` (curve.md, curve.png)")
+    p.add_argument("--confirm", help="results folder of a finished `make confirm` (the confirmatory study)")
     p.add_argument("--stamp", choices=["start", "end"], help="only record the run's start or end in run.json")
     args = p.parse_args(argv)
     if args.stamp and not args.results:
         p.error("--stamp needs --results (the folder whose run.json it writes)")
-    if not args.stamp and not (args.results or args.curve):
-        print("readme-results: error: no finished study to write from: run `make run` (default study) or "
-              "`make curve` (size curve) first", file=sys.stderr)
+    if not args.stamp and not (args.results or args.curve or args.confirm):
+        print("readme-results: error: no finished study to write from: run `make run` (default study), "
+              "`make curve` (size curve) or `make confirm` (confirmatory study) first", file=sys.stderr)
         return 2
     try:
         if args.stamp:
@@ -184,9 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.results:  # every block is built before anything is written: an error leaves the README as it was
             results = Path(args.results)
             text = replace_block(text, "results", results_block(results))
-            text = replace_block(text, "verdict", verdict_line(results))
+            if not args.confirm:
+                text = replace_block(text, "verdict", verdict_line(results))
             copies.append((results / "forest.png", images / "default_study_forest.png"))
             written.append(f"the default study's blocks from {results}")
+        if args.confirm:
+            confirm = Path(args.confirm)
+            text = replace_block(text, "confirm", results_block(confirm, "make confirm",
+                                                                "docs/images/confirm_forest.png"))
+            text = replace_block(text, "verdict", verdict_line(confirm, confirmatory=True))
+            copies.append((confirm / "forest.png", images / "confirm_forest.png"))
+            written.append(f"the confirmatory study's blocks from {confirm}")
         if args.curve:
             text = replace_block(text, "curve", curve_block(Path(args.curve)))
             copies.append((Path(args.curve) / "curve.png", images / "curve.png"))
@@ -194,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         for src, _ in copies:  # every picture is there before any is replaced
             if not src.is_file():
                 raise StrataError("a study's figure is missing", where=str(src),
-                                  fix="re-run the study that writes it (`make run` or `make curve`).")
+                                  fix="re-run the study that writes it (`make run`, `make curve` or `make confirm`).")
         images.mkdir(parents=True, exist_ok=True)
         for src, dst in copies:
             shutil.copyfile(src, dst)

@@ -82,7 +82,7 @@ def test_given_values_are_kept_and_defaults_are_copies() -> None:
     assert load_schema()["$defs"]["curation"]["properties"]["n_clusters"]["default"] == [100, 20]
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "test.yaml", "confirm.yaml", "curve.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     path = REPO_ROOT / "configs" / name
     config = check_study(load_yaml(path), str(path))
@@ -90,6 +90,17 @@ def test_shipped_configs_are_valid(name: str) -> None:
     assert config["summary"]["baseline"] in config["curations"]
     for cur in config["curations"].values():
         assert cur["features"] == "raw" or cur["features"] in config["ssl"]
+
+
+def test_confirmatory_study_repeats_the_default_design_on_fresh_seeds() -> None:
+    # configs/confirm.yaml's pre-registration: the default study's design, only seeds / name / figures differ,
+    # and none of the pilot's seeds is reused (they only sized it).
+    default = check_study(load_yaml(REPO_ROOT / "configs" / "default.yaml"), "default.yaml")
+    confirm = check_study(load_yaml(REPO_ROOT / "configs" / "confirm.yaml"), "confirm.yaml")
+    for key in ("datasets", "curations", "ssl", "summary"):
+        assert confirm[key] == default[key], key
+    assert confirm["seeds"] == list(range(4, 19)) and not set(confirm["seeds"]) & set(default["seeds"])
+    assert confirm["study"] != default["study"]
 
 
 # --------------------------------------------------------------------------------------------------
