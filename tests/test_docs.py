@@ -234,8 +234,9 @@ def test_summary_stats_columns_match_the_contract() -> None:
 
 def _variants() -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    rows = [{"dataset": "d", "ssl": "simclr", "curation": c, "seed": s, "knn_accuracy": rng.uniform(),
-             "linear_accuracy": rng.uniform()} for c in ("random", "hkmeans") for s in range(3)]
+    rows = [{"dataset": "d", "ssl": ssl, "curation": c, "seed": s, "knn_accuracy": rng.uniform(),
+             "linear_accuracy": rng.uniform()} for ssl in ("simclr", "byol") for c in ("random", "hkmeans")
+            for s in range(3)]
     return pd.DataFrame(rows)
 
 
@@ -253,6 +254,8 @@ def test_verdict_fields_match_the_contract() -> None:
     named = set(_backticked(comparison.replace(inner.group(0), "`aggregate`")))
     named -= {"better", "worse", "equivalent", "unresolved"}  # the verdict's values
     assert named == set(verdict["comparisons"][0]), "docs/tables.md: verdict.json comparisons"
+    pooled = set(_backticked(rows["`pooled`"])) - {"mean of M SSL entries"}
+    assert pooled == set(verdict["pooled"][0]), "docs/tables.md: verdict.json pooled"
 
 
 @pytest.mark.e2e  # a real (tiny) training through Ray Train, like tests/test_pretrain.py

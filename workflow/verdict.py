@@ -122,15 +122,16 @@ def build_verdict(df: pd.DataFrame, primary: str, baseline: str, rope: float, re
             comparisons.append({k: _finite(v) for k, v in entry.items()})
     return {"primary": primary, "baseline": baseline, "rope": float(rope), "n_seeds": int(df["seed"].nunique()),
             "confidence": 0.95, "comparisons": comparisons,
-            "pooled": pooled_comparisons(df, primary, rope, refs, frozen)}
+            "pooled": pooled_comparisons(df, primary, rope, refs, frozen, sizes)}
 
 
 def pooled_comparisons(df: pd.DataFrame, primary: str, rope: float, refs: dict[str, str],
-                       frozen: Collection[str] = ()) -> list[dict[str, Any]]:
+                       frozen: Collection[str] = (), sizes: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Per (data set, curation): the comparison pooled over the trained SSL entries (module docstring).
 
     Only where two or more entries have the comparison; the entries are listed in ``ssl_entries`` and ``ssl``
-    reads ``mean of M SSL entries``. Empty for a study with one SSL method.
+    reads ``mean of M SSL entries``; ``size`` (target_size) as in :func:`build_verdict`. Empty for a study with
+    one SSL method.
     """
     pooled = []
     for dataset, group in df[~df["ssl"].isin(list(frozen))].groupby("dataset", sort=True):
@@ -154,6 +155,8 @@ def pooled_comparisons(df: pd.DataFrame, primary: str, rope: float, refs: dict[s
                      "ci_low": diff["diff_ci95_low"], "ci_high": diff["diff_ci95_high"], "p_value": diff["p_value"],
                      "prob_improvement": diff["prob_improvement"],
                      "verdict": classify(diff["diff_ci95_low"], diff["diff_ci95_high"], rope)}
+            if sizes and curation in sizes:
+                entry["size"] = int(sizes[curation])
             pooled.append({k: _finite(v) for k, v in entry.items()})
     return pooled
 
