@@ -11,10 +11,11 @@ STUDY_DIR = $(eval STUDY_DIR := $(or $(shell $(BIN)/python -m workflow.config $(
 	$(error $(CONFIG) is not a valid study config)))$(STUDY_DIR)
 DEFAULT_DIR = $(eval DEFAULT_DIR := $(shell $(BIN)/python -m workflow.config configs/default.yaml))$(DEFAULT_DIR)
 CURVE_DIR = $(eval CURVE_DIR := $(shell $(BIN)/python -m workflow.config configs/curve.yaml))$(CURVE_DIR)
+METHODS_DIR = $(eval METHODS_DIR := $(shell $(BIN)/python -m workflow.config configs/methods.yaml))$(METHODS_DIR)
 CONFIRM_DIR = $(eval CONFIRM_DIR := $(shell $(BIN)/python -m workflow.config configs/confirm.yaml))$(CONFIRM_DIR)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test report lint ui screenshots clean readme-results curve confirm
+.PHONY: setup run test report lint ui screenshots clean readme-results curve confirm methods
 
 setup: $(VENV)/.installed
 
@@ -42,13 +43,19 @@ curve: setup
 confirm: setup
 	@$(MAKE) --no-print-directory run CONFIG=configs/confirm.yaml
 
+# Does curation help every SSL method? {random, hkmeans} x seven methods (configs/methods.yaml), in its own folder.
+methods: setup
+	@$(MAKE) --no-print-directory run CONFIG=configs/methods.yaml
+
 # Regenerate the README's results blocks and pictures from the studies that ran: `make run` (the default study),
-# `make curve` (the size curve) and `make confirm` (the confirmatory study); a block whose study has not run is kept.
+# `make curve` (the size curve), `make confirm` (the confirmatory study) and `make methods` (every SSL method);
+# a block whose study has not run is kept.
 readme-results: setup
 	$(BIN)/python docs/readme_results.py --readme README.md \
 		$(if $(wildcard $(DEFAULT_DIR)/verdict.json),--results $(DEFAULT_DIR)) \
 		$(if $(wildcard $(CURVE_DIR)/curve.md),--curve $(CURVE_DIR)) \
-		$(if $(wildcard $(CONFIRM_DIR)/verdict.json),--confirm $(CONFIRM_DIR))
+		$(if $(wildcard $(CONFIRM_DIR)/verdict.json),--confirm $(CONFIRM_DIR)) \
+		$(if $(wildcard $(METHODS_DIR)/verdict.json),--methods $(METHODS_DIR))
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -9,7 +9,9 @@ screen's one-line verdict between ``<!-- verdict:start -->`` and ``<!-- verdict:
 ``curve.png`` to ``docs/images/curve.png``. With ``--confirm DIR`` (``make confirm``, configs/confirm.yaml) it
 rewrites ``<!-- confirm:start -->`` … ``<!-- confirm:end -->`` like the default study's block, copies its forest
 plot to ``docs/images/confirm_forest.png``, and the first screen's verdict line then states the confirmatory
-verdict (the decisive one), not the pilot's. Each block names the commit and the machine its numbers came from.
+verdict (the decisive one), not the pilot's. ``--methods DIR`` (``make methods``, configs/methods.yaml) writes
+``<!-- methods:start -->`` … ``<!-- methods:end -->`` the same way: a row per method, and the pooled row.
+Each block names the commit and the machine its numbers came from.
 A block whose study was not given is kept as it is (``make readme-results`` passes each study that has run), so
 the curve's block can be refreshed without re-running the default study, and the other way round.
 """
@@ -115,6 +117,10 @@ def results_block(results: Path, command: str = "make run",
                     f"[{_f(c['ci_low'], '+.3f')}, {_f(c['ci_high'], '+.3f')}] | {_f(c['p_value'], '.3f')} "
                     f"| {_f(c['prob_improvement'], '.2f')} | {_pct(agg.get('mean'))} "
                     f"[{_pct(agg.get('ci_low'))}, {_pct(agg.get('ci_high'))}] | **{c['verdict']}** |")
+    for c in verdict.get("pooled", []):  # a study of several SSL methods: the comparison on average over them
+        rows.append(f"| {c['curation']} − {c['baseline']}, pooled | {c['dataset']} · {c['ssl']} "
+                    f"| {_f(c['diff_mean'], '+.3f')} [{_f(c['ci_low'], '+.3f')}, {_f(c['ci_high'], '+.3f')}] "
+                    f"| {_f(c['p_value'], '.3f')} | {_f(c['prob_improvement'], '.2f')} | – | **{c['verdict']}** |")
     metrics = [m for m in HEADLINE if m in set(stats["metric"])]
     means = ["| data · ssl | curation | n | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
     for (dataset, ssl, curation), g in stats.groupby(["dataset", "ssl", "curation"], sort=True):
@@ -165,6 +171,13 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text, count=1)
 
 
+#: The studies whose block ``make readme-results`` writes like the default study's: option / block name, the
+#: command that runs the study, the picture its forest plot is copied to, and its name in messages.
+STUDY_BLOCKS = [("results", "make run", "default_study_forest.png", "the default study"),
+                ("confirm", "make confirm", "confirm_forest.png", "the confirmatory study"),
+                ("methods", "make methods", "methods_forest.png", "the methods study")]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", help="results folder of a finished `make run` (the default study's blocks)")
@@ -172,13 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default=str(REPO / "docs" / "images"), help="where the pictures are copied")
     p.add_argument("--curve", help="results folder of a finished `make curve` (curve.md, curve.png)")
     p.add_argument("--confirm", help="results folder of a finished `make confirm` (the confirmatory study)")
+    p.add_argument("--methods", help="results folder of a finished `make methods` (every SSL method)")
     p.add_argument("--stamp", choices=["start", "end"], help="only record the run's start or end in run.json")
     args = p.parse_args(argv)
     if args.stamp and not args.results:
         p.error("--stamp needs --results (the folder whose run.json it writes)")
-    if not args.stamp and not (args.results or args.curve or args.confirm):
-        print("readme-results: error: no finished study to write from: run `make run` (default study), "
-              "`make curve` (size curve) or `make confirm` (confirmatory study) first", file=sys.stderr)
+    commands = ", ".join(f"`{command}`" for _, command, _, _ in STUDY_BLOCKS) + " or `make curve`"
+    if not args.stamp and not (args.curve or any(getattr(args, name) for name, *_ in STUDY_BLOCKS)):
+        print(f"readme-results: error: no finished study to write from: run {commands} first", file=sys.stderr)
         return 2
     try:
         if args.stamp:
@@ -188,20 +202,16 @@ def main(argv: list[str] | None = None) -> int:
         text = readme.read_text()
         images = Path(args.images)
         copies, written = [], []
-        if args.results:  # every block is built before anything is written: an error leaves the README as it was
-            results = Path(args.results)
-            text = replace_block(text, "results", results_block(results))
-            if not args.confirm:
-                text = replace_block(text, "verdict", verdict_line(results))
-            copies.append((results / "forest.png", images / "default_study_forest.png"))
-            written.append(f"the default study's blocks from {results}")
-        if args.confirm:
-            confirm = Path(args.confirm)
-            text = replace_block(text, "confirm", results_block(confirm, "make confirm",
-                                                                "docs/images/confirm_forest.png"))
-            text = replace_block(text, "verdict", verdict_line(confirm, confirmatory=True))
-            copies.append((confirm / "forest.png", images / "confirm_forest.png"))
-            written.append(f"the confirmatory study's blocks from {confirm}")
+        for name, command, image, title in STUDY_BLOCKS:  # every block is built before anything is written
+            if getattr(args, name):
+                results = Path(getattr(args, name))
+                text = replace_block(text, name, results_block(results, command, f"docs/images/{image}"))
+                copies.append((results / "forest.png", images / image))
+                written.append(f"{title}'s block from {results}")
+        # The first screen's answer: the confirmatory verdict where it ran (the decisive one), else the pilot's.
+        if args.confirm or args.results:
+            text = replace_block(text, "verdict", verdict_line(Path(args.confirm or args.results),
+                                                               confirmatory=bool(args.confirm)))
         if args.curve:
             text = replace_block(text, "curve", curve_block(Path(args.curve)))
             copies.append((Path(args.curve) / "curve.png", images / "curve.png"))
@@ -209,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         for src, _ in copies:  # every picture is there before any is replaced
             if not src.is_file():
                 raise StrataError("a study's figure is missing", where=str(src),
-                                  fix="re-run the study that writes it (`make run`, `make curve` or `make confirm`).")
+                                  fix=f"re-run the study that writes it ({commands}).")
         images.mkdir(parents=True, exist_ok=True)
         for src, dst in copies:
             shutil.copyfile(src, dst)

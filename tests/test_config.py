@@ -82,7 +82,7 @@ def test_given_values_are_kept_and_defaults_are_copies() -> None:
     assert load_schema()["$defs"]["curation"]["properties"]["n_clusters"]["default"] == [100, 20]
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "test.yaml", "confirm.yaml", "curve.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "test.yaml", "confirm.yaml", "curve.yaml", "methods.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     path = REPO_ROOT / "configs" / name
     config = check_study(load_yaml(path), str(path))
@@ -101,6 +101,19 @@ def test_confirmatory_study_repeats_the_default_design_on_fresh_seeds() -> None:
         assert confirm[key] == default[key], key
     assert confirm["seeds"] == list(range(4, 19)) and not set(confirm["seeds"]) & set(default["seeds"])
     assert confirm["study"] != default["study"]
+
+
+def test_methods_study_shares_the_default_studys_subsets() -> None:
+    # configs/methods.yaml's pre-registration: the default study's data, curations and feature encoder, so every
+    # method of a seed trains on the default study's subset; all seven methods, presets where the sweep chose.
+    default = check_study(load_yaml(REPO_ROOT / "configs" / "default.yaml"), "default.yaml")
+    methods = check_study(load_yaml(REPO_ROOT / "configs" / "methods.yaml"), "methods.yaml")
+    for key in ("datasets", "curations", "summary", "seeds"):
+        assert methods[key] == default[key], key
+    assert methods["ssl"]["simclr"] == default["ssl"]["simclr"]
+    assert {c["method"] for c in methods["ssl"].values()} == {"simclr", "byol", "barlowtwins", "vicreg", "swav",
+                                                               "dino", "tldr"}
+    assert all(c.get("preset") == "small-data" for n, c in methods["ssl"].items() if n not in ("simclr", "tldr"))
 
 
 # --------------------------------------------------------------------------------------------------

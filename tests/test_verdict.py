@@ -319,14 +319,16 @@ def test_readme_results_regenerates_the_block(tmp_path):
     assert "old verdict" not in text and "hkmeans vs random (d · s): **better**" in text  # the first screen's line
 
 
-def test_readme_results_confirmatory_block_and_first_screen_line(tmp_path):
-    # make confirm's block is the default study's layout; the first screen's line then states its verdict.
+def test_readme_results_confirmatory_and_methods_blocks(tmp_path):
+    # make confirm's and make methods' blocks have the default study's layout; the first screen's line then
+    # states the confirmatory verdict; the methods block adds the pooled row.
     script = [sys.executable, str(REPO / "docs" / "readme_results.py")]
+    two_methods = pd.concat([STUDY, STUDY.assign(ssl="t")], ignore_index=True)
     folders = {}
-    for name in ("pilot", "confirm"):
+    for name, frame in (("pilot", STUDY), ("confirm", STUDY), ("methods", two_methods)):
         folders[name] = tmp_path / name
         folders[name].mkdir()
-        summarize(_write(tmp_path / name, STUDY), str(folders[name] / "summary.csv"),
+        summarize(_write(tmp_path / name, frame), str(folders[name] / "summary.csv"),
                   str(folders[name] / "summary.md"),
                   summary={"baseline": "random", "primary": "knn_accuracy", "rope": 0.01},
                   verdict_path=str(folders[name] / "verdict.json"), forest_path=str(folders[name] / "forest.png"))
@@ -334,15 +336,20 @@ def test_readme_results_confirmatory_block_and_first_screen_line(tmp_path):
             subprocess.run([*script, "--results", str(folders[name]), "--stamp", stamp], check=True)
     readme = tmp_path / "README.md"
     readme.write_text("<!-- verdict:start -->\nold\n<!-- verdict:end -->\n<!-- results:start -->\nold pilot\n"
-                      "<!-- results:end -->\n<!-- confirm:start -->\nold confirm\n<!-- confirm:end -->\n")
+                      "<!-- results:end -->\n<!-- confirm:start -->\nold confirm\n<!-- confirm:end -->\n"
+                      "<!-- methods:start -->\nold methods\n<!-- methods:end -->\n")
     subprocess.run([*script, "--readme", str(readme), "--results", str(folders["pilot"]), "--confirm",
-                    str(folders["confirm"]), "--images", str(tmp_path / "img")], check=True)
+                    str(folders["confirm"]), "--methods", str(folders["methods"]), "--images", str(tmp_path / "img")],
+                   check=True)
     text = readme.read_text()
-    assert "old" not in text and text.count("| hkmeans − random | d · s |") == 2
-    assert "from `make confirm` at commit" in text and "from `make run` at commit" in text
+    assert "old" not in text and text.count("| hkmeans − random | d · s |") == 3
+    assert "| hkmeans − random | d · t |" in text and "| hkmeans − random, pooled | d · mean of 2 SSL entries |" in text
+    for command in ("make run", "make confirm", "make methods"):
+        assert f"from `{command}` at commit" in text
     assert "Current verdict of the confirmatory study" in text and "(#the-confirmatory-study)" in text
-    assert "docs/images/confirm_forest.png" in text
-    assert {p.name for p in (tmp_path / "img").iterdir()} == {"confirm_forest.png", "default_study_forest.png"}
+    assert "docs/images/confirm_forest.png" in text and "docs/images/methods_forest.png" in text
+    assert {p.name for p in (tmp_path / "img").iterdir()} == {"confirm_forest.png", "default_study_forest.png",
+                                                               "methods_forest.png"}
 
 
 def test_readme_results_writes_the_curve_block_alone_and_keeps_the_others(tmp_path):
