@@ -289,11 +289,13 @@ def test_relative_paths_fall_back_to_the_config_files_folder(tmp_path: Path, mon
     assert sorted(done) == ["curations.a.features.table", "curations.b.features.1.table", "datasets.d.path",
                             "ssl.frozen_emb.features.probe_train", "ssl.frozen_emb.features.table"]
     d = config["datasets"]["d"]
-    assert d["path"] == str(tmp_path / "cfg" / "data" / "pool.npy")
+    # Relative to the working directory, not absolute: the recorded parameters and hashes do not depend on where
+    # the files are checked out.
+    assert d["path"] == os.path.join("..", "cfg", "data", "pool.npy") and Path(d["path"]).is_file()
     assert d["labels_path"] == "data/labels.npy"  # found in the working directory: as written
     assert d["probe_train_path"] == "data/missing.npy"  # nowhere: as written, for the not-found message
     assert d["probe_test_path"] == "data/pool.npy"
-    assert config["curations"]["b"]["features"][1]["table"] == str(tmp_path / "cfg" / "data" / "emb.parquet")
+    assert config["curations"]["b"]["features"][1]["table"] == os.path.join("..", "cfg", "data", "emb.parquet")
 
 
 # --------------------------------------------------------------------------------------------------

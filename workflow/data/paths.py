@@ -2,8 +2,10 @@
 
 Snakemake runs every job in its working directory (``--directory``, by default where it was started), so a
 relative path has always meant "relative to the working directory", and still does when the file is there. A
-path that does not exist there but does exist next to the config file that sets it is made absolute to that
-file's folder. So a study config can ship beside its data (``configs/examples/``: ``path: data/vectors.npy``)
+path that does not exist there but does exist next to the config file that sets it is rewritten to reach that
+file through the config's folder, relative to the working directory (``configs/examples/data/vectors.npy`` from
+the repository root): not absolute, so the parameters and hashes that record it do not change with where the
+repository is checked out. So a study config can ship beside its data (``configs/examples/``: ``path: data/vectors.npy``)
 and run from the repository root, from any ``--directory``, or from a copy of the folder elsewhere, while every
 existing config keeps its meaning. A path found in neither place is left as written, for the usual "not found"
 message. Values given with ``--config`` come from no file and are never rewritten.
@@ -60,10 +62,17 @@ def _path_slots(config: Mapping[str, Any]) -> Iterable[tuple[Any, ...]]:
                     yield from ((*base, k) for k in FEATURE_PATH_KEYS if isinstance(space.get(k), str))
 
 
+def _from_working_directory(path: Path) -> str:
+    """``path`` relative to the working directory, or absolute where the relative form does not reach it."""
+    target = path.resolve()
+    relative = os.path.relpath(target, Path.cwd().resolve())
+    return relative if Path(relative).resolve() == target else str(target)
+
+
 def resolve_data_paths(config: dict[str, Any], configfiles: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Rewrite, in place, each relative data path of ``config`` that is missing from the working directory but
     present beside the config file that sets it (the last of ``configfiles`` that holds that value there) to
-    that absolute path. Returns the key paths rewritten (``datasets.mine.path`` ...), for logs and tests."""
+    that path, relative to the working directory (absolute only where no relative path reaches it). Returns the key paths rewritten (``datasets.mine.path`` ...), for logs and tests."""
     files = []
     for f in configfiles:
         try:
@@ -81,7 +90,7 @@ def resolve_data_paths(config: dict[str, Any], configfiles: Iterable[str | os.Pa
             if _get(tree, slot) == value:
                 candidate = folder / value
                 if candidate.exists():
-                    parent[slot[-1]] = str(candidate.resolve())
+                    parent[slot[-1]] = _from_working_directory(candidate)
                     rewritten.append(".".join(map(str, slot)))
                 break
     return rewritten
