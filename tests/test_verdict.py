@@ -290,6 +290,13 @@ def test_make_run_prints_the_verdict(tmp_path):
     out = subprocess.run([sys.executable, "-m", "workflow.verdict", str(tmp_path / "verdict.json")], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("Verdict on knn_accuracy") and len(out.splitlines()) == 3
+    noisy = STUDY.copy()  # hkmeans behind on two seeds, ahead on two: the interval crosses 0 and ±rope
+    noisy.loc[(noisy["curation"] == "hkmeans") & (noisy["seed"] < 2), "knn_accuracy"] -= 0.06
+    write_verdict(build_verdict(noisy, "knn_accuracy", "random", 0.01, {"hkmeans": "random"}, METRICS),
+                  str(tmp_path / "verdict.json"))
+    out = subprocess.run([sys.executable, "-m", "workflow.verdict", str(tmp_path / "verdict.json")], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert "UNRESOLVED" in out and f"python -m workflow.power {tmp_path / 'verdict.json'} --effect" in out
     missing = subprocess.run([sys.executable, "-m", "workflow.verdict", str(tmp_path / "nope.json")], cwd=REPO,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "make run" in missing.stderr

@@ -234,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     except StrataError as err:
         print(f"verdict: error: {err}", file=sys.stderr)
         return 2
-    print("\n".join(verdict_lines(verdict)))
+    lines = verdict_lines(verdict)
+    if any(c["verdict"] == "unresolved" for c in [*verdict["comparisons"], *verdict.get("pooled", [])]):
+        lines.append(f"  unresolved: the seeds a fresh-seed confirmatory study needs: python -m workflow.power "
+                     f"{args[0]} --effect <the smallest difference that matters>")
+    print("\n".join(lines))
     return 0
 
 

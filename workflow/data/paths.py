@@ -1,14 +1,14 @@
 """Where a relative data path in a study config points: the working directory, else the config file's folder.
 
-Snakemake runs every job in its working directory (``--directory``, by default where it was started), so a
-relative path has always meant "relative to the working directory", and still does when the file is there. A
-path that does not exist there but does exist next to the config file that sets it is rewritten to reach that
-file through the config's folder, relative to the working directory (``configs/examples/data/vectors.npy`` from
-the repository root): not absolute, so the parameters and hashes that record it do not change with where the
-repository is checked out. So a study config can ship beside its data (``configs/examples/``: ``path: data/vectors.npy``)
-and run from the repository root, from any ``--directory``, or from a copy of the folder elsewhere, while every
-existing config keeps its meaning. A path found in neither place is left as written, for the usual "not found"
-message. Values given with ``--config`` come from no file and are never rewritten.
+Snakemake runs every job in its working directory (``--directory``, by default where it was started), so a relative
+path has always meant "relative to the working directory", and still does when the file is there. A path that does
+not exist there but does exist next to the config file that sets it is rewritten to reach that file through the
+config's folder, relative to the working directory (``configs/examples/data/vectors.npy`` from the repository root):
+not absolute, so the parameters and hashes that record it do not change with where the repository is checked out. So
+a study config can ship beside its data (``configs/examples/``: ``path: data/vectors.npy``) and run from the
+repository root, from any ``--directory``, or from a copy of the folder elsewhere, while every existing config keeps
+its meaning. A path found in neither place is left as written, for the usual "not found" message. Values given with
+``--config`` come from no file and are never rewritten.
 
 The paths concerned are those of the user's data: a data set's ``path``, ``labels_path``, ``probe_train_path``,
 ``probe_test_path``, ``probe_train_labels_path`` and ``probe_test_labels_path``, and the ``table``, ``ids``,
@@ -72,7 +72,8 @@ def _from_working_directory(path: Path) -> str:
 def resolve_data_paths(config: dict[str, Any], configfiles: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Rewrite, in place, each relative data path of ``config`` that is missing from the working directory but
     present beside the config file that sets it (the last of ``configfiles`` that holds that value there) to
-    that path, relative to the working directory (absolute only where no relative path reaches it). Returns the key paths rewritten (``datasets.mine.path`` ...), for logs and tests."""
+    that path, relative to the working directory (absolute only where no relative path reaches it). Returns the
+    key paths rewritten (``datasets.mine.path`` ...), for logs and tests."""
     files = []
     for f in configfiles:
         try:
