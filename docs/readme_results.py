@@ -77,13 +77,15 @@ def _run_line(results: Path) -> str:
     path = results / "run.json"
     if not path.is_file():
         raise StrataError("no run.json beside the results", where=str(path),
-                          fix="produce the results with `make run` (it records the commit and the machine).")
+                          fix="produce the results with the study's make target (`make run`, `make confirm`, "
+                              "...): it records the commit and the machine.")
     try:
         info = json.loads(path.read_text())
         m = info.get("machine", {})
     except (ValueError, AttributeError) as err:  # not JSON, or not an object
         raise StrataError(f"run.json is not a run record ({err})", where=str(path),
-                          fix="re-run the study with `make run` / `make curve`, which write it.") from err
+                          fix="re-run the study with its make target (`make run`, `make curve`, ...), "
+                              "which writes it.") from err
     commit = info.get("commit", "unknown")[:12] + (" + uncommitted changes" if info.get("dirty") else "")
     wall = ""
     if info.get("start") and info.get("end"):
@@ -104,7 +106,7 @@ def _pct(value: float | None) -> str:
 
 def results_block(results: Path, command: str = "make run",
                   image: str = "docs/images/default_study_forest.png") -> str:
-    """The Markdown of a study's block (without the markers): the default study's, or the confirmatory one's."""
+    """The Markdown of a study's block (without the markers): the default, confirmatory or methods study's."""
     import pandas as pd
 
     verdict = read_verdict(results / "verdict.json")

@@ -34,6 +34,10 @@ def test_seeds_needed_is_the_smallest_n_that_reaches_the_power() -> None:
     assert power.seeds_needed(0.06, 0.038, 0.8) < n  # larger effect, fewer seeds
     with pytest.raises(ValueError):
         power.seeds_needed(0.0, 0.038)
+    # Large n: the same smallest-n property where SciPy's nct needs the normal limit.
+    big = power.seeds_needed(0.002, 0.038)
+    assert power.paired_t_power(0.002, 0.038, big) >= 0.8 > power.paired_t_power(0.002, 0.038, big - 1)
+    assert all(0.05 <= power.paired_t_power(0.03, 0.038, n) <= 1 for n in (100, 1000, 5000))
 
 
 def test_pilot_sd_inverts_the_verdict_interval() -> None:
@@ -83,7 +87,40 @@ def test_cli_names_a_missing_or_malformed_verdict(tmp_path, capsys) -> None:
     bad.write_text(json.dumps({"comparisons": [{"n": 4}]}))
     assert power.main([str(bad), "--effect", "0.03"]) == 2
     err = capsys.readouterr().err
-    assert "verdict.json" in err and "lacks the key" in err and err.count("\n") == 1
+    assert "verdict.json" in err and "KeyError: 'curation'" in err and err.count("\n") == 1
     bad.write_text(json.dumps({"comparisons": []}))
     assert power.main([str(bad), "--effect", "0.03"]) == 2
     assert "no comparison" in capsys.readouterr().err
+
+
+def test_cli_plans_the_pooled_comparison_too(tmp_path, capsys) -> None:
+    path = _pilot(tmp_path)
+    verdict = json.loads(path.read_text())
+    verdict["pooled"] = [{**verdict["comparisons"][0], "ssl": "mean of 7 SSL entries", "n": 4, "ci_low": -0.03,
+                          "ci_high": 0.01}]
+    path.write_text(json.dumps(verdict))
+    assert power.main([str(path), "--effect", "0.03"]) == 0
+    pooled = [line for line in capsys.readouterr().out.splitlines() if "pooled:" in line]
+    assert len(pooled) == 1 and "(mnist1d-lt · mean of 7 SSL entries)" in pooled[0]
+    sd = 0.02 * 2 / sps.t.ppf(0.975, 3)
+    assert f"sd of the paired difference {sd:.4f}" in pooled[0]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"comparisons": [{"curation": "h", "baseline": "r", "dataset": "d", '
+                                            '"ssl": "s", "n": "4", "ci_low": 0, "ci_high": 1}], "confidence": null}',
+                                  '{"comparisons": ["x"]}'])
+def test_cli_rejects_a_file_that_is_no_verdict_in_one_line(tmp_path, capsys, text) -> None:
+    path = tmp_path / "verdict.json"
+    path.write_text(text)
+    assert power.main([str(path), "--effect", "0.03"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("power: error:") and "verdict.json" in err and err.count("\n") == 1
+
+
+def test_non_finite_arguments_are_rejected(tmp_path, capsys) -> None:
+    for args in (["--effect", "nan"], ["--effect", "0.03", "--sd", "nan"], ["--effect", "inf"]):
+        assert power.main([str(_pilot(tmp_path)), *args]) == 2
+        assert capsys.readouterr().err.startswith("power: error:")
+    with pytest.raises(ValueError):
+        power.seeds_needed(math.nan, 0.04)
+    assert power.paired_t_power(0.03, 0.04, 1) == 0.0  # one seed: no interval, never resolved

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = verdict_lines(verdict)
     if any(c["verdict"] == "unresolved" for c in [*verdict["comparisons"], *verdict.get("pooled", [])]):
         lines.append(f"  unresolved: the seeds a fresh-seed confirmatory study needs: python -m workflow.power "
-                     f"{args[0]} --effect <the smallest difference that matters>")
+                     f"{shlex.quote(args[0])} --effect <the smallest difference that matters>")
     print("\n".join(lines))
     return 0
 

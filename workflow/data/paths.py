@@ -4,11 +4,11 @@ Snakemake runs every job in its working directory (``--directory``, by default w
 path has always meant "relative to the working directory", and still does when the file is there. A path that does
 not exist there but does exist next to the config file that sets it is rewritten to reach that file through the
 config's folder, relative to the working directory (``configs/examples/data/vectors.npy`` from the repository root):
-not absolute, so the parameters and hashes that record it do not change with where the repository is checked out. So
-a study config can ship beside its data (``configs/examples/``: ``path: data/vectors.npy``) and run from the
-repository root, from any ``--directory``, or from a copy of the folder elsewhere, while every existing config keeps
-its meaning. A path found in neither place is left as written, for the usual "not found" message. Values given with
-``--config`` come from no file and are never rewritten.
+not absolute, so the parameters and hashes that record it do not change with where the repository is checked out
+when the study runs from inside it. So a study config can ship beside its data (``configs/examples/``: ``path:
+data/vectors.npy``) and run from the repository root, from any ``--directory``, or from a copy of the folder
+elsewhere, while every existing config keeps its meaning. A path found in neither place is left as written, for the
+usual "not found" message. Values given with ``--config`` come from no file and are never rewritten.
 
 The paths concerned are those of the user's data: a data set's ``path``, ``labels_path``, ``probe_train_path``,
 ``probe_test_path``, ``probe_train_labels_path`` and ``probe_test_labels_path``, and the ``table``, ``ids``,
@@ -63,10 +63,13 @@ def _path_slots(config: Mapping[str, Any]) -> Iterable[tuple[Any, ...]]:
 
 
 def _from_working_directory(path: Path) -> str:
-    """``path`` relative to the working directory, or absolute where the relative form does not reach it."""
-    target = path.resolve()
-    relative = os.path.relpath(target, Path.cwd().resolve())
-    return relative if Path(relative).resolve() == target else str(target)
+    """``path`` relative to the working directory (links are kept, not followed); absolute where no relative path
+    reaches it (another drive on Windows)."""
+    absolute = os.path.abspath(path)
+    try:
+        return os.path.relpath(absolute)
+    except ValueError:
+        return absolute
 
 
 def resolve_data_paths(config: dict[str, Any], configfiles: Iterable[str | os.PathLike[str]]) -> list[str]:
