@@ -89,6 +89,9 @@ def plot_forest(stats: pd.DataFrame, verdict: dict[str, Any], metrics: list[str]
                       textcoords="offset points", va="center", color=colour, fontweight="bold", fontsize=9)
     left.set_yticks(range(len(comps)), [_label(c, multi) for c in reversed(comps)], fontsize=8)
     left.set_ylim(-0.7, len(comps) - 0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long labels such as −0.015 must not touch
     left.set_xlabel(f"Δ {primary} (curated − reference), 95% paired t-interval")
     left.set_title(f"Primary metric: {primary}", fontsize=10)
     left.legend(loc="lower left", fontsize=8, frameon=False)
