@@ -46,7 +46,7 @@ def test_pilot_sd_inverts_the_verdict_interval() -> None:
     comparison = {"n": n, "ci_low": mean - half, "ci_high": mean + half}
     assert power.pilot_sd(comparison) == pytest.approx(sd, rel=1e-12)
     assert power.pilot_sd({"n": 1, "ci_low": None, "ci_high": None}) is None
-    assert power.half_width(sd, n) == pytest.approx(half, rel=1e-12)
+    assert power.t_half_width(sd, n) == pytest.approx(half, rel=1e-12)
 
 
 def _pilot(tmp_path, **overrides):

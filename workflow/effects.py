@@ -34,6 +34,11 @@ N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
 
+def t_half_width(sd: float, n: int, confidence: float = 0.95) -> float:
+    """Student-t half-width ``t_{(1+confidence)/2, n−1} · sd / √n`` of a mean over ``n ≥ 2`` observations."""
+    return float(sps.t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n))
+
+
 def t_interval(values: Sequence[float] | np.ndarray) -> tuple[int, float, float, float]:
     """Mean and Student-t 95% confidence half-width of the finite ``values``.
 
@@ -55,7 +60,7 @@ def t_interval(values: Sequence[float] | np.ndarray) -> tuple[int, float, float,
     if n < 2:
         return n, mean, math.nan, math.nan
     sd = float(x.std(ddof=1))
-    return n, mean, sd, float(sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    return n, mean, sd, t_half_width(sd, n)
 
 
 def prob_improvement(diffs: Sequence[float] | np.ndarray) -> float:

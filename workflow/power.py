@@ -8,10 +8,10 @@ follows a noncentral t distribution with ``n − 1`` degrees of freedom and nonc
 
     power(n) = P(T > t_c) + P(T < −t_c),   T ~ nct(n − 1, δ·√n/σ),   t_c = t_{1 − alpha/2, n − 1}
 
-:func:`seeds_needed` is the smallest ``n ≥ 2`` with ``power(n) ≥`` the target, and :func:`half_width` the interval's
-half-width at that ``σ`` (the sample sd varies around it). A pilot's ``σ`` is read back from its verdict: the
-interval ``[lo, hi]`` over ``n`` seeds has half-width ``t_{0.975, n−1}·σ/√n``, so ``σ = (hi − lo)/2 · √n / t_{0.975,
-n−1}`` exactly (docs/metrics.md, "Planning the number of seeds").
+:func:`seeds_needed` is the smallest ``n ≥ 2`` with ``power(n) ≥`` the target, and
+:func:`workflow.effects.t_half_width` the interval's half-width at that ``σ`` (the sample sd varies around it). A
+pilot's ``σ`` is read back from its verdict: the interval ``[lo, hi]`` over ``n`` seeds has half-width ``t_{0.975,
+n−1}·σ/√n``, so ``σ = (hi − lo)/2 · √n / t_{0.975, n−1}`` exactly (docs/metrics.md, "Planning the number of seeds").
 
 The pilot's seeds size the new study and are not pooled into it: adding seeds to a study after seeing its
 verdict is optional stopping, which inflates the error rate of the test.
@@ -28,6 +28,7 @@ from typing import Any
 
 from scipy import stats as sps
 
+from workflow.effects import t_half_width
 from workflow.errors import StrataError
 from workflow.verdict import read_verdict
 
@@ -82,11 +83,6 @@ def seeds_needed(effect: float, sd: float, power: float = 0.8, alpha: float = AL
     return high
 
 
-def half_width(sd: float, n: int, confidence: float = 0.95) -> float:
-    """The t-interval's half-width ``t_{(1+confidence)/2, n−1}·σ/√n`` at sd ``σ`` over ``n`` seeds."""
-    return float(sps.t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n))
-
-
 def pilot_sd(comparison: dict[str, Any], confidence: float = 0.95) -> float | None:
     """The sd of the paired difference behind a verdict comparison, from its interval and ``n``.
 
@@ -97,7 +93,7 @@ def pilot_sd(comparison: dict[str, Any], confidence: float = 0.95) -> float | No
     n, lo, hi = comparison.get("n"), comparison.get("ci_low"), comparison.get("ci_high")
     if not all(isinstance(v, int | float) for v in (n, lo, hi)) or n < 2 or not hi > lo:
         return None
-    return (hi - lo) / 2 * math.sqrt(n) / float(sps.t.ppf((1 + confidence) / 2, n - 1))
+    return (hi - lo) / 2 / t_half_width(1.0, n, confidence)  # the half-width is linear in sd
 
 
 def plan_line(comparison: dict[str, Any], effect: float, power: float, sd: float | None,
@@ -113,7 +109,7 @@ def plan_line(comparison: dict[str, Any], effect: float, power: float, sd: float
     n = seeds_needed(effect, sd, power)
     return (f"{name}: sd of the paired difference {sd:.4f} ({source}) -> {n} seeds give "
             f"{paired_t_power(effect, sd, n):.0%} power against a true difference of ±{abs(effect):g} "
-            f"(expected 95% half-width {half_width(sd, n):.3f}; rope ±{comparison.get('rope', '?')})")
+            f"(expected 95% half-width {t_half_width(sd, n):.3f}; rope ±{comparison.get('rope', '?')})")
 
 
 def main(argv: list[str] | None = None) -> int:
