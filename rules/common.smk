@@ -12,7 +12,7 @@ from snakemake.settings.types import DeploymentMethod  # noqa: E402
 from snakemake.utils import update_config  # noqa: E402
 
 from workflow.config import RESULTS_ROOT, check_study, config_hash, relevant, ssl_for_dataset  # noqa: E402
-from workflow.config import run_settings, study_results, typed_overrides  # noqa: E402
+from workflow.config import exponent_floats, run_settings, study_results, typed_overrides  # noqa: E402
 from workflow.config import validate  # noqa: E402
 from workflow.chains import upstream  # noqa: E402
 from workflow.data.paths import DATASET_PATH_KEYS, resolve_data_paths  # noqa: E402
@@ -22,6 +22,8 @@ from workflow.feature_spaces import curation_space as feature_space_of  # noqa: 
 from workflow.frozen import FROZEN_CURATION, frozen_label, frozen_space, frozen_tables, is_frozen  # noqa: E402
 from workflow.tracking import resolve_tracking_uri  # noqa: E402
 
+# Snakemake reads the config file with YAML 1.1 rules, which leave `1e-6` a string: read it as the number it is.
+config.update(exponent_floats(dict(config)))
 # `--config key=value` overrides, typed as in a config file (Snakemake leaves nested values strings).
 CONFIG_OVERRIDES = typed_overrides(workflow.config_settings.config)
 update_config(config, CONFIG_OVERRIDES)

@@ -15,6 +15,7 @@ from workflow.config import (
     check_study,
     config_hash,
     enum,
+    exponent_floats,
     load_schema,
     load_yaml,
     parse_params,
@@ -22,6 +23,7 @@ from workflow.config import (
     ssl_for_dataset,
     typed_overrides,
     validate,
+    yaml_load,
 )
 from workflow.errors import StrataError
 
@@ -297,6 +299,35 @@ def test_config_overrides_get_the_types_of_a_config_file() -> None:
     assert typed_overrides(raw) == {"seeds": [0, 1, 2], "summary": {"rope": 0.02, "curve": None}, "name": "x",
                                     "report": True}
     assert typed_overrides({"a": ["[1, 2]", "b: c", "'quoted'"]}) == {"a": ["[1, 2]", "b: c", "quoted"]}
+
+
+def test_floats_with_an_exponent_are_numbers() -> None:
+    """`1e-6` is a float as JSON and YAML 1.2 read it, not the string of PyYAML's YAML 1.1 rules."""
+    assert yaml_load("a: 1e-6\nb: 1.0e6\nc: -2E+3\nd: .5e1\ne: 12\nf: 1.5\ng: '1e-6'\nh: e5\ni: 1e\n") == {
+        "a": 1e-6, "b": 1e6, "c": -2000.0, "d": 5.0, "e": 12, "f": 1.5, "g": "1e-6", "h": "e5", "i": "1e"}
+    # What Snakemake's loader hands over for the same file, once read again.
+    assert exponent_floats({"a": "1e-6", "b": ["2E+3", "x"], "c": {"d": "1e", "e": 3}}) == {
+        "a": 1e-6, "b": [2000.0, "x"], "c": {"d": "1e", "e": 3}}
+
+
+def test_a_small_float_reaches_the_job_as_a_number(tmp_path: Path) -> None:
+    """`weight_decay: 1e-6` in a study: Snakemake accepts it, the job's params file holds it as json.dumps writes
+    it (1e-06), and the pretrain job reads it back as the number and trains."""
+    from conftest import snakemake
+
+    study = (REPO_ROOT / "configs" / "test.yaml").read_text()
+    study = study.replace("ssl:\n", "ssl:\n  small_wd: {method: byol, steps: 2, weight_decay: 1e-6, lr: 5e-4}\n", 1)
+    assert "small_wd" in study
+    path = tmp_path / "study.yaml"
+    path.write_text(study)
+    target = "results/strata-test/tiny/pretrain/random/small_wd/seed0/encoder.safetensors"
+    ok = snakemake(tmp_path, "--rerun-incomplete", target, configfile=path)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert (tmp_path / target).is_file()
+    params_file = tmp_path / "results/strata-test/.work/jobs/pretrain/tiny/random/small_wd/seed0/params.json"
+    assert "1e-06" in params_file.read_text()
+    params = parse_params(None, str(params_file), "ssl", "ssl")
+    assert params["weight_decay"] == 1e-6 and params["lr"] == 5e-4
 
 
 def test_snakemake_config_override_of_the_seeds(tmp_path: Path) -> None:

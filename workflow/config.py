@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Mapping
 from functools import cache
@@ -26,12 +27,44 @@ from workflow.errors import StrataError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "configs" / "schema.yaml"
 
+# A float with an exponent and no dot or no exponent sign (1e-6, 1.0e6), as JSON and YAML 1.2 write it. PyYAML
+# follows YAML 1.1, which reads it as a string: `weight_decay: 1e-6` would fail validation, and so would the
+# params.json of any job whose settings hold a float below 1e-4 (json.dumps(1e-6) == "1e-06").
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class YAMLLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader (the C one where built) that also reads ``1e-6`` and ``1.0e6`` as floats."""
+
+
+YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def yaml_load(stream: Any) -> Any:
+    """Parse YAML (or JSON) text or an open file safely, with floats read as JSON and YAML 1.2 read them."""
+    return yaml.load(stream, Loader=YAMLLoader)
+
+
+def exponent_floats(value: Any) -> Any:
+    """``value`` with every string that is a float with an exponent (``'1e-6'``) turned into that float.
+
+    For a config that Snakemake read (with YAML 1.1 rules, like PyYAML's own loaders): what
+    :func:`yaml_load` would have given for those scalars. A quoted ``'1e-6'`` is read as the number too.
+    """
+    if isinstance(value, dict):
+        return {k: exponent_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [exponent_floats(v) for v in value]
+    if isinstance(value, str) and EXPONENT_FLOAT.match(value):
+        return float(value.replace("_", ""))
+    return value
+
 
 @cache
 def load_schema() -> dict[str, Any]:
     """The study's JSON schema (YAML-encoded)."""
     with open(SCHEMA_PATH) as f:
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        return yaml_load(f)
 
 
 def _properties(section: str) -> dict[str, Any]:
@@ -129,7 +162,7 @@ def typed_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
             return [retype(v) for v in value]
         if isinstance(value, str):
             try:
-                parsed = yaml.safe_load(value)
+                parsed = yaml_load(value)
             except yaml.YAMLError:
                 return value
             return value if isinstance(parsed, dict | list) else parsed
@@ -196,7 +229,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise StrataError("config file not found", where=str(path), fix="check the path.")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
     except yaml.YAMLError as err:
         raise StrataError(f"not valid YAML ({err})", where=str(path), fix="fix the YAML syntax.") from err
     if not isinstance(data, dict):
@@ -211,7 +244,7 @@ def parse_params(text: str | None, file: str | None, schema_ref: str, source: st
         source = file
     elif text:
         try:
-            params = yaml.safe_load(text)
+            params = yaml_load(text)
         except yaml.YAMLError as err:
             raise StrataError(f"--params is not valid JSON/YAML ({err})", where=source,
                               fix="pass a JSON object.") from err

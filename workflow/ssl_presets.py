@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from workflow.config import REPO_ROOT, enum
+from workflow.config import REPO_ROOT, enum, yaml_load
 from workflow.errors import StrataError
 
 PRESETS_PATH = REPO_ROOT / "configs" / "ssl_presets.yaml"
@@ -25,7 +25,7 @@ def load_presets() -> dict[str, Any]:
     rel = PRESETS_PATH.relative_to(REPO_ROOT)
     try:
         with open(PRESETS_PATH) as f:
-            presets = yaml.safe_load(f)
+            presets = yaml_load(f)
     except (OSError, yaml.YAMLError) as err:
         raise StrataError(f"cannot read the SSL presets ({err})", where=str(rel),
                           fix="restore the file from git (git checkout -- configs/ssl_presets.yaml).") from err

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from workflow.config import yaml_load
+
 DATASET_PATH_KEYS = ("path", "labels_path", "probe_train_path", "probe_test_path", "probe_train_labels_path",
                      "probe_test_labels_path")
 FEATURE_PATH_KEYS = ("table", "ids", "probe_train", "probe_test", "backbone")
@@ -81,7 +83,7 @@ def resolve_data_paths(config: dict[str, Any], configfiles: Iterable[str | os.Pa
     for f in configfiles:
         try:
             with open(f) as fh:
-                files.append((Path(f).absolute().parent, yaml.safe_load(fh)))
+                files.append((Path(f).absolute().parent, yaml_load(fh)))
         except (OSError, yaml.YAMLError):  # unreadable: Snakemake itself reports it
             continue
     rewritten = []
