@@ -290,6 +290,47 @@ def test_image_augment_operations_on_hand_cases() -> None:
     assert not torch.equal(jittered, x) and float(jittered.min()) >= 0 and float(jittered.max()) <= 1
 
 
+def _affine_draws(b: int, seed: int) -> torch.Tensor:
+    """The affine view's draws (angle, x shift, y shift in [-1, 1)) for a seed: after the crop's (10 tries of area
+    and of ratio, then the position, drawn even when every crop is the whole image)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.rand(b, 10, generator=gen), torch.rand(b, 10, generator=gen), torch.rand(b, 2, generator=gen)
+    return (2 * torch.rand(b, 3, generator=gen) - 1).double()
+
+
+def test_image_augment_rotation_and_shift_move_a_blob_where_the_draws_say() -> None:
+    """The affine view against an independent computation: the centroid of a Gaussian blob moves as a rotation by
+    the drawn angle (counter-clockwise as displayed) about the centre, then the drawn shift in whole pixels."""
+    side, c = 32, 15.5
+    yy, xx = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64),
+                            indexing="ij")
+    x0, y0 = 21.0, 12.0  # off centre, so that a rotation moves it
+    blob = torch.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5**2)).float().view(1, 1, side, side)
+    blob = blob.repeat(16, 1, 1, 1)
+    aug = build_augment("image", [1, side, side], _only(rotation_degrees=30.0, translate=0.1))
+    out = aug(blob, torch.Generator().manual_seed(3))[:, 0].double()
+    u = _affine_draws(16, 3)
+    theta = torch.deg2rad(u[:, 0] * 30.0)
+    shift = torch.round(u[:, 1:] * 0.1 * side)
+    want_x = c + torch.cos(theta) * (x0 - c) + torch.sin(theta) * (y0 - c) + shift[:, 0]
+    want_y = c - torch.sin(theta) * (x0 - c) + torch.cos(theta) * (y0 - c) + shift[:, 1]
+    mass = out.sum(dim=(1, 2))
+    got_x, got_y = (out * xx).sum(dim=(1, 2)) / mass, (out * yy).sum(dim=(1, 2)) / mass
+    assert float(u[:, 0].abs().max()) > 0.5 and float(shift.abs().max()) >= 2  # the case moves the blob far
+    torch.testing.assert_close(got_x, want_x, rtol=0, atol=0.05)
+    torch.testing.assert_close(got_y, want_y, rtol=0, atol=0.05)
+    # A shift alone in whole pixels moves the image exactly (zeros come in at the edge).
+    shifted = build_augment("image", [1, side, side], _only(translate=0.1))(blob[:1], torch.Generator().manual_seed(5))
+    d = torch.round(_affine_draws(1, 5)[0, 1:] * 0.1 * side)
+    want = torch.roll(blob[0, 0], shifts=(int(d[1]), int(d[0])), dims=(0, 1))
+    torch.testing.assert_close(shifted[0, 0], want, rtol=0, atol=1e-5)
+    # Off (the default): no draw of its own, so configs without it keep their views.
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    off = build_augment("image", [1, side, side], _only())
+    assert off._affine(blob, gen) is blob and torch.equal(gen.get_state(), state)
+
+
 # --------------------------------------------------------------------------------------------------
 # pretraining and embedding on images
 # --------------------------------------------------------------------------------------------------

@@ -76,11 +76,14 @@ class ImageAugment:
     """SimCLR's image views (Chen et al. 2020, app. A) on a batch of images, with kornia's image operations.
 
     In order: random resized crop (area fraction in ``crop_scale``, log-uniform aspect ratio in ``crop_ratio``,
-    resized back to H x W), horizontal flip with probability ``horizontal_flip``, colour jitter with probability
-    ``color_jitter_probability`` (brightness, contrast, saturation 0.8 s and hue 0.2 s for strength s, in a
-    random order per batch; saturation and hue only on RGB), random grayscale with probability
-    ``grayscale_probability`` (RGB only), Gaussian blur with probability ``blur_probability`` (sigma uniform in
-    ``blur_sigma`` pixels, kernel about a tenth of the image side, odd, at least 3).
+    resized back to H x W), a random rotation about the centre (uniform in +-``rotation_degrees``) and shift
+    (uniform in +-``translate`` of each side, as torchvision's ``RandomAffine``; zeros fill the uncovered corners:
+    the background of digits; both 0 by default, as in SimCLR), horizontal flip with probability
+    ``horizontal_flip``, colour jitter with probability ``color_jitter_probability`` (brightness, contrast,
+    saturation 0.8 s and hue 0.2 s for strength s, in a random order per batch; saturation and hue only on RGB),
+    random grayscale with probability ``grayscale_probability`` (RGB only), Gaussian blur with probability
+    ``blur_probability`` (sigma uniform in ``blur_sigma`` pixels, kernel about a tenth of the image side, odd, at
+    least 3).
 
     The defaults are SimCLR's CIFAR-10 recipe (colour strength 0.5, no blur, app. B.9) with the smallest crop
     raised from 8% to 20% of the area, since 8% of a 16x16 or 32x32 image is a few pixels. Crops are drawn as
@@ -96,7 +99,8 @@ class ImageAugment:
                  crop_ratio: Sequence[float] = (3 / 4, 4 / 3), horizontal_flip: float = 0.5,
                  color_jitter_probability: float = 0.8, color_jitter_strength: float = 0.5,
                  grayscale_probability: float = 0.2, blur_probability: float = 0.0,
-                 blur_sigma: Sequence[float] = (0.1, 2.0), output_size: Sequence[int] | None = None) -> None:
+                 blur_sigma: Sequence[float] = (0.1, 2.0), rotation_degrees: float = 0.0, translate: float = 0.0,
+                 output_size: Sequence[int] | None = None) -> None:
         c, h, w = (int(v) for v in image_shape)
         if c not in (1, 3):
             raise ValueError(f"images need 1 or 3 channels, got shape {list(image_shape)}")
@@ -110,6 +114,8 @@ class ImageAugment:
         self.grayscale_probability = float(grayscale_probability)
         self.blur_probability = float(blur_probability)
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        self.rotation_degrees = float(rotation_degrees)
+        self.translate = float(translate)
         self.set_output_size(output_size or (h, w))
 
     def set_output_size(self, size: Sequence[int]) -> None:
@@ -123,6 +129,7 @@ class ImageAugment:
         dtype = x.dtype
         img = x.reshape(x.shape[0], *self.image_shape).float() if flat else x.float()
         img = self._crop(img, gen)
+        img = self._affine(img, gen)
         img = self._flip(img, gen)
         img = self._jitter(img, gen)
         img = self._grayscale(img, gen)
@@ -170,6 +177,21 @@ class ImageAugment:
         boxes = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1), torch.stack([x1, y1], -1),
                              torch.stack([x0, y1], -1)], dim=1)  # (B, 4, 2): corners clockwise from top-left
         return crop_and_resize(img, boxes.to(img.dtype), self.output_size, mode="bilinear", align_corners=True)
+
+    def _affine(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
+
+        if self.rotation_degrees == 0 and self.translate == 0:
+            return img  # no draws: views of configs without it stay as they were
+        b, _, h, w = img.shape
+        dev = img.device
+        u = 2 * torch.rand(b, 3, generator=gen, device=dev) - 1  # angle, x shift, y shift in [-1, 1)
+        centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=dev).expand(b, 2)
+        matrix = get_rotation_matrix2d(centre, u[:, 0] * self.rotation_degrees, torch.ones(b, 2, device=dev))
+        shift = torch.round(u[:, 1:] * self.translate * torch.tensor([w, h], device=dev))  # whole pixels
+        matrix = torch.cat([matrix[:, :, :2], matrix[:, :, 2:] + shift[:, :, None]], dim=2)
+        return warp_affine(img, matrix.to(img.dtype), (h, w), mode="bilinear", padding_mode="zeros",
+                           align_corners=True)
 
     def _flip(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         idx = self._chosen(img.shape[0], self.horizontal_flip, gen, img.device)
@@ -240,7 +262,7 @@ class ImageAugment:
 IMAGE_AUGMENT_DEFAULTS: dict[str, Any] = {
     "crop_scale": [0.2, 1.0], "crop_ratio": [3 / 4, 4 / 3], "horizontal_flip": 0.5,
     "color_jitter_probability": 0.8, "color_jitter_strength": 0.5, "grayscale_probability": 0.2,
-    "blur_probability": 0.0, "blur_sigma": [0.1, 2.0],
+    "blur_probability": 0.0, "blur_sigma": [0.1, 2.0], "rotation_degrees": 0.0, "translate": 0.0,
 }
 
 
