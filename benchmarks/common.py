@@ -131,12 +131,13 @@ def make_method(spec: dict[str, Any], params: dict[str, Any], seed: int, device:
 
 
 def embed(method: Any, x: Any) -> Any:
-    """The trained encoder's embeddings of the rows ``x`` (a NumPy array), in eval mode, as a NumPy array."""
+    """The method's representation (:attr:`Method.representation`: DINO's teacher backbone, else the trained
+    encoder) of the rows ``x`` (a NumPy array), in eval mode, as a NumPy array."""
     import torch
 
     method.module.eval()
     with torch.no_grad():
-        return method.module.encoder(torch.from_numpy(x)).numpy()
+        return method.representation.eval()(torch.from_numpy(x)).numpy()
 
 
 def probe_rows(method: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, raw: str, learned: str,

@@ -43,9 +43,10 @@ def validation_knn(method: Any, x_gallery: np.ndarray, y_gallery: np.ndarray, x_
     from workflow.evaluate.probes import weighted_knn_accuracy
 
     method.module.eval()
+    represent = method.representation.eval()
     with torch.no_grad():
-        eg = method.module.encoder(torch.from_numpy(x_gallery).to(device)).float().cpu().numpy()
-        eq = method.module.encoder(torch.from_numpy(x_query).to(device)).float().cpu().numpy()
+        eg = represent(torch.from_numpy(x_gallery).to(device)).float().cpu().numpy()
+        eq = represent(torch.from_numpy(x_query).to(device)).float().cpu().numpy()
     return float(weighted_knn_accuracy(eg, y_gallery, eq, y_query))
 
 

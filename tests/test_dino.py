@@ -310,6 +310,11 @@ def test_dino_trains_in_process(kind: str) -> None:
     assert any(not torch.equal(teacher[k], teacher0[k]) for k in teacher if "weight" in k)
     student_params = list(method.module.encoder.parameters()) + list(method.module.projector.parameters())
     assert any(not torch.equal(t, s) for t, s in zip(method.teacher.parameters(), student_params, strict=True))
+    # The result is the teacher's backbone (as DINO evaluates it), with the running statistics of its own passes.
+    assert method.representation is method.teacher[0]
+    bn = [k for k in teacher if k.endswith("running_mean")]
+    assert bn and all(not torch.equal(teacher[k], method.module.state_dict()[k.replace("0.", "encoder.", 1)])
+                      for k in bn if k.startswith("0."))
     state = method.target.state_dict()
     assert "loss.center" in state and state["loss.center"].abs().sum() > 0
     fresh = Method(build_encoder(spec), params, spec["embedding_dim"])

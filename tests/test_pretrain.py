@@ -118,6 +118,16 @@ def test_one_cpu_worker_in_ray_train_local_mode_resumes_to_the_same_weights(tiny
                          tmp_path / "resumed" / "encoder.safetensors")
 
 
+def test_killed_dino_job_resumes_to_the_same_teacher(tiny_pool: tuple[Path, Path], tmp_path: Path) -> None:
+    """DINO saves its teacher's backbone; the teacher's own running statistics travel in the checkpoints."""
+    dino = {"method": "dino", "num_workers": None, "projection_dim": 8, "dino_out_dim": 64, "dino_local_crops": 1}
+    _train(*tiny_pool, tmp_path / "straight", tmp_path / "work_straight", **dino)
+    _crash(*tiny_pool, tmp_path / "resumed", tmp_path / "work", after_step=10, **dino)
+    assert _train(*tiny_pool, tmp_path / "resumed", tmp_path / "work", **dino)[-1]["step"] == 40
+    _assert_same_weights(load_file(str(tmp_path / "straight" / "encoder.safetensors")),
+                         tmp_path / "resumed" / "encoder.safetensors")
+
+
 @pytest.mark.e2e
 def test_a_tampered_checkpoint_is_set_aside_and_the_previous_one_resumes_exactly(
         tiny_pool: tuple[Path, Path], straight_weights: dict[str, torch.Tensor], tmp_path: Path,

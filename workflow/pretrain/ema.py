@@ -31,17 +31,19 @@ def byol_tau(step: int, total_steps: int, base: float = 0.996, final: float = 1.
 
 @torch.no_grad()
 def ema_update(online: nn.Module, target: nn.Module, tau: float) -> None:
-    """``target <- tau * target + (1 - tau) * online`` for parameters; buffers are copied from ``online``.
+    """``target <- tau * target + (1 - tau) * online`` for parameters; ``tau = 0`` copies the online network's
+    parameters, ``tau = 1`` leaves the target unchanged.
 
-    ``tau = 0`` copies the online network, ``tau = 1`` leaves the target unchanged.
+    Buffers (batch-norm running statistics) are not averaged or copied: the target keeps the statistics of its
+    own forward passes, as DINO's teacher (``main_dino.py``) and lightly's ``update_momentum`` do. They matter only
+    when the target runs in eval mode (DINO's teacher, the representation that is evaluated); in training both
+    networks normalise with batch statistics.
     """
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
     online_params, target_params = list(online.parameters()), list(target.parameters())
-    online_buffers, target_buffers = list(online.buffers()), list(target.buffers())
-    if len(online_params) != len(target_params) or len(online_buffers) != len(target_buffers):
-        raise ValueError("online and target networks must have the same parameters and buffers")
+    shapes = [p.shape for p in online_params], [p.shape for p in target_params]
+    if shapes[0] != shapes[1]:
+        raise ValueError("online and target networks must have the same parameters")
     for o, t in zip(online_params, target_params, strict=True):
         t.lerp_(o.detach(), 1.0 - tau)
-    for o, t in zip(online_buffers, target_buffers, strict=True):
-        t.copy_(o)

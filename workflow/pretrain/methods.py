@@ -167,6 +167,14 @@ class Method:
             ema_update(nn.Sequential(self.module.encoder, self.module.projector), self.teacher, tau)
 
     @property
+    def representation(self) -> nn.Module:
+        """The backbone whose embeddings are the method's result (saved, monitored, evaluated): DINO's teacher
+        backbone, which Caron et al. 2021 evaluate (sec. 5.2: the teacher beats the student throughout training;
+        ``eval_knn.py`` takes ``checkpoint_key teacher``); else the trained encoder (BYOL evaluates its online
+        encoder, Grill et al. 2020 sec. 3.1). Callers put it in eval mode to embed, and back in train mode after."""
+        return self.teacher[0] if self.name == "dino" else self.module.encoder
+
+    @property
     def teacher(self) -> nn.Module:
         """The EMA network (BYOL's target, DINO's teacher)."""
         assert self.target is not None

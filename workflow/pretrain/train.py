@@ -196,16 +196,19 @@ def train_worker(cfg: dict[str, Any]) -> None:
         # Collapse monitors on a fixed batch (workflow/measures.py, the copy evaluation uses): std of the
         # L2-normalised embeddings (1/sqrt(d) when healthy, 0 when collapsed; Chen & He 2021) and RankMe;
         # alignment and uniformity (Wang & Isola 2020, alpha = 2, t = 2) on two augmentations of the same batch.
+        # They watch the representation the job saves (DINO's teacher backbone, else the trained encoder).
         model.eval()
+        represent = method.representation.eval()
         with torch.no_grad():
-            emb = method.module.encoder(monitor).float().cpu().numpy()
+            emb = represent(monitor).float().cpu().numpy()
             monitors = {"embedding_std": embedding_std(emb), "rankme": rankme(emb)}
             if method.uses_augmentation:
                 mon_gen = torch.Generator(device=device).manual_seed(seed)  # same views at every epoch
-                e0 = method.module.encoder(augment(monitor, mon_gen)).float().cpu().numpy()
-                e1 = method.module.encoder(augment(monitor, mon_gen)).float().cpu().numpy()
+                e0 = represent(augment(monitor, mon_gen)).float().cpu().numpy()
+                e1 = represent(augment(monitor, mon_gen)).float().cpu().numpy()
                 monitors["alignment"] = alignment(e0, e1, alpha=2.0)
                 monitors["uniformity"] = uniformity(e0, t=2.0)
+        represent.train()  # DINO's teacher normalises with batch statistics in training, as the student does
         model.train()
         if history:
             history[-1].update(monitors)
@@ -218,7 +221,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
         # ray.train.report synchronises every worker with the controller, so only at checkpoints.
         ray.train.report({"step": step, "loss": history[-1]["loss"] if history else float("nan")})
     if rank == 0:
-        save_encoder(method.module.encoder, spec, str(work / "encoder.safetensors"))
+        save_encoder(method.representation, spec, str(work / "encoder.safetensors"))
         (work / "history.json").write_text(json.dumps(history))
 
 
