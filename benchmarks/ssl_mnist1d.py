@@ -101,7 +101,15 @@ def _train(params: dict[str, Any], x: np.ndarray, seed: int, threads: int) -> tu
     method, optimizer = make_method(spec, params, seed)
     pairs = torch.from_numpy(knn_pairs(x, k=params["tldr_k"], seed=seed)) if name == "tldr" else None
     start = time.perf_counter()
-    bare_ssl_loop(method, optimizer, build_augment("signal"), torch.from_numpy(x), params, seed, pairs=pairs)
+    every = max(1, params["steps"] // 10)
+
+    def progress(step: int, out: Any) -> None:
+        if step % every == 0:
+            print(f"  {name} step {step}/{params['steps']} loss {out.scalars()['loss']:.4f} "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+
+    bare_ssl_loop(method, optimizer, build_augment("signal"), torch.from_numpy(x), params, seed, pairs=pairs,
+                  after_step=progress)
     return method, time.perf_counter() - start
 
 
