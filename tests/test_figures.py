@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import re
@@ -349,6 +350,27 @@ def test_forest_and_metric_plots_name_the_feature_spaces_and_seeds(tmp_path: Pat
         assert fixed in title and "random [uniform, no features]" in title, (name, title)
     assert "over 3 seeds" in saved["forest.png"]._suptitle.get_text()
     assert "Seeds 0, 1, 2" in saved["summary.png"]._suptitle.get_text()
+
+
+def test_forest_rows_name_their_ssl_method_when_the_study_has_several(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from workflow import summary_figures
+    from workflow.summarize import summarize, variant_record
+
+    saved: dict[str, Any] = {}
+    monkeypatch.setattr(summary_figures, "_save", lambda fig, path: saved.__setitem__(Path(path).name, fig))
+    paths = []
+    for i, (ssl, curation, seed) in enumerate(itertools.product(["simclr", "byol"], ["random", "hkmeans"], [0, 1, 2])):
+        path = tmp_path / f"{i}.json"
+        knn = 0.5 + 0.01 * seed + (0.03 if curation == "hkmeans" else 0.0) + (0.1 if ssl == "byol" else 0.0)
+        path.write_text(json.dumps(variant_record("d", curation, ssl, seed, {"knn_accuracy": knn})))
+        paths.append(str(path))
+    summarize(paths, str(tmp_path / "s.csv"), str(tmp_path / "s.md"), summary={"baseline": "random"},
+              verdict_path=str(tmp_path / "verdict.json"), forest_path=str(tmp_path / "forest.png"))
+    right = saved["forest.png"].axes[1]
+    labels = [t.get_text() for t in right.get_yticklabels()]
+    assert "knn_accuracy  [hkmeans · byol]" in labels and "knn_accuracy  [hkmeans · simclr]" in labels
+    assert "aggregate, bootstrap CI  [hkmeans · byol]" in labels
 
 
 # ---- the report's layout ----------------------------------------------------------------------------------------

@@ -96,7 +96,11 @@ def plot_forest(stats: pd.DataFrame, verdict: dict[str, Any], metrics: list[str]
     left.set_title(f"Primary metric: {primary}", fontsize=10)
     left.legend(loc="lower left", fontsize=8, frameon=False)
     left.grid(axis="x", alpha=0.3)
-    # Right: every metric as % of the reference mean, plus the bootstrap aggregate.
+    # Right: every metric as % of the reference mean, plus the bootstrap aggregate; each row names its comparison
+    # (its curation, and its data set and SSL method where the study has several).
+    datasets = len({c["dataset"] for c in comps}) > 1
+    tags = [c["curation"] + (f" @ {c['size']}" if "size" in c else "")
+            + (f" · {c['dataset'] + ' · ' if datasets else ''}{c['ssl']}" if multi else "") for c in comps]
     labels, y = [], n_right - 1
     right.axvline(0, color="black", linewidth=0.8)
     for k, c in enumerate(comps):
@@ -111,14 +115,14 @@ def plot_forest(stats: pd.DataFrame, verdict: dict[str, Any], metrics: list[str]
                     right.plot([lo, hi], [y, y], color=f"C{k}", linewidth=1.6)
                 right.plot([row["diff_mean"] * scale], [y], "o", color=f"C{k}", markersize=5,
                            markeredgecolor="black" if m == primary else f"C{k}")
-            labels.append((y, f"{m}" + (f"  [{c['curation']}]" if len(comps) > 1 else "")))
+            labels.append((y, f"{m}" + (f"  [{tags[k]}]" if len(comps) > 1 else "")))
             y -= 1
         agg = c.get("aggregate") or {}
         mean, lo, hi = (_nan(agg.get(k2)) * 100 for k2 in ("mean", "ci_low", "ci_high"))
         if math.isfinite(lo):
             right.plot([lo, hi], [y, y], color=f"C{k}", linewidth=3)
         right.plot([mean], [y], "D", color=f"C{k}", markersize=7, markeredgecolor="black")
-        labels.append((y, f"aggregate, bootstrap CI  [{c['curation']}]"))
+        labels.append((y, f"aggregate, bootstrap CI  [{tags[k]}]"))
         y -= 1
     right.set_yticks([p for p, _ in labels], [t for _, t in labels], fontsize=8)
     right.set_ylim(-0.7, n_right - 0.3)
