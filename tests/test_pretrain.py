@@ -54,6 +54,30 @@ def test_lars_trust_ratio_scales_weight_updates() -> None:
     assert torch.allclose(b, -torch.ones(2))
 
 
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_weight_decay_scope_weights_exempts_biases_and_norms(name: str) -> None:
+    """`weights`: a weight matrix decays as with `all`; a bias and a norm scale with zero gradient stay put, as
+    with no weight decay at all (AdamW: p *= 1 - lr * wd; SGD: the gradient gains wd * p)."""
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+
+    def step(weight_decay: float, scope: str) -> dict[str, torch.Tensor]:
+        copy = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+        copy.load_state_dict(module.state_dict())
+        for p in copy.parameters():
+            p.grad = torch.zeros_like(p)
+        build_optimizer(name, copy.parameters(), 0.1, weight_decay, weight_decay_scope=scope).step()
+        return {k: v.detach().clone() for k, v in copy.named_parameters()}
+
+    decay_all, decay_weights, none = step(0.5, "all"), step(0.5, "weights"), step(0.0, "all")
+    assert torch.allclose(decay_weights["0.weight"], decay_all["0.weight"])
+    assert torch.allclose(decay_all["0.weight"], module[0].weight * (1 - 0.1 * 0.5))
+    for key in ("0.bias", "1.weight", "1.bias"):
+        assert torch.equal(decay_weights[key], none[key])
+        assert not torch.equal(decay_all[key], none[key]) or key == "1.bias"  # LayerNorm's bias starts at 0
+    with pytest.raises(ValueError, match="weight_decay_scope"):
+        build_optimizer(name, module.parameters(), 0.1, 0.5, weight_decay_scope="biases")
+
 def test_lr_schedule_warmup_then_cosine() -> None:
     total, peak = 100, 1.0
     lrs = [lr_at(s, total, peak, 0.1) for s in range(total)]

@@ -4,6 +4,10 @@ LARS (You et al. 2017, "Large Batch Training of Convolutional Networks"), as in 
 and VICReg code: SGD with momentum where each weight matrix's update is scaled by the trust ratio
 eta * ||w|| / ||g + wd * w||; biases and normalisation parameters (1-D tensors) get neither weight decay
 nor the adaptation.
+
+Weight decay on AdamW and SGD applies to every parameter by default; ``weight_decay_scope: weights`` exempts
+biases and normalisation parameters, as DINO's ``utils.get_params_groups`` (Caron et al. 2021) and BYOL's LARS
+(Grill et al. 2020) do.
 """
 
 from __future__ import annotations
@@ -44,12 +48,26 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float,
-                    momentum: float = 0.9) -> torch.optim.Optimizer:
+def parameter_groups(params: Iterable[Any], weight_decay: float, scope: str = "all") -> list[dict[str, Any]]:
+    """Optimiser parameter groups: weight decay on every parameter (``all``), or on weight matrices and kernels
+    only (``weights``: 1-D tensors, the biases and normalisation parameters, get none)."""
+    params = list(params)
+    if scope == "all":
+        return [{"params": params, "weight_decay": weight_decay}]
+    if scope == "weights":
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+    raise ValueError(f"unknown weight_decay_scope {scope!r}; choose all or weights")
+
+
+def build_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float, momentum: float = 0.9,
+                    weight_decay_scope: str = "all") -> torch.optim.Optimizer:
+    groups = parameter_groups(params, weight_decay, weight_decay_scope)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=momentum)
     if name == "lars":
-        return LARS(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        return LARS(groups, lr=lr, weight_decay=weight_decay, momentum=momentum)
     raise ValueError(f"unknown optimizer {name!r}")

@@ -126,7 +126,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     method = Method(build_encoder(spec), params, spec["embedding_dim"]).to(device)
     model = ray.train.torch.prepare_model(method.module)
     optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
-                                params["weight_decay"], params["momentum"])
+                                params["weight_decay"], params["momentum"], params["weight_decay_scope"])
     augment = build_augment(spec["input_kind"], spec.get("image_shape"), cfg.get("augment"))
     gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
     order_rng = np.random.default_rng(seed)  # identical on every rank: they slice the same global batch
