@@ -6,11 +6,14 @@ but the 300 probe_test images), then score a linear probe and the weighted kNN (
     python benchmarks/ssl_digits_images.py --steps 1000 --params '{"resnet_widths": [32, 64, 128]}'
     python benchmarks/ssl_digits_images.py --sweep             # round 1: the views at 400 steps (about 3 min)
     python benchmarks/ssl_digits_images.py --sweep --round 2   # round 2: the 10 min budget (about 25 min)
+    python benchmarks/ssl_digits_images.py --round 2 --seeds 2,3,4   # round 2's choice again, other seeds
 
 A sweep selects without looking at probe_test: every candidate of the round in :data:`SWEEP` (fixed before the
 round was run) trains with seed 0 and is scored by kNN on a validation split of probe_train (350 fit / 150 held
 out); the best then trains again with seed 1 and is scored once on probe_test, against the raw pixels
-(``benchmarks/results/ssl_digits_images_sweep_round{N}.json``).
+(``benchmarks/results/ssl_digits_images_sweep_round{N}.json``). ``--seeds`` trains that choice again with other
+training seeds (same data and probes) and scores each on probe_test: how far the one test figure moves
+(``…_round{N}_seeds.json``).
 
 Uses the pipeline's own parts (data set, ResNet, kornia augmentations, method, optimiser, schedule, metrics) in
 one process; the Snakemake stage runs the same loop on Ray Train.
@@ -29,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
+    RESULTS,
     add_ssl_arguments,
     bare_ssl_loop,
     embed,
@@ -88,12 +92,37 @@ def _train(args: Any, keys: dict[str, Any], x_ssl: Any, meta: dict[str, Any], di
     return method, time.perf_counter() - start, params, options
 
 
+def _repeat(args: Any, x_ssl: Any, meta: dict[str, Any], dim: int, probes: tuple) -> None:
+    """Train the chosen candidate of round ``args.round`` with each of ``args.seeds`` and score it on probe_test."""
+    import json
+
+    sweep = json.loads((RESULTS / f"ssl_digits_images_sweep_round{args.round}.json").read_text())["extra"]
+    keys = sweep["candidates"][sweep["chosen"]]["keys"]
+    rows, raw = [], {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        method, train_s, _, _ = _train(args, keys, x_ssl, meta, dim, seed)
+        raw, learned = probe_rows(method, *probes, "raw pixels", "learned", train_s)
+        rows.append({"seed": seed, "linear": learned["linear"], "knn": learned["knn"], "train_s": round(train_s, 1),
+                     "knn_minus_raw": learned["knn"] - raw["knn"]})
+        print(f"seed {seed}: test linear {learned['linear']:.3f} kNN {learned['knn']:.3f} (raw pixels "
+              f"{raw['linear']:.3f} / {raw['knn']:.3f}), {train_s:.0f} s", flush=True)
+    knn = np.array([r["knn"] for r in rows])
+    summary = {"knn_mean": float(knn.mean()), "knn_sd": float(knn.std(ddof=1)) if len(knn) > 1 else 0.0,
+               "seeds_above_raw_knn": int((knn > raw["knn"]).sum()), "raw": raw}
+    print_table(rows)
+    print(f"kNN {summary['knn_mean']:.3f} ± {summary['knn_sd']:.3f} over {len(rows)} seeds; above raw pixels "
+          f"({raw['knn']:.3f}) in {summary['seeds_above_raw_knn']}")
+    write_results(f"ssl_digits_images_sweep_round{args.round}_seeds", {**vars(args), "keys": keys}, rows,
+                  extra=summary)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_ssl_arguments(parser, steps=300, params='{"resnet_widths": [16, 32, 64], "embedding_dim": 64}')
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--sweep", action="store_true", help="choose among a round of SWEEP on a validation split")
-    parser.add_argument("--round", type=int, default=1, choices=sorted(SWEEP), help="with --sweep: the round")
+    parser.add_argument("--round", type=int, default=1, choices=sorted(SWEEP), help="the round (--sweep, --seeds)")
+    parser.add_argument("--seeds", help="train the round's choice with these training seeds (comma-separated)")
     args = parser.parse_args()
 
     import torch
@@ -109,6 +138,9 @@ def main() -> None:
     xte, yte = np.array(splits.probe_test.vectors), splits.probe_test.labels
     x_ssl = np.concatenate([splits.pool.vectors, xtr])
     meta, dim = splits.table_meta, xtr.shape[1]
+    if args.seeds:
+        _repeat(args, x_ssl, meta, dim, (xtr, ytr, xte, yte))
+        return
     if not args.sweep:
         method, train_s, params, options = _train(args, {}, x_ssl, meta, dim, args.seed)
         rows = probe_rows(method, xtr, ytr, xte, yte, "raw pixels", f"{args.method} ResNet", train_s)
