@@ -21,7 +21,7 @@ PRESETS_PATH = REPO_ROOT / "configs" / "ssl_presets.yaml"
 
 @cache
 def load_presets() -> dict[str, Any]:
-    """Every preset: ``{name: {"description": ..., "source": ..., "methods": {method: {key: value}}}}``."""
+    """Every preset: ``{name: {"description": ..., "source": [files], "methods": {method: {key: value}}}}``."""
     rel = PRESETS_PATH.relative_to(REPO_ROOT)
     try:
         with open(PRESETS_PATH) as f:
