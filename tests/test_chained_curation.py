@@ -204,7 +204,9 @@ def _study() -> dict[str, Any]:
     (lambda c: c["hk"].update(pool="hk"), "hk", ["names itself"]),
     (lambda c: c["sd"].update(pool="hk"), "sd", ["loop", "sd → hk → sd"]),
     (lambda c: c.update(none={"method": "none", "pool": "sd"}), "none", ["method none"]),
-], ids=["unknown", "self", "loop", "on-none"])
+    (lambda c: c["sd"].update(features=["raw", "simclr"]), "hk",
+     ["'sd' has a list of feature spaces", "sd.raw, sd.simclr", "none named 'sd'"]),
+], ids=["unknown", "self", "loop", "on-none", "grid-expanded"])
 def test_bad_chains_name_the_key_and_the_fix(mutate, key: str, words: list[str]) -> None:
     config = _study()
     check_study(copy.deepcopy(config), SOURCE)

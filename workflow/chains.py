@@ -55,6 +55,11 @@ def check_chains(curations: Mapping[str, Mapping[str, Any]], source: str = "conf
                               fix=f"name another curation of the study, or remove `{KEY}` (null = the data set's "
                                   "pool).")
         if prior not in curations:
+            spaces = [c for c in curations if c.startswith(f"{prior}.")]  # a list of features expands the name
+            if spaces:
+                raise StrataError(f"{prior!r} has a list of feature spaces, so the study has one curation per space "
+                                  f"({', '.join(spaces)}) and none named {prior!r}", where=where,
+                                  fix=f"name the one whose selection is the pool, e.g. `{KEY}: {spaces[0]}`.")
             raise StrataError(f"{prior!r} is not a curation of the study (curations: {', '.join(curations)})",
                               where=where, fix=f"name one of those curations, or remove `{KEY}` (null = the data "
                                                "set's pool).")
