@@ -125,7 +125,7 @@ def make_method(spec: dict[str, Any], params: dict[str, Any], seed: int, device:
 
     torch.manual_seed(seed)
     method = Method(build_encoder(spec), params, spec["embedding_dim"]).to(torch.device(device))
-    optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
+    optimizer = build_optimizer(params["optimizer"], method.module.optimizer_groups(), params["lr"],
                                 params["weight_decay"], params["momentum"], params["weight_decay_scope"])
     return method, optimizer
 

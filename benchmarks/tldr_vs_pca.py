@@ -71,7 +71,7 @@ def tldr(xtr: np.ndarray, xte: np.ndarray, d: int, args: argparse.Namespace) -> 
                                 "projection_dim": args.projector}, "ssl"), len(xtr))
     torch.manual_seed(args.seed)
     method = Method(torch.nn.Linear(xtr.shape[1], d), params, d)
-    optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
+    optimizer = build_optimizer(params["optimizer"], method.module.optimizer_groups(), params["lr"],
                                 params["weight_decay"], params["momentum"], params["weight_decay_scope"])
     pairs = torch.from_numpy(knn_pairs(xtr, k=args.k, seed=args.seed))
     bare_ssl_loop(method, optimizer, None, torch.from_numpy(xtr), params, args.seed, pairs=pairs)

@@ -78,6 +78,31 @@ def test_weight_decay_scope_weights_exempts_biases_and_norms(name: str) -> None:
     with pytest.raises(ValueError, match="weight_decay_scope"):
         build_optimizer(name, module.parameters(), 0.1, 0.5, weight_decay_scope="biases")
 
+
+def test_byol_predictor_lr_scale_gives_the_predictor_its_own_learning_rate() -> None:
+    """`byol_predictor_lr_scale: 10`: the predictor's group steps at 10x the scheduled lr, the rest at 1x; every
+    parameter is in exactly one group, split again by `weight_decay_scope`. At 1 (the default) one group, as before."""
+    spec = {"input_kind": "signal", "input_dim": 40, "embedding_dim": 16}
+    x = torch.randn(32, 40, generator=torch.Generator().manual_seed(0))
+    for scale, scope, n_groups in ((1.0, "all", 1), (10.0, "all", 2), (10.0, "weights", 4)):
+        params = resolved(validate({"method": "byol", "steps": 4, "projector_hidden_dim": 32,
+                                    "byol_predictor_lr_scale": scale, "weight_decay_scope": scope}, "ssl"), 64)
+        torch.manual_seed(0)
+        method = Method(build_encoder(spec), params, 16)
+        opt = build_optimizer("adamw", method.module.optimizer_groups(), 1e-3, 0.01, weight_decay_scope=scope)
+        grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+        assert sorted(grouped) == sorted(id(p) for p in method.module.parameters())
+        assert len(opt.param_groups) == n_groups
+        method.train_step(method.module, opt, x, x.flip(1), 0, 4, 1e-3)
+        predictor = {id(p) for p in method.module.predictor.parameters()}
+        for group in opt.param_groups:
+            in_predictor = {id(p) in predictor for p in group["params"]}
+            if scale == 1.0:
+                assert group["lr"] == pytest.approx(1e-3)
+                continue
+            assert len(in_predictor) == 1  # a group is all predictor or none of it
+            assert group["lr"] == pytest.approx(1e-3 * (scale if in_predictor == {True} else 1.0))
+
 def test_lr_schedule_warmup_then_cosine() -> None:
     total, peak = 100, 1.0
     lrs = [lr_at(s, total, peak, 0.1) for s in range(total)]

@@ -83,6 +83,16 @@ class Trainable(nn.Module):
             if method == "byol" else None
         self.prototypes = SwAVPrototypes(params["projection_dim"], params["swav_prototypes"],
                                          params["swav_freeze_prototypes_steps"]) if method == "swav" else None
+        self.predictor_lr_scale = float(params.get("byol_predictor_lr_scale", 1.0))
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: one, or for BYOL with ``byol_predictor_lr_scale`` ≠ 1 the predictor
+        apart, its learning rate scaled by ``lr_scale`` (:meth:`Method.train_step` applies it)."""
+        if self.predictor is None or self.predictor_lr_scale == 1.0:
+            return [{"params": list(self.parameters())}]
+        predictor = {id(p) for p in self.predictor.parameters()}
+        return [{"params": [p for p in self.parameters() if id(p) not in predictor]},
+                {"params": list(self.predictor.parameters()), "lr_scale": self.predictor_lr_scale}]
 
     def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):  # views in order; consecutive views of one shape share a batch
@@ -197,7 +207,7 @@ class Method:
         """One optimisation step on a batch's two views (and DINO's local views), with the method's hooks in
         their places."""
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.before_step(step)
         with torch.autocast(v0.device.type, dtype=torch.bfloat16, enabled=use_amp):
             out = self.step_loss(model, v0, v1, local_views, step)

@@ -50,15 +50,23 @@ class LARS(torch.optim.Optimizer):
 
 def parameter_groups(params: Iterable[Any], weight_decay: float, scope: str = "all") -> list[dict[str, Any]]:
     """Optimiser parameter groups: weight decay on every parameter (``all``), or on weight matrices and kernels
-    only (``weights``: 1-D tensors, the biases and normalisation parameters, get none)."""
-    params = list(params)
-    if scope == "all":
-        return [{"params": params, "weight_decay": weight_decay}]
-    if scope == "weights":
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
-    raise ValueError(f"unknown weight_decay_scope {scope!r}; choose all or weights")
+    only (``weights``: 1-D tensors, the biases and normalisation parameters, get none).
+
+    ``params`` holds tensors, or groups (``{"params": [...], ...}``: other keys, such as ``lr_scale``, are kept),
+    each split the same way."""
+    if scope not in ("all", "weights"):
+        raise ValueError(f"unknown weight_decay_scope {scope!r}; choose all or weights")
+    items = list(params)
+    groups = items if items and isinstance(items[0], dict) else [{"params": items}]
+    out = []
+    for group in groups:
+        tensors, keys = list(group["params"]), {k: v for k, v in group.items() if k != "params"}
+        if scope == "all":
+            out.append({**keys, "params": tensors, "weight_decay": weight_decay})
+        else:
+            out += [{**keys, "params": [p for p in tensors if p.ndim > 1], "weight_decay": weight_decay},
+                    {**keys, "params": [p for p in tensors if p.ndim <= 1], "weight_decay": 0.0}]
+    return [g for g in out if g["params"]]
 
 
 def build_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float, momentum: float = 0.9,

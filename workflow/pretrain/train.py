@@ -125,7 +125,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     torch.manual_seed(seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
     method = Method(build_encoder(spec), params, spec["embedding_dim"]).to(device)
     model = ray.train.torch.prepare_model(method.module)
-    optimizer = build_optimizer(params["optimizer"], method.module.parameters(), params["lr"],
+    optimizer = build_optimizer(params["optimizer"], method.module.optimizer_groups(), params["lr"],
                                 params["weight_decay"], params["momentum"], params["weight_decay_scope"])
     augment = build_augment(spec["input_kind"], spec.get("image_shape"), cfg.get("augment"))
     gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
