@@ -9,9 +9,8 @@ and the weighted kNN (k = 20, T = 0.07) on the standard 1000 test signals, again
     python benchmarks/ssl_mnist1d.py --sweep --round 3        # round 3: BYOL and DINO, the budget (about 15 min)
 
 The sweep is honest about selection: every candidate of a round of :data:`SWEEP` (fixed before the round ran)
-trains on the
-4000 training signals with seed 0 and is scored on a validation split of them (probes fit on 3000, scored on
-the other 1000; the test signals are not looked at). The best candidate per method within the training-time
+trains on the 4000 training signals with seed 0 and is scored on a validation split of them (probes fit on 3000,
+scored on the other 1000; the test signals are not looked at). The best candidate per method within the training-time
 budget (mean of linear and kNN accuracy) then trains again with seed 1 and is scored once on the test signals.
 Those are the figures of the ``small-data`` preset (configs/ssl_presets.yaml, batch 128 where a candidate
 names none); results in
