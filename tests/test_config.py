@@ -396,7 +396,8 @@ def test_ssl_keys_follow_the_method_and_the_data() -> None:
     ssl_keys = set(load_schema()["$defs"]["ssl"]["properties"])
     image_only = {"image_augment", "resnet_widths", "resnet_blocks", "dino_local_crop_size"}
     # The keys that only some methods read (workflow/pretrain/methods.py): a SimCLR run shows no SwAV key.
-    own = {"dino": {k for k in ssl_keys if k.startswith("dino_")}, "byol": {"byol_tau_base"},
+    own = {"dino": {k for k in ssl_keys if k.startswith("dino_")},
+           "byol": {k for k in ssl_keys if k.startswith("byol_")},
            "swav": {k for k in ssl_keys if k.startswith("swav_")} | {"temperature"}, "simclr": {"temperature"},
            "vicreg": {k for k in ssl_keys if k.startswith("vicreg_")}, "barlowtwins": {"lambda_param"},
            "tldr": {"lambda_param", "tldr_k"}}
