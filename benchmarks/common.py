@@ -121,13 +121,10 @@ def make_method(spec: dict[str, Any], params: dict[str, Any], seed: int, device:
 
     from workflow.pretrain.methods import Method
     from workflow.pretrain.models import build_encoder
-    from workflow.pretrain.optim import build_optimizer
 
     torch.manual_seed(seed)
     method = Method(build_encoder(spec), params, spec["embedding_dim"]).to(torch.device(device))
-    optimizer = build_optimizer(params["optimizer"], method.module.optimizer_groups(), params["lr"],
-                                params["weight_decay"], params["momentum"], params["weight_decay_scope"])
-    return method, optimizer
+    return method, method.make_optimizer()
 
 
 def embed(method: Any, x: Any) -> Any:

@@ -63,7 +63,6 @@ def tldr(xtr: np.ndarray, xte: np.ndarray, d: int, args: argparse.Namespace) -> 
 
     from workflow.config import validate
     from workflow.pretrain.methods import Method, resolved
-    from workflow.pretrain.optim import build_optimizer
     from workflow.pretrain.pairs import knn_pairs
 
     params = resolved(validate({"method": "tldr", "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
@@ -71,10 +70,8 @@ def tldr(xtr: np.ndarray, xte: np.ndarray, d: int, args: argparse.Namespace) -> 
                                 "projection_dim": args.projector}, "ssl"), len(xtr))
     torch.manual_seed(args.seed)
     method = Method(torch.nn.Linear(xtr.shape[1], d), params, d)
-    optimizer = build_optimizer(params["optimizer"], method.module.optimizer_groups(), params["lr"],
-                                params["weight_decay"], params["momentum"], params["weight_decay_scope"])
     pairs = torch.from_numpy(knn_pairs(xtr, k=args.k, seed=args.seed))
-    bare_ssl_loop(method, optimizer, None, torch.from_numpy(xtr), params, args.seed, pairs=pairs)
+    bare_ssl_loop(method, method.make_optimizer(), None, torch.from_numpy(xtr), params, args.seed, pairs=pairs)
     return embed(method, xtr), embed(method, xte)
 
 

@@ -32,6 +32,7 @@ from workflow.pretrain import losses as L
 from workflow.pretrain.dino import DINOHead, DINOLoss, MultiCrop
 from workflow.pretrain.ema import byol_tau, ema_update
 from workflow.pretrain.models import ProjectionHead, SwAVPrototypes
+from workflow.pretrain.optim import build_optimizer
 
 # The schema's list, in its order, less `none` (a frozen-feature entry: evaluated, never trained).
 METHODS = tuple(m for m in enum("ssl", "method") if m != "none")
@@ -200,6 +201,13 @@ class Method:
             self.multi_crop = MultiCrop(augment, p["dino_local_crops"], p["dino_local_crop_scale"],
                                         p["dino_local_crop_size"])
         return self.multi_crop(batch, gen)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser of the method's settings (``optimizer``, ``lr``, ``weight_decay`` and its scope,
+        ``momentum``) over :meth:`Trainable.optimizer_groups`; :meth:`train_step` sets each group's learning rate."""
+        p = self.params
+        return build_optimizer(p["optimizer"], self.module.optimizer_groups(), p["lr"], p["weight_decay"],
+                               p["momentum"], p["weight_decay_scope"])
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, v0: torch.Tensor, v1: torch.Tensor,
                    step: int, total: int, lr: float, use_amp: bool = False,

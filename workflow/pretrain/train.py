@@ -100,7 +100,6 @@ def train_worker(cfg: dict[str, Any]) -> None:
     from workflow.pretrain.augment import build_augment
     from workflow.pretrain.methods import Method
     from workflow.pretrain.models import build_encoder, save_encoder
-    from workflow.pretrain.optim import build_optimizer
     from workflow.pretrain.rows import TrainingRows
 
     quiet_ray_logs()  # (in a Ray Train worker: its own process, whose logging Ray Train set up at INFO)
@@ -125,8 +124,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     torch.manual_seed(seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
     method = Method(build_encoder(spec), params, spec["embedding_dim"]).to(device)
     model = ray.train.torch.prepare_model(method.module)
-    optimizer = build_optimizer(params["optimizer"], method.module.optimizer_groups(), params["lr"],
-                                params["weight_decay"], params["momentum"], params["weight_decay_scope"])
+    optimizer = method.make_optimizer()
     augment = build_augment(spec["input_kind"], spec.get("image_shape"), cfg.get("augment"))
     gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
     order_rng = np.random.default_rng(seed)  # identical on every rank: they slice the same global batch
