@@ -143,6 +143,24 @@ def test_mnist1d_lt_default_probes_are_the_standard_split() -> None:
     assert len(splits.pool) == long_tail_counts(20, 10, 10).sum() + round(0.1 * long_tail_counts(20, 10, 10).sum())
 
 
+@pytest.mark.parametrize(("num_samples", "seed", "train_split", "shuffle_seq"),
+                         [(1000, 10_000, 1.0, False), (300, 7, 0.5, True)])
+def test_mnist1d_generator_is_the_package_bit_for_bit(num_samples: int, seed: int, train_split: float,
+                                                      shuffle_seq: bool) -> None:
+    """The fast generator against the package itself: the pool's settings (all train, another seed) and the
+    sequence shuffle, which draws once more from the generator."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    from workflow.data.mnist1d import make_dataset as fast
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split, args.shuffle_seq = num_samples, seed, train_split, shuffle_seq
+    ours, package = fast(args), make_dataset(args)
+    for key in ("x", "y", "x_test", "y_test"):
+        assert ours[key].dtype == package[key].dtype
+        np.testing.assert_array_equal(ours[key], package[key])
+
+
 # --------------------------------------------------------------------------------------------------
 # digits and blobs
 # --------------------------------------------------------------------------------------------------

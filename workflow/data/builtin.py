@@ -88,13 +88,16 @@ def _table(x: np.ndarray, y: np.ndarray, offset: int) -> VectorTable:
 
 
 def make_mnist1d_lt(cfg: dict[str, Any], name: str) -> DataSplits:
-    """MNIST-1D (Greydanus & Kobak 2024, ``mnist1d.data.make_dataset``; 40-dim signals, 10 classes).
+    """MNIST-1D (Greydanus & Kobak 2024, ``mnist1d.data.make_dataset``, generated bit for bit by
+    :func:`workflow.data.mnist1d.make_dataset`; 40-dim signals, 10 classes).
 
     probe_train / probe_test are the package's standard split (``get_dataset_args()``: 5000 signals,
     seed 42, first 4000 train, last 1000 test) unless per-class sizes are given. The pool is a separate
     draw of the generator (seed ``10_000 + cfg.seed``) arranged as a long-tailed pool with near-duplicates.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.data import get_dataset_args
+
+    from workflow.data.mnist1d import make_dataset
 
     args = get_dataset_args()
     standard = make_dataset(args)
