@@ -16,7 +16,8 @@ never does). Each round runs every implementation once, interleaved, and the bes
 kept (the machine is shared: noise only ever adds time). In the same rounds the machine's float32 matmul rate is
 measured: torch.mm of the Lloyd GEMM shape (8192 x d @ d x k), intra-op threaded and as independent
 single-threaded products on a thread pool (the way Strata runs its chunks); the better of the two is the
-reference. A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is that over the time per iteration (for the
+reference. Also measured: the ceiling of an unfused pass, the engine's chunk-sized GEMMs on the pool, alone and
+each followed by the argmin and min scans of its output that an exact assignment needs (``unfused_ceiling``). A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is that over the time per iteration (for the
 pruned run an *effective* rate: it skips most of those flops). Strata pruned and unpruned are checked to give
 bitwise identical centroids. faiss is told to use every point (``max_points_per_centroid`` = 1e9; its default
 would subsample 256 points per centroid).
@@ -111,6 +112,43 @@ def matmul_rate(dim: int, k: int, threads: int, seconds: float = 0.3) -> dict[st
     return {"intra_op": intra, "pool": pooled, "best": max(intra, pooled)}
 
 
+def unfused_ceiling(dim: int, k: int, threads: int, chunk: int, seconds: float = 0.3) -> dict[str, float]:
+    """GFLOP/s of ``threads`` single-threaded GEMMs of the engine's chunk shape (chunk x dim @ dim x k, on a thread
+    pool as the engine runs them): alone, and each followed by the two scans of its output that any exact
+    assignment computed after the GEMM needs, the argmin (NumPy) and the minimum (torch), as the engine does them.
+    The second figure bounds every pass that reads the distances back after the GEMM: only a scan fused into the
+    GEMM's own loops could beat it."""
+    import torch
+
+    a = [torch.randn(chunk, dim) for _ in range(threads)]
+    b = torch.randn(dim, k)
+    out = [torch.empty(chunk, k) for _ in range(threads)]
+    cols = [np.empty(chunk, dtype=np.int64) for _ in range(threads)]
+    flops = 2.0 * chunk * dim * k
+
+    def rate(scan: bool) -> float:
+        def one(i: int) -> None:
+            torch.set_num_threads(1)
+            for _ in range(8):
+                d = torch.mm(a[i], b, out=out[i])
+                if scan:
+                    np.argmin(d.numpy(), axis=1, out=cols[i])
+                    torch.amin(d, 1)
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(threads)))
+            reps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                list(pool.map(one, range(threads)))
+                reps += 1
+            elapsed = time.perf_counter() - start
+        return reps * 8 * threads * flops / elapsed / 1e9
+
+    result = {"gemm": rate(False), "gemm_and_scans": rate(True)}
+    torch.set_num_threads(threads)
+    return result
+
+
 def run_strata(x: np.ndarray, init: np.ndarray, iters: int, prune: bool) -> dict[str, Any]:
     import torch
 
@@ -167,15 +205,21 @@ def inertia(x: np.ndarray, c: np.ndarray) -> float:
 def bench_data(kind: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import torch
 
+    from workflow.kmeans import tuning
+
     x = make_data(kind, args.n, args.dim, args.k)
     init = x[np.sort(np.random.default_rng(1).choice(args.n, args.k, replace=False))].copy()
     flops = 2.0 * args.n * args.k * args.dim
     impls = ["strata (pruned)", "strata (unpruned)", "faiss.Kmeans"] + ([] if args.no_sklearn else ["sklearn KMeans"])
     best: dict[str, dict[str, Any]] = {}
     mm = {"intra_op": 0.0, "pool": 0.0, "best": 0.0}
+    chunk = tuning.default_chunk_size(args.n, args.k)
+    ceiling = {"gemm": 0.0, "gemm_and_scans": 0.0}
     for _ in range(args.repeats):
         rate = matmul_rate(args.dim, args.k, args.threads)
         mm = {key: max(mm[key], v) for key, v in rate.items()}
+        rate = unfused_ceiling(args.dim, args.k, args.threads, chunk)
+        ceiling = {key: max(ceiling[key], v) for key, v in rate.items()}
         for impl in impls:
             torch.set_num_threads(args.threads)
             if impl.startswith("strata"):
@@ -199,7 +243,8 @@ def bench_data(kind: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
                      "pct_of_matmul": 100.0 * gflops / mm["best"],
                      "inertia_vs_faiss": inertia(x, res["centroids"]) / ref_inertia})
     pruned = best["strata (pruned)"]
-    detail = {"matmul_gflops": mm, "pruned_identical_to_unpruned": identical,
+    detail = {"matmul_gflops": mm, "chunk_rows": chunk, "unfused_ceiling_gflops": ceiling,
+              "pruned_identical_to_unpruned": identical,
               "pruned_per_pass_s": pruned["per_pass"], "pruned_skipped_fraction": pruned["skipped"],
               "unpruned_per_pass_s": best["strata (unpruned)"]["per_pass"]}
     if not args.no_seeding:
@@ -433,6 +478,11 @@ def main() -> None:
         print(f"{kind}: fp32 matmul {mm['best']:.1f} GFLOP/s (intra-op {mm['intra_op']:.1f}, pool {mm['pool']:.1f}); "
               f"pruned == unpruned bitwise: {detail['pruned_identical_to_unpruned']}; rows skipped per pass: "
               f"first {skipped[0]:.2f}, mean {np.mean(skipped):.2f}, last {skipped[-1]:.2f}")
+        ceiling = detail["unfused_ceiling_gflops"]
+        print(f"{kind}: chunks of {detail['chunk_rows']} rows on the pool: GEMM alone {ceiling['gemm']:.1f} GFLOP/s "
+              f"({100 * ceiling['gemm'] / mm['best']:.0f}% of matmul), GEMM + argmin + min scans "
+              f"{ceiling['gemm_and_scans']:.1f} ({100 * ceiling['gemm_and_scans'] / mm['best']:.0f}%): the ceiling "
+              "of a pass that scans the distances after the GEMM")
     default = (args.n, args.dim, args.k, args.data) == (20000, 64, 256, "blobs,uniform")
     name = "kmeans" if default else f"kmeans_{args.n}x{args.dim}_k{args.k}_{args.data.replace(',', '+')}"
     write_results(name, vars(args), rows, extra=details)

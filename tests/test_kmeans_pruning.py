@@ -228,3 +228,29 @@ def test_default_prunes_only_large_passes(monkeypatch: pytest.MonkeyPatch) -> No
     assert prune_for("never", 50) == "never"
     with pytest.raises(StrataError, match="prune"):
         kmeans(np.zeros((4, 2), dtype=np.float32), 2, prune=True)  # the old boolean: say which mode
+
+
+@pytest.mark.parametrize("name", ["blobs", "duplicates", "far_from_origin"])
+def test_compiled_sums_are_index_add_bit_for_bit(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large passes add their float64 sums with the compiled loop of workflow.kmeans.kernels, small ones with
+    index_add_: both orders of the same additions, so every pass, plain or pruned, gives the same bits."""
+    from workflow.kmeans.kernels import add_rows
+
+    x, k = datasets()[name]
+    rng = np.random.default_rng(1)
+    assignment = rng.integers(0, k, len(x))
+    sums, counts = np.zeros((k, x.shape[1])), np.zeros(k, dtype=np.int64)
+    add_rows(sums, counts, x, assignment)
+    expected = torch.zeros((k, x.shape[1]), dtype=torch.float64).index_add_(
+        0, torch.from_numpy(assignment), torch.from_numpy(x).double())
+    np.testing.assert_array_equal(sums, expected.numpy())
+    np.testing.assert_array_equal(counts, np.bincount(assignment, minlength=k))
+
+    runs = {}
+    for threshold in (2**62, 0):  # never, always compiled
+        monkeypatch.setattr(tuning, "COMPILED_SUMS_MIN", threshold)
+        runs[threshold] = [kmeans(x, k, n_iters=8, seed=4, chunk_size=97, prune=prune) for prune in ("never", "always")]
+    for never, always in zip(runs[2**62], runs[0], strict=True):
+        np.testing.assert_array_equal(never.centroids, always.centroids)
+        np.testing.assert_array_equal(never.assignment, always.assignment)
+        assert never.inertia == always.inertia

@@ -219,6 +219,9 @@ class LocalLloyd:
         row_sq = self.row_sq() if cen is not None else None
         two_e = 2.0 * cen.margin(self.row_norm()) if cen is not None else None  # tie margins 2E of the pass
         bounds = self.pruner.bounds if cen is not None and cen.layout is not None else None
+        add_rows = None  # the compiled sums: numba costs ~0.4 s to import and pays for itself on large passes
+        if sums and src.device.type == "cpu" and (self.stop - self.start) * d >= tuning.COMPILED_SUMS_MIN:
+            from workflow.kmeans.kernels import add_rows
 
         def task(s: int, e: int) -> Any:
             min_sum, changed = 0.0, 0
@@ -241,7 +244,9 @@ class LocalLloyd:
                 ce = min(e, cs + chunk)
                 xb = src.chunk(cs, ce)
                 idx = self.assignment[cs - self.start:ce - self.start]
-                if sums:
+                if add_rows is not None:  # one compiled call, rows added in order as index_add_ adds them
+                    add_rows(part.numpy(), cnt.numpy(), xb.numpy(), idx.numpy())
+                elif sums:
                     index_add_rows(part, idx, ws.get("xd", tuple(xb.shape), torch.float64, src.device).copy_(xb))
                     cnt += torch.bincount(idx, minlength=k)
                 if dist is not None:
