@@ -114,7 +114,6 @@ def test_ssl_step_cuda_bf16_autocast(method: str) -> None:
     from workflow.config import validate
     from workflow.pretrain.methods import Method, resolved
     from workflow.pretrain.models import build_encoder
-    from workflow.pretrain.optim import build_optimizer
 
     params = resolved(validate({"method": method, "steps": 10, "batch_size": 64}, "ssl"), 1000)
     spec = {"input_kind": "vector", "input_dim": 40, "embedding_dim": 32}
@@ -124,8 +123,7 @@ def test_ssl_step_cuda_bf16_autocast(method: str) -> None:
     for device, amp in (("cpu", False), ("cuda", True)):
         torch.manual_seed(0)
         m = Method(build_encoder(spec), params, spec["embedding_dim"]).to(device)
-        opt = build_optimizer(params["optimizer"], m.module.parameters(), params["lr"], params["weight_decay"],
-                              params["momentum"])
+        opt = m.make_optimizer()  # the stage's optimiser: the method's parameter groups and settings
         before = [p.detach().clone() for p in m.module.parameters()]
         out = m.train_step(m.module, opt, v0.to(device), v1.to(device), 0, 10, params["lr"], amp)
         losses[device] = out.scalars()["loss"]
