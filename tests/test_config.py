@@ -392,6 +392,17 @@ def test_relevant_keys_come_from_the_schema(section: str, value: str) -> None:
     assert sorted(relevant(section, cfg)) == sorted(FORMER_RELEVANT[(section, value)])
 
 
+@pytest.mark.parametrize("kind", ["file", "image-folder"])
+def test_seed_is_a_parameter_only_where_probes_are_drawn(kind: str) -> None:
+    """A data set with both probe files draws nothing: its seed changes no result, so no hash and no rerun."""
+    given = validate({"kind": kind, "path": "p", "probe_train_path": "a", "probe_test_path": "b"}, "dataset")
+    assert "seed" not in relevant("dataset", given)
+    assert relevant("dataset", {**given, "seed": 7}) == relevant("dataset", given)
+    drawn = ({"kind": kind, "path": "p", "probe_fraction": 0.2} if kind == "file"
+             else {"kind": kind, "path": "p"})  # image-folder: probes held out of the pool folder
+    assert relevant("dataset", validate(drawn, "dataset"))["seed"] == 0
+
+
 def test_ssl_keys_follow_the_method_and_the_data() -> None:
     ssl_keys = set(load_schema()["$defs"]["ssl"]["properties"])
     image_only = {"image_augment", "resnet_widths", "resnet_blocks", "dino_local_crop_size"}

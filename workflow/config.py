@@ -312,8 +312,18 @@ def _applicable(section: str, cfg: dict[str, Any], parameters: bool) -> dict[str
 def relevant(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The keys of a validated ``curation`` or ``dataset`` entry that change its result: those that apply to its
     method or kind (``x-applies-to``), less the settings of how it runs (``x-parameter: false``). They go into
-    run parameters, hashes and rerun triggers."""
-    return _applicable(section, cfg, parameters=True)
+    run parameters, hashes and rerun triggers. A ``file`` or ``image-folder`` data set with both probe files
+    draws nothing, so its ``seed`` is left out (changing it reruns nothing)."""
+    keys = _applicable(section, cfg, parameters=True)
+    if section == "dataset" and _probes_given(cfg):
+        keys.pop("seed", None)
+    return keys
+
+
+def _probes_given(cfg: dict[str, Any]) -> bool:
+    """Whether a ``file`` or ``image-folder`` data set names both probe files instead of holding probes out."""
+    return (cfg.get("kind") in ("file", "image-folder") and cfg.get("probe_fraction") is None
+            and bool(cfg.get("probe_train_path")) and bool(cfg.get("probe_test_path")))
 
 
 def run_settings(section: str, cfg: dict[str, Any]) -> dict[str, Any]:
