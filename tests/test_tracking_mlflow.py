@@ -4,6 +4,8 @@ loss history and figures, curations linked to their variants, short run names an
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,7 @@ def test_datasets_model_times_and_links(tmp_path: Path) -> None:
     assert tags["mlflow.source.name"] == "strata pretrain" and tags["mlflow.source.type"] == "LOCAL"
     if tags["strata.code_version"] not in ("unknown",) and not tags["strata.code_version"].startswith("strata-"):
         assert tags["strata.code_version"].startswith(tags["mlflow.source.git.commit"])
+    assert tags["strata.machine"].endswith(f"{os.cpu_count()} logical cores, {platform.system()} {platform.release()}")
 
     # Datasets: digest, source, schema and row count, on the stage and its variants, without the rows.
     def inputs(run: Any) -> dict[tuple[str, str], Any]:

@@ -272,8 +272,11 @@ def _git(*args: str) -> str:
 def source_tags(name: str) -> dict[str, str]:
     """MLflow's own source tags, which fill the runs table's *Source* column: the command (``name``, e.g.
     ``strata pretrain`` or ``Snakefile``), the type ``LOCAL``, the git commit, and the remote and branch when
-    known. ``strata.code_version`` keeps the commit with ``-dirty`` for a tree with local changes."""
+    known. ``strata.code_version`` keeps the commit with ``-dirty`` for a tree with local changes, and
+    ``strata.machine`` the CPU (:func:`workflow.machine.machine_tag`)."""
     import getpass
+
+    from workflow.machine import machine_tag
 
     tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL"}
     with contextlib.suppress(Exception):  # the runs table's "Created by"
@@ -287,6 +290,7 @@ def source_tags(name: str) -> dict[str, str]:
         if (branch := _git("rev-parse", "--abbrev-ref", "HEAD")) and branch != "HEAD":
             tags["mlflow.source.git.branch"] = branch
     tags["strata.code_version"] = version
+    tags["strata.machine"] = machine_tag()  # results reproduce bit for bit on one machine only
     return tags
 
 
