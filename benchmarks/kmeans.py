@@ -8,19 +8,19 @@
     python benchmarks/kmeans.py --kpp                   # k-means++ of low-dimensional data: compiled loop vs torch
     python benchmarks/kmeans.py --kpp --n 15000 --k 1000   # the size of the five-ring example's re-fits
 
-Method. Every implementation gets the same data, the same k initial centroids (k distinct random points, the
-way faiss seeds), the same number of iterations and the same number of threads (torch.set_num_threads,
-faiss.omp_set_num_threads, threadpoolctl for scikit-learn). The time per iteration is the wall time of the
-whole Lloyd run divided by the iterations it ran (scikit-learn and Strata stop early at a fixed point; faiss
-never does). Each round runs every implementation once, interleaved, and the best of ``--repeats`` rounds is
-kept (the machine is shared: noise only ever adds time). In the same rounds the machine's float32 matmul rate is
-measured: torch.mm of the Lloyd GEMM shape (8192 x d @ d x k), intra-op threaded and as independent
-single-threaded products on a thread pool (the way Strata runs its chunks); the better of the two is the
-reference. Also measured: the ceiling of an unfused pass, the engine's chunk-sized GEMMs on the pool, alone and
-each followed by the argmin and min scans of its output that an exact assignment needs (``unfused_ceiling``). A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is that over the time per iteration (for the
-pruned run an *effective* rate: it skips most of those flops). Strata pruned and unpruned are checked to give
-bitwise identical centroids. faiss is told to use every point (``max_points_per_centroid`` = 1e9; its default
-would subsample 256 points per centroid).
+Method. Every implementation gets the same data, the same k initial centroids (k distinct random points, the way
+faiss seeds), the same number of iterations and the same number of threads (torch.set_num_threads,
+faiss.omp_set_num_threads, threadpoolctl for scikit-learn). The time per iteration is the wall time of the whole
+Lloyd run divided by the iterations it ran (scikit-learn and Strata stop early at a fixed point; faiss never does).
+Each round runs every implementation once, interleaved, and the best of ``--repeats`` rounds is kept (the machine is
+shared: noise only ever adds time). In the same rounds the machine's float32 matmul rate is measured: torch.mm of
+the Lloyd GEMM shape (8192 x d @ d x k), intra-op threaded and as independent single-threaded products on a thread
+pool (the way Strata runs its chunks); the better of the two is the reference. Also measured: the ceiling of an
+unfused pass, the engine's chunk-sized GEMMs on the pool, alone and each followed by the argmin and min scans of its
+output that an exact assignment needs (``unfused_ceiling``). A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is
+that over the time per iteration (for the pruned run an *effective* rate: it skips most of those flops). Strata
+pruned and unpruned are checked to give bitwise identical centroids. faiss is told to use every point
+(``max_points_per_centroid`` = 1e9; its default would subsample 256 points per centroid).
 
 "strata (pruned)" forces the exact Yinyang pruning (engine ``prune=True``, ``kmeans(prune="always")``),
 "strata (unpruned)" turns it off; Strata's default (``prune="auto"``) prunes only passes of at least 2^30

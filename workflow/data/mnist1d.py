@@ -4,7 +4,7 @@
 bit for bit against it): the same templates, the same transformation of each signal (pad, dilate, scale, translate,
 correlated and i.i.d. noise, shear, subsample) and the same draws of NumPy's legacy generator seeded with
 ``args.seed``, in the same order. The package builds four ``scipy.interpolate.interp1d`` objects per signal (~0.3 ms
-each signal, 5 s for a study's 15 000 signals); for one-dimensional float64 data ``interp1d(kind="linear")`` calls
+each signal, 4–5 s for a study's 15 000 signals); for one-dimensional float64 data ``interp1d(kind="linear")`` calls
 ``np.interp``, which this module calls directly, with the sample grids computed once, and the package's one-axis
 ``gaussian_filter`` is called as ``gaussian_filter1d``. It uses a generator of its own instead of seeding NumPy's
 global one.
