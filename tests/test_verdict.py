@@ -302,12 +302,18 @@ def test_make_run_prints_the_verdict(tmp_path):
     assert missing.returncode == 2 and "make run" in missing.stderr
 
 
-def test_readme_results_regenerates_the_block(tmp_path):
-    results = tmp_path / "results"
+def _summarized(tmp_path: Path, name: str) -> Path:
+    """A results folder holding a summarised study (summary, verdict and forest plot), not stamped yet."""
+    results = tmp_path / name
     results.mkdir()
     summarize(_write(tmp_path, STUDY), str(results / "summary.csv"), str(results / "summary.md"),
               summary={"baseline": "random", "primary": "knn_accuracy", "rope": 0.01},
               verdict_path=str(results / "verdict.json"), forest_path=str(results / "forest.png"))
+    return results
+
+
+def test_readme_results_regenerates_the_block(tmp_path):
+    results = _summarized(tmp_path, "results")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- verdict:start -->\nold verdict\n<!-- verdict:end -->\n"
                       "<!-- results:start -->\nstale numbers\n<!-- results:end -->\nafter\n")
@@ -362,11 +368,7 @@ def test_readme_results_confirmatory_and_methods_blocks(tmp_path):
 def test_a_new_pilot_keeps_the_confirmatory_verdict_line(tmp_path):
     # The first screen states the confirmatory verdict once a confirmatory block is in the README; regenerating
     # the pilot's block alone (make run on another machine, say) rewrites that block and leaves the line.
-    results = tmp_path / "pilot"
-    results.mkdir()
-    summarize(_write(tmp_path, STUDY), str(results / "summary.csv"), str(results / "summary.md"),
-              summary={"baseline": "random", "primary": "knn_accuracy", "rope": 0.01},
-              verdict_path=str(results / "verdict.json"), forest_path=str(results / "forest.png"))
+    results = _summarized(tmp_path, "pilot")
     script = [sys.executable, str(REPO / "docs" / "readme_results.py"), "--results", str(results)]
     for stamp in ("start", "end"):
         subprocess.run([*script, "--stamp", stamp], check=True)
