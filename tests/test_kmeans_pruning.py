@@ -232,9 +232,10 @@ def test_default_prunes_only_large_passes(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.parametrize("name", ["blobs", "duplicates", "far_from_origin"])
 def test_compiled_sums_are_index_add_bit_for_bit(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Large passes add their float64 sums with the compiled loop of workflow.kmeans.kernels, small ones with
-    index_add_: both orders of the same additions, so every pass, plain or pruned, gives the same bits."""
-    from workflow.kmeans.kernels import add_rows
+    """Large passes add their float64 sums with the compiled loop of workflow.kmeans.compiled_sums, small ones
+    with index_add_: both add the same rows in the same order, so every pass, plain or pruned, gives the same bits."""
+    from workflow.kmeans import compiled_sums
+    from workflow.kmeans.compiled_sums import add_rows
 
     x, k = datasets()[name]
     rng = np.random.default_rng(1)
@@ -246,10 +247,13 @@ def test_compiled_sums_are_index_add_bit_for_bit(name: str, monkeypatch: pytest.
     np.testing.assert_array_equal(sums, expected.numpy())
     np.testing.assert_array_equal(counts, np.bincount(assignment, minlength=k))
 
+    calls = []
+    monkeypatch.setattr(compiled_sums, "add_rows", lambda *a: calls.append(1) or add_rows(*a))
     runs = {}
     for threshold in (2**62, 0):  # never, always compiled
         monkeypatch.setattr(tuning, "COMPILED_SUMS_MIN", threshold)
         runs[threshold] = [kmeans(x, k, n_iters=8, seed=4, chunk_size=97, prune=prune) for prune in ("never", "always")]
+        assert bool(calls) == (threshold == 0)  # the compiled loop ran exactly when asked to
     for never, always in zip(runs[2**62], runs[0], strict=True):
         np.testing.assert_array_equal(never.centroids, always.centroids)
         np.testing.assert_array_equal(never.assignment, always.assignment)

@@ -380,6 +380,12 @@ def test_a_new_pilot_keeps_the_confirmatory_verdict_line(tmp_path):
     text = readme.read_text()
     assert "confirmatory line" in text and "old pilot" not in text and text.endswith(confirm)
     assert "| hkmeans − random | d · s |" in text
+    # a confirm block that was never generated is no answer yet: the pilot's verdict takes the line
+    readme.write_text("<!-- verdict:start -->\nold line\n<!-- verdict:end -->\n<!-- results:start -->\nold pilot\n"
+                      "<!-- results:end -->\n<!-- confirm:start -->\nNot generated yet\n<!-- confirm:end -->\n")
+    subprocess.run([*script, "--readme", str(readme), "--images", str(tmp_path / "img")], check=True)
+    text = readme.read_text()
+    assert "old line" not in text and "Current verdict of the default study" in text and "Not generated yet" in text
 
 
 def test_readme_results_writes_the_curve_block_alone_and_keeps_the_others(tmp_path):

@@ -12,10 +12,15 @@ from functools import cache
 from pathlib import Path
 
 
-@cache
 def machine() -> dict[str, str | int | None]:
     """``cpu`` (the model name from /proc/cpuinfo, else :func:`platform.processor`), ``cores`` (logical) and
     ``os``."""
+    cpu, cores, system = _machine()
+    return {"cpu": cpu, "cores": cores, "os": system}
+
+
+@cache
+def _machine() -> tuple[str, int | None, str]:
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -24,7 +29,7 @@ def machine() -> dict[str, str | int | None]:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}"}
+    return model, os.cpu_count(), f"{platform.system()} {platform.release()}"
 
 
 def machine_tag() -> str:

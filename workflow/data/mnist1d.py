@@ -21,8 +21,10 @@ from scipy.ndimage import gaussian_filter1d
 
 @cache
 def _grid(n: int) -> np.ndarray:
-    """``np.linspace(0, 1, n)``: the package's sample positions of a signal of length ``n``."""
-    return np.linspace(0, 1, n)
+    """``np.linspace(0, 1, n)``: the package's sample positions of a signal of length ``n`` (read-only: shared)."""
+    grid = np.linspace(0, 1, n)
+    grid.flags.writeable = False
+    return grid
 
 
 def _resample(x: np.ndarray, n: int) -> np.ndarray:

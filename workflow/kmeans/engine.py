@@ -219,9 +219,9 @@ class LocalLloyd:
         row_sq = self.row_sq() if cen is not None else None
         two_e = 2.0 * cen.margin(self.row_norm()) if cen is not None else None  # tie margins 2E of the pass
         bounds = self.pruner.bounds if cen is not None and cen.layout is not None else None
-        add_rows = None  # the compiled sums: numba costs ~0.4 s to import and pays for itself on large passes
+        add_rows = None  # the compiled sums: numba costs ~0.6 s to load and pays for itself on large passes
         if sums and src.device.type == "cpu" and (self.stop - self.start) * d >= tuning.COMPILED_SUMS_MIN:
-            from workflow.kmeans.kernels import add_rows
+            from workflow.kmeans.compiled_sums import add_rows
 
         def task(s: int, e: int) -> Any:
             min_sum, changed = 0.0, 0

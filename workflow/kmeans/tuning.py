@@ -25,9 +25,10 @@ GPU_BLOCK_ROWS = 2**22
 #: Lloyd progress is reported every this many iterations.
 PROGRESS_EVERY = 10
 #: Fewest values (rows × d) of an engine's rows for which a CPU pass adds its float64 sums with the compiled loop
-#: of :mod:`.kernels` (same sums bit for bit): it saved 19 ms of 353 per pass at 200k × 128, k = 1000 on 2
-#: threads (2-core Intel Xeon, interleaved runs), ~0.7 ns per value, and importing numba costs ~0.4 s per process.
-COMPILED_SUMS_MIN = 2**22
+#: of :mod:`.compiled_sums` (same sums bit for bit). It saved 19 ms of 353 per pass at 200k × 128, k = 1000 on 2
+#: threads (2-core Intel Xeon, interleaved runs), ~0.74 ns per value and pass; importing numba and loading the
+#: cached loop cost ~0.6 s once per process, which one 50-iteration k-means repays from about 2^24 values.
+COMPILED_SUMS_MIN = 2**24
 #: Below this many multiply-adds per chunk operation, torch runs single-threaded (see :func:`.threads.threads_for`).
 SMALL_WORK = 2**23
 #: Fewest centroids for which a Lloyd engine keeps pruning bounds (below, a dense pass is cheap).

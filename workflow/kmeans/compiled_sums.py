@@ -5,7 +5,7 @@ add of the counts) with one call that releases the GIL, so the threads of
 :class:`workflow.kmeans.engine.ThreadedLloyd` do not wait on each other's Python work: at 200k × 128, k = 1000, a
 plain pass on 2 threads took 334 ms instead of 353 ms (2-core Intel Xeon, interleaved runs). It adds the rows in
 row order, as ``index_add_`` on CPU does, so the sums are the same bit for bit (tested). The engine uses it on
-passes of at least :data:`workflow.kmeans.tuning.COMPILED_SUMS_MIN` values, where it repays numba's import.
+passes of at least :data:`workflow.kmeans.tuning.COMPILED_SUMS_MIN` values, where it repays loading numba.
 """
 
 from __future__ import annotations
