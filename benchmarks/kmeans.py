@@ -80,6 +80,16 @@ def make_data(kind: str, n: int, dim: int, k: int, seed: int = 0) -> np.ndarray:
     return x
 
 
+def calls_per_second(fn: Any, seconds: float) -> float:
+    """Calls of ``fn`` per second over about ``seconds``, after one warm-up call."""
+    fn()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        reps += 1
+    return reps / (time.perf_counter() - start)
+
+
 def matmul_rate(dim: int, k: int, threads: int, seconds: float = 0.3) -> dict[str, float]:
     """GFLOP/s of torch.mm on the Lloyd GEMM shape (8192 x dim) @ (dim x k): intra-op threaded, and as
     ``threads`` independent single-threaded products on a thread pool."""
@@ -90,24 +100,15 @@ def matmul_rate(dim: int, k: int, threads: int, seconds: float = 0.3) -> dict[st
     b = torch.randn(dim, k)
     out = [torch.empty(m, k) for _ in range(threads)]
     flops = 2.0 * m * dim * k
-
-    def timed(fn: Any) -> float:
-        fn()
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            fn()
-            reps += 1
-        return reps / (time.perf_counter() - start)
-
     torch.set_num_threads(threads)
-    intra = timed(lambda: torch.mm(a[0], b, out=out[0])) * flops / 1e9
+    intra = calls_per_second(lambda: torch.mm(a[0], b, out=out[0]), seconds) * flops / 1e9
 
     def one(i: int) -> None:
         torch.set_num_threads(1)
         torch.mm(a[i], b, out=out[i])
 
     with ThreadPoolExecutor(threads) as pool:
-        pooled = timed(lambda: list(pool.map(one, range(threads)))) * threads * flops / 1e9
+        pooled = calls_per_second(lambda: list(pool.map(one, range(threads))), seconds) * threads * flops / 1e9
     torch.set_num_threads(threads)
     return {"intra_op": intra, "pool": pooled, "best": max(intra, pooled)}
 
@@ -136,13 +137,8 @@ def unfused_ceiling(dim: int, k: int, threads: int, chunk: int, seconds: float =
                     torch.amin(d, 1)
 
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(one, range(threads)))
-            reps, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                list(pool.map(one, range(threads)))
-                reps += 1
-            elapsed = time.perf_counter() - start
-        return reps * 8 * threads * flops / elapsed / 1e9
+            calls = calls_per_second(lambda: list(pool.map(one, range(threads))), seconds)
+        return calls * 8 * threads * flops / 1e9
 
     result = {"gemm": rate(False), "gemm_and_scans": rate(True)}
     torch.set_num_threads(threads)
