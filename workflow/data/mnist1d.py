@@ -5,9 +5,9 @@ bit for bit against it): the same templates, the same transformation of each sig
 correlated and i.i.d. noise, shear, subsample) and the same draws of NumPy's legacy generator seeded with
 ``args.seed``, in the same order. The package builds four ``scipy.interpolate.interp1d`` objects per signal (~0.3 ms
 each signal, 4–5 s for a study's 15 000 signals); for one-dimensional float64 data ``interp1d(kind="linear")`` calls
-``np.interp``, which this module calls directly, with the sample grids computed once, and the package's one-axis
-``gaussian_filter`` is called as ``gaussian_filter1d``. It uses a generator of its own instead of seeding NumPy's
-global one.
+``np.interp``, which this module calls directly, with the sample grids (and the shear's ramp) computed once, and the
+package's one-axis ``gaussian_filter`` is called as ``gaussian_filter1d``. It uses a generator of its own instead of
+seeding NumPy's global one.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from scipy.ndimage import gaussian_filter1d
 
 
 @cache
-def _grid(n: int) -> np.ndarray:
-    """``np.linspace(0, 1, n)``: the package's sample positions of a signal of length ``n`` (read-only: shared)."""
-    grid = np.linspace(0, 1, n)
+def _linspace(start: float, stop: float, n: int) -> np.ndarray:
+    """``np.linspace(start, stop, n)``, computed once per arguments (read-only: shared by every signal)."""
+    grid = np.linspace(start, stop, n)
     grid.flags.writeable = False
     return grid
 
 
 def _resample(x: np.ndarray, n: int) -> np.ndarray:
     """The package's ``interpolate(x, n)``: linear interpolation of ``x`` onto ``n`` evenly spaced points."""
-    return np.interp(_grid(n), _grid(len(x)), x)
+    return np.interp(_linspace(0, 1, n), _linspace(0, 1, len(x)), x)
 
 
 def _transform(x: np.ndarray, args: Any, rng: np.random.RandomState, eps: float = 1e-8) -> np.ndarray:
@@ -45,7 +45,7 @@ def _transform(x: np.ndarray, args: Any, rng: np.random.RandomState, eps: float 
     new_x = mask * new_x + (1 - mask) * correlated
     new_x = new_x + args.iid_noise_scale * rng.randn(*new_x.shape)
     coeff = args.shear_scale * (rng.rand() - 0.5)  # shear
-    new_x = new_x - coeff * np.linspace(-0.5, 0.5, len(new_x))
+    new_x = new_x - coeff * _linspace(-0.5, 0.5, len(new_x))
     return _resample(new_x, args.final_seq_length)  # subsample
 
 
