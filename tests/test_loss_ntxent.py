@@ -39,6 +39,25 @@ def test_matches_loop_reference(tau: float) -> None:
     assert got == pytest.approx(reference_ntxent(z0.numpy(), z1.numpy(), tau), rel=1e-9)
 
 
+def test_same_bits_as_masking_with_a_one_hot_matrix() -> None:
+    """The self-similarity mask is written in place; loss and gradients keep the bits of the one-hot masking it
+    replaced, so encoders trained before the change are reproduced exactly (float32, the training dtype)."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(1)
+    for n, tau in ((512, 0.2), (7, 0.5)):
+        z0 = torch.randn(n, 64, generator=gen, requires_grad=True)
+        z1 = torch.randn(n, 64, generator=gen, requires_grad=True)
+        z = F.normalize(torch.cat([z0, z1]), dim=1)
+        rows = torch.arange(2 * n)
+        logits = (z @ z.T / tau).masked_fill(F.one_hot(rows, 2 * n).bool(), float("-inf"))
+        want = F.cross_entropy(logits, torch.where(rows < n, rows + n, rows - n))
+        got = NTXentLoss(tau, gather_distributed=False)(z0, z1)
+        assert torch.equal(got, want)
+        for g_got, g_want in zip(torch.autograd.grad(got, [z0, z1]), torch.autograd.grad(want, [z0, z1]), strict=True):
+            assert torch.equal(g_got, g_want)
+
+
 def test_hand_sized_case() -> None:
     # N = 1: two views, each other's only candidate, so the softmax is over one logit: loss 0.
     assert NTXentLoss(0.5)(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(0.0)
