@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from workflow import joblog, timing
+from workflow import allocator, joblog, timing
 from workflow.errors import StrataError
 from workflow.outputs import JobOutputs
 
@@ -464,6 +464,7 @@ def _check_tracking(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     clock = joblog.JobClock(from_process_start=argv is None)  # (a command of its own: imports included)
+    allocator.keep_freed_memory()  # the torch loops of this process reuse their buffers (workflow/allocator.py)
     args = build_parser().parse_args(argv)
     outputs = JobOutputs(args)
     with joblog.filtered_streams(only_if_not_tty=True):  # a log file gets no colour codes

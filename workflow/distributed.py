@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from workflow import allocator
 from workflow.errors import StrataError
 from workflow.joblog import ray_noise_filtered
 from workflow.raycluster import CLUSTER_ENV
@@ -74,10 +75,9 @@ RAY_ENV_DEFAULTS = {
     "RAY_worker_niceness": "0",
     # Ray Train runs the training loop in a thread of the worker, whose glibc malloc arena hands the freed
     # activation buffers back to the OS and page-faults them in again at every step: 440k minor faults per
-    # 400 steps of the MNIST-1D CNN against 11k on a main thread, and 20% of the throughput. A fixed mmap
-    # threshold and a high trim threshold keep the buffers (read when each Ray process starts).
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-    "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+    # 400 steps of the MNIST-1D CNN, and 20% of the throughput. A fixed mmap threshold and a high trim threshold
+    # keep the buffers (workflow/allocator.py; read when each Ray process starts).
+    **allocator.ENV,
 }
 
 
