@@ -82,6 +82,28 @@ def test_data_writes_tables_and_info(blobs) -> None:
     assert not any(p.name.startswith(".") for p in blobs["pool"].parent.iterdir())  # no temp files left
 
 
+def test_data_info_leaves_out_a_seed_that_draws_nothing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name, n in (("pool", 30), ("tr", 9), ("te", 6)):
+        paths[name] = tmp_path / f"{name}.parquet"
+        write_table(VectorTable(ids=np.arange(n), vectors=rng.standard_normal((n, 4)).astype(np.float32),
+                                labels=np.arange(n) % 3), paths[name])
+    out = tmp_path / "out"
+    given = {"kind": "file", "path": str(paths["pool"]), "probe_train_path": str(paths["tr"]), "seed": 7}
+    for probes, has_seed in (({"probe_train_path": str(paths["tr"]), "probe_test_path": str(paths["te"])}, False),
+                             ({"probe_fraction": 0.4}, True)):
+        params = {**{k: v for k, v in given.items() if k != "probe_train_path"}, **probes}
+        rc = main(["data", "--name", "mine", "--params", json.dumps(params), "--pool", str(out / "pool.parquet"),
+                   "--probe-train", str(out / "tr.parquet"), "--probe-test", str(out / "te.parquet"),
+                   "--info", str(out / "info.json")])
+        assert rc == 0
+        info = json.loads((out / "info.json").read_text())
+        assert ("seed" in info["params"]) == has_seed and info["params"]["path"] == str(paths["pool"])
+        if has_seed:
+            assert info["params"]["seed"] == 7
+
+
 def test_data_unknown_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     outputs = [tmp_path / n for n in ("pool.parquet", "tr.parquet", "te.parquet", "info.json")]
     rc = main(["data", "--name", "x", "--params", '{"kind": "cifar"}', "--pool", str(outputs[0]),

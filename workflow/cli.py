@@ -72,10 +72,11 @@ def cmd_data(args: argparse.Namespace) -> None:
     with timing.compute():
         written = write_dataset(params, args.name, outputs, {"dataset": args.name, "config_hash": config_hash(params)},
                                 log=lambda msg: print(msg, flush=True))
-    info = {**written.meta, **written.info, "params": params, "code_version": code_version(),
+    used = relevant("dataset", params)  # the keys that made these data (not a seed that draws nothing)
+    info = {**written.meta, **written.info, "params": used, "code_version": code_version(),
             "sizes": written.sizes, "pool_labels": label_stats(written.pool_labels)}
     write_json(info, args.info)
-    record = _record("data", relevant("dataset", params), [], [*outputs.values(), args.info])
+    record = _record("data", used, [], [*outputs.values(), args.info])
     record.add_datasets([(args.pool, "pool"), (args.probe_train, "probe_train"), (args.probe_test, "probe_test")])
     record.metrics = {"pool_size": written.sizes["pool"], "probe_train_size": written.sizes["probe_train"],
                       "probe_test_size": written.sizes["probe_test"], "seconds": time.perf_counter() - start}
