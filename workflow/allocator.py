@@ -2,9 +2,9 @@
 
 A training step frees and allocates the same multi-megabyte activation and gradient buffers again and again. With
 glibc's defaults the larger ones come from ``mmap`` and go back to the OS when freed, and the top of the heap is
-trimmed, so every step faults its pages in again: about 2 300-2 850 minor page faults per SimCLR step (batch 512,
-MNIST-1D CNN) in the main thread, and 17-23 with these settings, which made the step 3-20% faster by the
-machine's load (2-core Intel Xeon, interleaved runs). A fixed mmap threshold of 32 MiB and a trim threshold of
+trimmed, so every step faults its pages in again: 2 300-4 000 minor page faults per SimCLR step (batch 512, MNIST-1D
+CNN) in the main thread, and 17-23 with these settings, which made the step 2-22% faster by the machine's load
+(2-core Intel Xeon, interleaved runs; docs/performance.md). A fixed mmap threshold of 32 MiB and a trim threshold of
 256 MiB keep the buffers. The setting changes no number, only where memory comes from.
 
 Ray's processes read the same values from the environment when they start (``MALLOC_*`` in
