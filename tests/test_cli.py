@@ -90,10 +90,10 @@ def test_data_info_leaves_out_a_seed_that_draws_nothing(tmp_path: Path) -> None:
         write_table(VectorTable(ids=np.arange(n), vectors=rng.standard_normal((n, 4)).astype(np.float32),
                                 labels=np.arange(n) % 3), paths[name])
     out = tmp_path / "out"
-    given = {"kind": "file", "path": str(paths["pool"]), "probe_train_path": str(paths["tr"]), "seed": 7}
+    given = {"kind": "file", "path": str(paths["pool"]), "seed": 7}
     for probes, has_seed in (({"probe_train_path": str(paths["tr"]), "probe_test_path": str(paths["te"])}, False),
                              ({"probe_fraction": 0.4}, True)):
-        params = {**{k: v for k, v in given.items() if k != "probe_train_path"}, **probes}
+        params = {**given, **probes}
         rc = main(["data", "--name", "mine", "--params", json.dumps(params), "--pool", str(out / "pool.parquet"),
                    "--probe-train", str(out / "tr.parquet"), "--probe-test", str(out / "te.parquet"),
                    "--info", str(out / "info.json")])

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from loss_helpers import randn, run_on_ranks
 
 from workflow.pretrain.losses import LossTerms, NTXentLoss
@@ -42,8 +43,6 @@ def test_matches_loop_reference(tau: float) -> None:
 def test_same_bits_as_masking_with_a_one_hot_matrix() -> None:
     """The self-similarity mask is written in place; loss and gradients keep the bits of the one-hot masking it
     replaced, so encoders trained before the change are reproduced exactly (float32, the training dtype)."""
-    import torch.nn.functional as F
-
     gen = torch.Generator().manual_seed(1)
     for n, tau in ((512, 0.2), (7, 0.5)):
         z0 = torch.randn(n, 64, generator=gen, requires_grad=True)
