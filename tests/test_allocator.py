@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -62,19 +63,6 @@ def test_training_steps_keep_their_buffers() -> None:
     assert kept < 0.25 * default
 
 
-class _Recorder:
-    """A C library whose ``mallopt`` records its calls (what :func:`allocator.keep_freed_memory` asks for)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-
-        def mallopt(param: int, value: int) -> int:  # a function: ctypes' argtypes and restype are set on it
-            self.calls.append((param, value))
-            return 1
-
-        self.mallopt = mallopt
-
-
 @pytest.mark.parametrize("env, expected", [
     ({}, [(-3, allocator.MMAP_THRESHOLD), (-1, allocator.TRIM_THRESHOLD)]),
     ({"MALLOC_MMAP_THRESHOLD_": "65536"}, [(-1, allocator.TRIM_THRESHOLD)]),
@@ -86,10 +74,16 @@ def test_the_environment_wins(monkeypatch: pytest.MonkeyPatch, env: dict[str, st
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    libc = _Recorder()
-    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda _name: libc)
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(param: int, value: int) -> int:  # a function: ctypes' argtypes and restype are set on it
+        calls.append((param, value))
+        return 1
+
+    # a C library whose mallopt records what keep_freed_memory asks for
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda _name: SimpleNamespace(mallopt=mallopt))
     assert allocator.keep_freed_memory()
-    assert libc.calls == expected
+    assert calls == expected
 
 
 def test_every_strata_command_sets_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

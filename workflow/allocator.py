@@ -23,12 +23,11 @@ import os
 MMAP_THRESHOLD = 32 * 2**20
 #: Free memory at the top of the heap is returned to the OS only beyond this size.
 TRIM_THRESHOLD = 256 * 2**20
-#: The same settings as glibc's environment variables, for processes that start later (Ray's).
-ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
-
 # glibc's <malloc.h> parameter number, value, and the environment variable and tunable that set it at start.
 _SETTINGS = ((-3, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
              (-1, TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"))
+#: The same settings as glibc's environment variables, for processes that start later (Ray's).
+ENV = {env: str(value) for _, value, env, _ in _SETTINGS}
 
 
 def keep_freed_memory() -> bool:
