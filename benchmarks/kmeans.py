@@ -16,8 +16,9 @@ Each round runs every implementation once, interleaved, and the best of ``--repe
 shared: noise only ever adds time). In the same rounds the machine's float32 matmul rate is measured: torch.mm of
 the Lloyd GEMM shape (8192 x d @ d x k), intra-op threaded and as independent single-threaded products on a thread
 pool (the way Strata runs its chunks); the better of the two is the reference. Also measured: the ceiling of an
-unfused pass, the engine's chunk-sized GEMMs on the pool, alone and each followed by the argmin and min scans of its
-output that an exact assignment needs (``unfused_ceiling``). A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is
+unfused pass, the engine's GEMMs (its shape and size) on the pool, alone and each followed by the scan of its output
+that the engine's plain pass runs, the compiled scan on large passes, else NumPy's argmin and torch's minimum
+(``unfused_ceiling``). A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is
 that over the time per iteration (for the pruned run an *effective* rate: it skips most of those flops). Strata
 pruned and unpruned are checked to give bitwise identical centroids. faiss is told to use every point
 (``max_points_per_centroid`` = 1e9; its default would subsample 256 points per centroid).
@@ -113,32 +114,43 @@ def matmul_rate(dim: int, k: int, threads: int, seconds: float = 0.3) -> dict[st
     return {"intra_op": intra, "pool": pooled, "best": max(intra, pooled)}
 
 
-def unfused_ceiling(dim: int, k: int, threads: int, chunk: int, seconds: float = 0.3) -> dict[str, float]:
-    """GFLOP/s of ``threads`` single-threaded GEMMs of the engine's chunk shape (chunk x dim @ dim x k, on a thread
-    pool as the engine runs them): alone, and each followed by the two scans of its output that any exact
-    assignment computed after the GEMM needs, the argmin (NumPy) and the minimum (torch), as the engine does them.
-    The second figure bounds every pass that reads the distances back after the GEMM: only a scan fused into the
-    GEMM's own loops could beat it."""
+def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, seconds: float = 0.3
+                    ) -> dict[str, float]:
+    """GFLOP/s of ``threads`` single-threaded GEMMs of the engine's shape (``rows`` rows against the k centroids, on
+    a thread pool as the engine runs them): alone, and each followed by the scan of its output that the engine's
+    plain pass runs, the compiled scan (``compiled``: ``C·Xᵀ``, then :func:`scan_centroids`) or NumPy's argmin and
+    torch's minimum (``X·Cᵀ``). The second figure bounds every pass that reads the distances back after the GEMM:
+    only a scan fused into the GEMM's own loops could beat it."""
     import torch
 
-    a = [torch.randn(chunk, dim) for _ in range(threads)]
-    b = torch.randn(dim, k)
-    out = [torch.empty(chunk, k) for _ in range(threads)]
-    cols = [np.empty(chunk, dtype=np.int64) for _ in range(threads)]
-    flops = 2.0 * chunk * dim * k
+    from workflow.kmeans.compiled_scan import scan_centroids
+
+    x = [torch.randn(rows, dim) for _ in range(threads)]
+    c = torch.randn(k, dim)
+    ct, c_sq = c.T.contiguous(), (c * c).sum(1).numpy()
+    out = [torch.empty((k, rows) if compiled else (rows, k)) for _ in range(threads)]
+    cols = [np.empty(rows, dtype=np.int64) for _ in range(threads)]
+    vals = [np.empty(rows) for _ in range(threads)]
+    two_e, no_groups = np.zeros(rows), np.empty((0, 0), dtype=np.float32)
+    flops = 2.0 * rows * dim * k
 
     def rate(scan: bool) -> float:
         def one(i: int) -> None:
             torch.set_num_threads(1)
-            for _ in range(8):
-                d = torch.mm(a[i], b, out=out[i])
-                if scan:
-                    np.argmin(d.numpy(), axis=1, out=cols[i])
-                    torch.amin(d, 1)
+            for _ in range(4):
+                if compiled:
+                    g = torch.mm(c, x[i].T, out=out[i])
+                    if scan:
+                        scan_centroids(g.numpy(), c_sq, 0, two_e, cols[i], vals[i], no_groups)
+                else:
+                    d = torch.mm(x[i], ct, out=out[i])
+                    if scan:
+                        np.argmin(d.numpy(), axis=1, out=cols[i])
+                        torch.amin(d, 1)
 
         with ThreadPoolExecutor(threads) as pool:
             calls = calls_per_second(lambda: list(pool.map(one, range(threads))), seconds)
-        return calls * 8 * threads * flops / 1e9
+        return calls * 4 * threads * flops / 1e9
 
     result = {"gemm": rate(False), "gemm_and_scans": rate(True)}
     torch.set_num_threads(threads)
@@ -210,11 +222,14 @@ def bench_data(kind: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
     best: dict[str, dict[str, Any]] = {}
     mm = {"intra_op": 0.0, "pool": 0.0, "best": 0.0}
     chunk = tuning.default_chunk_size(args.n, args.k)
+    compiled = args.n * args.k >= tuning.COMPILED_SCAN_MIN  # the plain pass scans with the compiled loop
+    gemm_rows = min(tuning.scan_gemm_rows(chunk, args.k) if compiled else chunk,
+                    tuning.sum_block_rows(args.n, chunk, args.k * args.dim))
     ceiling = {"gemm": 0.0, "gemm_and_scans": 0.0}
     for _ in range(args.repeats):
         rate = matmul_rate(args.dim, args.k, args.threads)
         mm = {key: max(mm[key], v) for key, v in rate.items()}
-        rate = unfused_ceiling(args.dim, args.k, args.threads, chunk)
+        rate = unfused_ceiling(args.dim, args.k, args.threads, gemm_rows, compiled)
         ceiling = {key: max(ceiling[key], v) for key, v in rate.items()}
         for impl in impls:
             torch.set_num_threads(args.threads)
@@ -239,7 +254,8 @@ def bench_data(kind: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
                      "pct_of_matmul": 100.0 * gflops / mm["best"],
                      "inertia_vs_faiss": inertia(x, res["centroids"]) / ref_inertia})
     pruned = best["strata (pruned)"]
-    detail = {"matmul_gflops": mm, "chunk_rows": chunk, "unfused_ceiling_gflops": ceiling,
+    detail = {"matmul_gflops": mm, "chunk_rows": chunk, "gemm_rows": gemm_rows, "compiled_scan": compiled,
+              "unfused_ceiling_gflops": ceiling,
               "pruned_identical_to_unpruned": identical,
               "pruned_per_pass_s": pruned["per_pass"], "pruned_skipped_fraction": pruned["skipped"],
               "unpruned_per_pass_s": best["strata (unpruned)"]["per_pass"]}
@@ -475,8 +491,9 @@ def main() -> None:
               f"pruned == unpruned bitwise: {detail['pruned_identical_to_unpruned']}; rows skipped per pass: "
               f"first {skipped[0]:.2f}, mean {np.mean(skipped):.2f}, last {skipped[-1]:.2f}")
         ceiling = detail["unfused_ceiling_gflops"]
-        print(f"{kind}: chunks of {detail['chunk_rows']} rows on the pool: GEMM alone {ceiling['gemm']:.1f} GFLOP/s "
-              f"({100 * ceiling['gemm'] / mm['best']:.0f}% of matmul), GEMM + argmin + min scans "
+        scan = "the compiled scan" if detail["compiled_scan"] else "NumPy argmin + torch min scans"
+        print(f"{kind}: GEMMs of {detail['gemm_rows']} rows on the pool: alone {ceiling['gemm']:.1f} GFLOP/s "
+              f"({100 * ceiling['gemm'] / mm['best']:.0f}% of matmul), + {scan} "
               f"{ceiling['gemm_and_scans']:.1f} ({100 * ceiling['gemm_and_scans'] / mm['best']:.0f}%): the ceiling "
               "of a pass that scans the distances after the GEMM")
     default = (args.n, args.dim, args.k, args.data) == (20000, 64, 256, "blobs,uniform")

@@ -10,6 +10,11 @@ assignments; :meth:`LloydEngine.finalize` returns the final assignment and dista
 * :class:`ThreadedLloyd`: the same, its blocks on the pool of single-threaded workers (:mod:`.threads`);
 * :class:`workflow.kmeans.ray_shards.RayLloyd`: one local engine per contiguous row shard on Ray actors.
 
+On CPU, large passes run compiled loops (numba) that give the same bits as the NumPy and torch path: from
+:data:`.tuning.COMPILED_SCAN_MIN` distances the assignment scans each GEMM's output with :mod:`.compiled_scan` (GEMMs
+of :func:`.tuning.scan_gemm_rows` rows), and from :data:`.tuning.COMPILED_SUMS_MIN` values the sums are added with
+:mod:`.compiled_sums` (one call per block).
+
 The rows are summed in blocks of :func:`.tuning.sum_block_rows` rows (float64 ``index_add_`` in row order), one
 partial per block, folded in block order. The blocks depend on the data's shape only, so the sums do not depend
 on the thread count nor on pruning (a pruned pass assigns first, then sums the same blocks).
@@ -219,17 +224,21 @@ class LocalLloyd:
         row_sq = self.row_sq() if cen is not None else None
         two_e = 2.0 * cen.margin(self.row_norm()) if cen is not None else None  # tie margins 2E of the pass
         bounds = self.pruner.bounds if cen is not None and cen.layout is not None else None
-        add_rows = None  # the compiled sums: numba costs ~0.6 s to load and pays for itself on large passes
+        # the compiled loops: numba costs ~0.6 s to load and pays for itself on large passes only
+        add_rows = scan_centroids = None
         if sums and src.device.type == "cpu" and (self.stop - self.start) * d >= tuning.COMPILED_SUMS_MIN:
             from workflow.kmeans.compiled_sums import add_rows
+        if cen is not None and src.device.type == "cpu" and (self.stop - self.start) * k >= tuning.COMPILED_SCAN_MIN:
+            from workflow.kmeans.compiled_scan import scan_centroids
 
         def task(s: int, e: int) -> Any:
             min_sum, changed = 0.0, 0
             if cen is not None:  # assign the block: GEMMs chunk by chunk, near ties settled once per block
                 r = slice(s - self.start, e - self.start)
-                block = DenseBlock(e - s, cen, two_e[r])
-                for cs in range(s, e, chunk):
-                    block.add(cs - s, src.chunk(cs, min(e, cs + chunk)))
+                block = DenseBlock(e - s, cen, two_e[r], scan_centroids)
+                step = chunk if scan_centroids is None else tuning.scan_gemm_rows(chunk, k)
+                for cs in range(s, e, step):
+                    block.add(cs - s, src.chunk(cs, min(e, cs + step)))
                 out = block.finish(lambda index: src.rows(index + s))
                 prev = self.assignment[r]
                 changed = int(torch.count_nonzero(prev != out.idx).item())
@@ -239,14 +248,17 @@ class LocalLloyd:
                     bounds.store_dense(r, out, row_sq[r], cen)
             part = torch.zeros((k, d), dtype=torch.float64, device=src.device) if sums else None
             cnt = torch.zeros(k, dtype=torch.int64, device=src.device) if sums else None
+            if add_rows is not None:  # one compiled call for the block, rows added in order as index_add_ adds them
+                add_rows(part.numpy(), cnt.numpy(), src.chunk(s, e).numpy(),
+                         self.assignment[s - self.start:e - self.start].numpy())
+            if dist is None and (not sums or add_rows is not None):
+                return part, cnt, min_sum, changed
             ws = workspace()
             for cs in range(s, e, chunk):  # the block's rows again (a view; cache or page cache for a memmap)
                 ce = min(e, cs + chunk)
                 xb = src.chunk(cs, ce)
                 idx = self.assignment[cs - self.start:ce - self.start]
-                if add_rows is not None:  # one compiled call, rows added in order as index_add_ adds them
-                    add_rows(part.numpy(), cnt.numpy(), xb.numpy(), idx.numpy())
-                elif sums:
+                if sums and add_rows is None:
                     index_add_rows(part, idx, ws.get("xd", tuple(xb.shape), torch.float64, src.device).copy_(xb))
                     cnt += torch.bincount(idx, minlength=k)
                 if dist is not None:

@@ -5,13 +5,14 @@ float64 from the float32 inputs (difference form, one fixed NumPy/torch routine)
 exact ties. Computing f for every (row, centroid) pair would cost as much as the float32 GEMM in double
 precision, so it is only used to settle near ties:
 
-1. *Certified float32 GEMM.* ê_j = ‖c_j‖² − 2 x·c_j comes from one ``addmm`` (‖x‖² is the same for every j
-   and left out). Whatever the summation order of the BLAS, a float32 dot product of length d satisfies
-   |fl(x·c) − x·c| ≤ γ_d ‖x‖‖c‖ with γ_d = d·u/(1 − d·u) (Higham 2002, *Accuracy and Stability of Numerical
-   Algorithms*, §3.1); with the rounding of ‖c‖² (γ_d ‖c‖²) and of the final addition (u |ê|),
-   |ê_j − e_j| ≤ γ_{d+1} (‖c_j‖² + 2 ‖x‖‖c_j‖) ≤ E(x) = κ (‖x‖ + max_j ‖c_j‖)² with κ = (d + 4) u (1 + 1/16)
-   (the slack also covers the float64 evaluation of f, ~d·2⁻⁵³). u = 2⁻²⁴, or 2⁻⁸ when reduced-precision
-   float32 matmuls (TF32/bf16) are allowed.
+1. *Certified float32 GEMM.* ê_j = ‖c_j‖² − 2 x·c_j comes from one ``addmm`` (‖x‖² is the same for every j and left
+   out; large CPU passes run a plain GEMM and subtract in their compiled scan, which rounds the same way,
+   :mod:`workflow.kmeans.compiled_scan`). Whatever the summation order of the BLAS, a float32 dot product of length
+   d satisfies |fl(x·c) − x·c| ≤ γ_d ‖x‖‖c‖ with γ_d = d·u/(1 − d·u) (Higham 2002, *Accuracy and Stability of
+   Numerical Algorithms*, §3.1); with the rounding of ‖c‖² (γ_d ‖c‖²) and of the final addition (u |ê|), |ê_j − e_j|
+   ≤ γ_{d+1} (‖c_j‖² + 2 ‖x‖‖c_j‖) ≤ E(x) = κ (‖x‖ + max_j ‖c_j‖)² with κ = (d + 4) u (1 + 1/16) (the slack also
+   covers the float64 evaluation of f, ~d·2⁻⁵³). u = 2⁻²⁴, or 2⁻⁸ when reduced-precision float32 matmuls (TF32/bf16)
+   are allowed.
 2. *Tie resolution.* If the runner-up of a row is within 2E of its best ê, every centroid within 2E of the best
    is a candidate for the exact argmin (all others are provably farther); f is computed for those pairs and
    the smallest f wins, then the smallest index. Otherwise the best ê *is* the exact argmin.
@@ -149,6 +150,11 @@ class Centroids:
             out.group_sq = [(cg * cg).sum(1, keepdim=True) for cg in out.group_c]
         return out
 
+    @property
+    def c_sq_row(self) -> np.ndarray:
+        """‖c‖² per column as a 1-D NumPy view (CPU centroids)."""
+        return self.c_sq[0].numpy()
+
     def margin(self, x_norm: torch.Tensor) -> torch.Tensor:
         """E(x) = κ (‖x‖ + max‖c‖)² (float64) for rows of norm ``x_norm``."""
         return self.kappa * (x_norm.double() + self.cmax) ** 2
@@ -158,6 +164,12 @@ class Centroids:
         covers the float32 roundings of ê + ‖x‖² ± E, each at most u (‖x‖ + max‖c‖)²)."""
         return ((self.kappa + 16 * 2.0**-24) * (x_norm.double() + self.cmax) ** 2).float()
 
+
+
+#: The compiled scan of a chunk (:func:`workflow.kmeans.compiled_scan.scan_centroids`): ``(g, c_sq, width, two_e,
+#: col, val, gmin) -> (rows, columns, values)`` of the near-tie candidates.
+ScanRows = Callable[[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                    tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -176,20 +188,24 @@ class DenseBlock:
     """Exact nearest centroids of a block of rows against all centroids, assigned chunk by chunk.
 
     Every chunk gets its GEMM (into a cache-sized buffer), its float32 argmin and its near-tie detection (the
-    runner-up within 2E of the best, module doc); the near ties of the whole block are then settled in float64
-    in one call (:meth:`finish`), which costs less than one call per chunk. With a grouped layout the block also
-    keeps, per row and group, the minimum ê over the group's centroids other than the chosen one (the Yinyang
-    lower bounds).
+    runner-up within 2E of the best, module doc); the near ties of the whole block are then settled in float64 in
+    one call (:meth:`finish`), which costs less than one call per chunk. With ``scan`` (large CPU passes) a chunk
+    may span several distance chunks, and one compiled call scans it (:mod:`workflow.kmeans.compiled_scan`). With a
+    grouped layout the block also keeps, per row and group, the minimum ê over the group's centroids other than the
+    chosen one (the Yinyang lower bounds).
 
     Args:
         m: Rows of the block.
         cen: Centroids of the pass (columns grouped when ``cen.layout`` is set).
         two_e: ``(m,)`` float64 tie margins 2E of the rows (:meth:`Centroids.margin`, doubled).
+        scan: On CPU, :func:`workflow.kmeans.compiled_scan.scan_centroids` to scan each chunk in one compiled call (the
+            same assignment; the engine passes it on large passes, where loading numba pays).
     """
 
-    def __init__(self, m: int, cen: Centroids, two_e: torch.Tensor) -> None:
+    def __init__(self, m: int, cen: Centroids, two_e: torch.Tensor, scan: ScanRows | None = None) -> None:
         self.cen = cen
         self.cpu = two_e.device.type == "cpu"
+        self.scan = scan if self.cpu else None
         layout = cen.layout
         dev = two_e.device
         self.col = torch.empty(m, dtype=torch.int64, device=dev)  # column of the float32 winner
@@ -207,6 +223,9 @@ class DenseBlock:
         cen, layout = self.cen, self.cen.layout
         m = xb.shape[0]
         r1 = r0 + m
+        if self.scan is not None:
+            self._add_scanned(r0, xb)
+            return
         buf = workspace().get("gemm", (m, cen.ct.shape[1]), torch.float32, xb.device)
         d = torch.addmm(cen.c_sq, xb, cen.ct, alpha=-2.0, out=buf)
         if self.cpu:
@@ -251,6 +270,20 @@ class DenseBlock:
         self.col[r0:r1] = col
         self.val[r0:r1] = val
 
+    def _add_scanned(self, r0: int, xb: torch.Tensor) -> None:
+        """:meth:`add` with the compiled scan: the GEMM is ``g`` = C·Xᵀ without the bias, one row per column of
+        the layout, and :func:`~workflow.kmeans.compiled_scan.scan_centroids` finds each row's winner, group minima
+        and near-tie candidates in one call."""
+        cen, layout = self.cen, self.cen.layout
+        m = xb.shape[0]
+        r1 = r0 + m
+        g = torch.mm(cen.ct.T, xb.T, out=workspace().get("gemm", (cen.ct.shape[1], m), torch.float32, xb.device))
+        gmin = self.gmin[r0:r1].numpy() if layout is not None else _NO_GROUPS
+        rows, cols, vals = self.scan(g.numpy(), cen.c_sq_row, 0 if layout is None else layout.width,
+                                     self.two_e_np[r0:r1], self.col_np[r0:r1], self.val_np[r0:r1], gmin)
+        if rows.size:
+            self.pairs.append((torch.from_numpy(rows + r0), torch.from_numpy(cols), torch.from_numpy(vals)))
+
     def finish(self, rows: Callable[[torch.Tensor], torch.Tensor]) -> DenseOut:
         """Settle the near ties (``rows(index)`` returns the block's float32 rows ``index``) and return the
         result of the block."""
@@ -292,6 +325,7 @@ def dense_assign(xb: torch.Tensor, x_norm: torch.Tensor, cen: Centroids) -> Dens
 
 
 _ARANGE = np.arange(0)
+_NO_GROUPS = np.empty((0, 0), dtype=np.float32)
 
 
 def _arange(m: int) -> np.ndarray:

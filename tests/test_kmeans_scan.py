@@ -1,0 +1,130 @@
+"""The compiled scan of a CPU distance chunk (workflow/kmeans/compiled_scan.py) against independent computations.
+
+The scan must give what the NumPy path of :class:`workflow.kmeans.exact.DenseBlock` gives, bit for bit: the first
+column of the least ê, that ê, the group minima over the other columns and the near-tie candidates. Checked against
+NumPy sorts on exact ties, duplicated centroids, ±0, far-from-origin data and integer grids, then through whole
+k-means runs with and without it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workflow.kmeans import exact, kmeans, tuning
+from workflow.kmeans.compiled_scan import scan_centroids
+from workflow.kmeans.groups import make_groups
+
+
+def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Rows and centroids (float32) where ties and near ties are common."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(8), np.arange(8)), -1).reshape(-1, 2).astype(np.float32)
+    dup_c = rng.normal(size=(30, 6)).astype(np.float32)
+    far = (rng.normal(size=(400, 12)) + 1000.0).astype(np.float32)
+    return {
+        "normal": (rng.normal(size=(500, 16)).astype(np.float32), rng.normal(size=(70, 16)).astype(np.float32)),
+        "grid": (np.repeat(grid, 2, axis=0), grid[::3].copy()),  # exact, symmetric ties
+        "duplicate_centroids": (rng.normal(size=(300, 6)).astype(np.float32), np.concatenate([dup_c, dup_c])),
+        "far_from_origin": (far, far[::10].copy()),  # float32 GEMM values ~1e7: wide near-tie margins
+    }
+
+
+def expected_scan(g: np.ndarray, c_sq: np.ndarray, width: int, n_groups: int, two_e: np.ndarray) -> dict:
+    """What the scan must return, by NumPy sorts over ê = c_sq − 2g (float32, as the NumPy path computes it)."""
+    e = (c_sq[:, None] - np.float32(2.0) * g).T  # (m, columns)
+    col = np.argmin(e, axis=1)
+    val = e[np.arange(len(e)), col].astype(np.float64)
+    others = e.copy()
+    others[np.arange(len(e)), col] = np.inf
+    second = others.min(1)
+    gmin = others.reshape(len(e), n_groups, width).min(2) if n_groups else None
+    tie = second <= val + two_e
+    rows, cols = np.nonzero(e[tie] <= (val + two_e)[tie, None])
+    return {"col": col, "val": val, "gmin": gmin, "rows": np.flatnonzero(tie)[rows], "cols": cols,
+            "vals": e[np.flatnonzero(tie)[rows], cols].astype(np.float64)}
+
+
+@pytest.mark.parametrize("name", list(cases()))
+@pytest.mark.parametrize("groups", [0, 3])
+def test_scan_equals_numpy_sorts(name: str, groups: int) -> None:
+    x, c = cases()[name]
+    if groups:
+        layout = make_groups(torch.from_numpy(c), groups)
+        cen = exact.Centroids.build(torch.from_numpy(c), layout)
+        width, n_groups = layout.width, layout.n_groups
+    else:
+        cen = exact.Centroids.build(torch.from_numpy(c), None)
+        width, n_groups = 0, 0
+    g = (torch.from_numpy(x) @ cen.ct).numpy().T.copy()  # (columns, m): the GEMM output the scan reads
+    two_e = 2.0 * cen.margin(torch.from_numpy(x).double().norm(dim=1)).numpy()
+    col, val = np.empty(len(x), dtype=np.int64), np.empty(len(x))
+    gmin = np.empty((len(x), n_groups), dtype=np.float32) if n_groups else np.empty((0, 0), dtype=np.float32)
+    rows, cols, vals = scan_centroids(g, cen.c_sq_row, width, two_e, col, val, gmin)
+    want = expected_scan(g, cen.c_sq_row, width, n_groups, two_e)
+    np.testing.assert_array_equal(col, want["col"])
+    np.testing.assert_array_equal(val, want["val"])
+    if n_groups:
+        np.testing.assert_array_equal(gmin, want["gmin"])
+    np.testing.assert_array_equal(rows, want["rows"])
+    np.testing.assert_array_equal(cols, want["cols"])
+    np.testing.assert_array_equal(vals, want["vals"])
+    if name in ("grid", "duplicate_centroids"):
+        assert len(np.unique(rows)) > 10  # the case has the exact ties it is meant to have
+
+
+def test_scan_keeps_the_first_of_equal_minima_and_their_sign() -> None:
+    # ê = −0 − 2 (∓0) is ±0: +0 and −0 compare equal, so the first column wins, as in np.argmin, with its bits
+    g = np.array([[-0.0, 0.0], [0.0, -0.0], [1.0, 1.0]], dtype=np.float32)  # ê of row 0: [+0, −0], row 1: [−0, +0]
+    c_sq = np.full(3, -0.0, dtype=np.float32)
+    col, val = np.empty(2, dtype=np.int64), np.empty(2)
+    rows, cols, _ = scan_centroids(g[:2], c_sq[:2], 0, np.zeros(2), col, val, np.empty((0, 0), dtype=np.float32))
+    np.testing.assert_array_equal(col, [0, 0])
+    np.testing.assert_array_equal(np.signbit(val), [False, True])
+    np.testing.assert_array_equal(rows, [0, 0, 1, 1])  # each row: both columns tie
+    np.testing.assert_array_equal(cols, [0, 1, 0, 1])
+    scan_centroids(g, c_sq, 0, np.zeros(2), col, val, np.empty((0, 0), dtype=np.float32))
+    np.testing.assert_array_equal(col, [2, 2])
+    np.testing.assert_array_equal(val, [-2.0, -2.0])
+
+
+@pytest.mark.parametrize("name", list(cases()))
+@pytest.mark.parametrize("groups", [None, 3])
+def test_dense_block_with_the_scan_is_the_numpy_path_bit_for_bit(name: str, groups: int | None) -> None:
+    x, c = cases()[name]
+    xt, ct = torch.from_numpy(x), torch.from_numpy(c)
+    cen = exact.Centroids.build(ct, None if groups is None else make_groups(ct, groups))
+    two_e = 2.0 * cen.margin(xt.double().norm(dim=1))
+    out = {}
+    for scan in (None, scan_centroids):
+        block = exact.DenseBlock(len(x), cen, two_e, scan)
+        for r in range(0, len(x), 97):
+            block.add(r, xt[r:r + 97])
+        out[scan] = block.finish(lambda index: xt.index_select(0, index))
+    plain, scanned = out[None], out[scan_centroids]
+    assert torch.equal(plain.idx, scanned.idx)
+    assert torch.equal(plain.val, scanned.val)
+    assert plain.min_sum == scanned.min_sum
+    if groups is not None:
+        assert torch.equal(plain.gmin, scanned.gmin)
+
+
+@pytest.mark.parametrize("name", ["grid", "duplicate_centroids", "far_from_origin"])
+def test_kmeans_with_the_scan_gives_the_same_bits(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import workflow.kmeans.compiled_scan as compiled_scan
+
+    x, c = cases()[name]
+    calls = []
+    monkeypatch.setattr(compiled_scan, "scan_centroids", lambda *a: calls.append(1) or scan_centroids(*a))
+    runs = {}
+    for threshold in (2**62, 0):  # never, always compiled
+        monkeypatch.setattr(tuning, "COMPILED_SCAN_MIN", threshold)
+        runs[threshold] = [kmeans(x, len(c), n_iters=6, seed=2, chunk_size=61, prune=prune)
+                           for prune in ("never", "always")]
+        assert bool(calls) == (threshold == 0)  # the compiled scan ran exactly when asked to
+    for never, always in zip(runs[2**62], runs[0], strict=True):
+        np.testing.assert_array_equal(never.centroids, always.centroids)
+        np.testing.assert_array_equal(never.assignment, always.assignment)
+        np.testing.assert_array_equal(never.distances, always.distances)
+        assert never.inertia == always.inertia
