@@ -36,16 +36,20 @@ def _fmt(v: Any) -> str:
 
 def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]],
                   extra: dict[str, Any] | None = None) -> Path:
-    """Write ``results/<name>.json`` (config, machine, rows and optional ``extra`` details)."""
+    """Write ``results/<name>.json`` (config, machine, commit, rows and optional ``extra`` details). The machine
+    names the CPU model and cores (:mod:`workflow.machine`): figures differ between machines."""
     import torch
+
+    from workflow.config import code_version
+    from workflow.machine import machine as cpu
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    machine = {"python": platform.python_version(), "machine": platform.machine(), "torch": torch.__version__,
-               "torch_threads": torch.get_num_threads()}
+    machine = {**cpu(), "python": platform.python_version(), "machine": platform.machine(),
+               "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(0)
-    record = {"benchmark": name, "config": config, "machine": machine, "rows": rows}
+    record = {"benchmark": name, "config": config, "machine": machine, "commit": code_version(), "rows": rows}
     if extra is not None:
         record["extra"] = extra
     path.write_text(json.dumps(record, indent=2) + "\n")
