@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +37,11 @@ def _fmt(v: Any) -> str:
 def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]],
                   extra: dict[str, Any] | None = None) -> Path:
     """Write ``results/<name>.json`` (config, machine, commit, rows and optional ``extra`` details). The machine
-    names the CPU model and cores (:mod:`workflow.machine`): figures differ between machines."""
+    names the CPU model and cores (:mod:`workflow.machine`): figures differ between machines. The commit is marked
+    ``-dirty`` when tracked files other than earlier results differ from it."""
     import torch
 
+    from workflow.config import code_version
     from workflow.machine import machine as cpu
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -49,27 +50,13 @@ def write_results(name: str, config: dict[str, Any], rows: list[dict[str, Any]],
                "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(0)
-    record = {"benchmark": name, "config": config, "machine": machine, "commit": measured_at(), "rows": rows}
+    record = {"benchmark": name, "config": config, "machine": machine,
+              "commit": code_version(ignore=("benchmarks/results",)), "rows": rows}
     if extra is not None:
         record["extra"] = extra
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path
-
-
-def measured_at() -> str:
-    """The commit the figures come from, with ``-dirty`` when tracked files other than earlier results
-    (``benchmarks/results/``) differ from it; ``unknown`` outside a git checkout."""
-    root = RESULTS.parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True,
-                                timeout=10).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                  ":(exclude)benchmarks/results"], cwd=root, capture_output=True, text=True,
-                                 check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if changed else "")
 
 
 def bare_ssl_loop(method: Any, optimizer: Any, augment: Any, x: Any, params: dict[str, Any], seed: int,

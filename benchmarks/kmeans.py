@@ -123,7 +123,8 @@ def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, s
     only a scan fused into the GEMM's own loops could beat it."""
     import torch
 
-    from workflow.kmeans.compiled_scan import scan_centroids
+    if compiled:  # numba only where the engine would load it
+        from workflow.kmeans.compiled_scan import scan_centroids
 
     x = [torch.randn(rows, dim) for _ in range(threads)]
     c = torch.randn(k, dim)
@@ -139,7 +140,7 @@ def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, s
             torch.set_num_threads(1)
             for _ in range(4):
                 if compiled:
-                    g = torch.mm(c, x[i].T, out=out[i])
+                    g = torch.mm(ct.T, x[i].T, out=out[i])  # the engine's operands
                     if scan:
                         scan_centroids(g.numpy(), c_sq, 0, two_e, cols[i], vals[i], no_groups)
                 else:

@@ -1,12 +1,15 @@
 """The compiled scan of a CPU distance chunk (workflow/kmeans/compiled_scan.py) against independent computations.
 
-The scan must give what the NumPy path of :class:`workflow.kmeans.exact.DenseBlock` gives, bit for bit: the first
-column of the least ê, that ê, the group minima over the other columns and the near-tie candidates. Checked against
-NumPy sorts on exact ties, duplicated centroids, ±0, far-from-origin data and integer grids, then through whole
-k-means runs with and without it.
+Given ê, the scan must give what the NumPy path of :class:`workflow.kmeans.exact.DenseBlock` gives, bit for bit: the
+first column of the least ê, that ê, the group minima over the other columns and the near-tie candidates. Checked
+against NumPy sorts on exact ties, duplicated centroids, ±0, far-from-origin data and integer grids, then through
+whole k-means runs with and without it, on the engine's thread pool and with several GEMMs per sum block. For long
+rows the BLAS may round ê differently from ``addmm``; the assignment must not change (checked at d = 512).
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -123,6 +126,70 @@ def test_kmeans_with_the_scan_gives_the_same_bits(name: str, monkeypatch: pytest
         runs[threshold] = [kmeans(x, len(c), n_iters=6, seed=2, chunk_size=61, prune=prune)
                            for prune in ("never", "always")]
         assert bool(calls) == (threshold == 0)  # the compiled scan ran exactly when asked to
+    for never, always in zip(runs[2**62], runs[0], strict=True):
+        np.testing.assert_array_equal(never.centroids, always.centroids)
+        np.testing.assert_array_equal(never.assignment, always.assignment)
+        np.testing.assert_array_equal(never.distances, always.distances)
+        assert never.inertia == always.inertia
+
+
+def test_long_rows_keep_the_assignment_within_the_bound() -> None:
+    # with d > 384, MKL adds addmm's bias to the first block of the inner dimension, so ê may differ in its last
+    # bits from the scan's c_sq − 2 g; both lie within E of the exact value, and the settled assignment is the same
+    rng = np.random.default_rng(3)
+    c = rng.normal(size=(64, 512)).astype(np.float32)
+    c[40:] = c[:24]  # duplicated centroids: exact ties to settle
+    x = np.concatenate([rng.normal(size=(400, 512)), c[:30] + 1e-4]).astype(np.float32)
+    xt, ct = torch.from_numpy(x), torch.from_numpy(c)
+    for layout in (None, make_groups(ct, 4)):
+        cen = exact.Centroids.build(ct, layout)
+        e = cen.margin(xt.double().norm(dim=1))
+        out = {}
+        for scan in (None, scan_centroids):
+            block = exact.DenseBlock(len(x), cen, 2.0 * e, scan)
+            for r in range(0, len(x), 128):
+                block.add(r, xt[r:r + 128])
+            out[scan] = block.finish(lambda index: xt.index_select(0, index))
+        plain, scanned = out[None], out[scan_centroids]
+        assert torch.equal(plain.idx, scanned.idx)
+        np.testing.assert_array_equal(plain.idx.numpy(), np.argmin(
+            ((x.astype(np.float64)[:, None] - c.astype(np.float64)[None]) ** 2).sum(-1), axis=1))
+        assert bool(((plain.val - scanned.val).abs() <= 2 * e).all())
+        if layout is not None:
+            gap = (plain.gmin.double() - scanned.gmin.double()).abs()
+            assert bool((gap <= 2 * e.unsqueeze(1) * (1 + 2**-20)).all())
+
+
+def test_pieces_of_a_block_and_the_thread_pool_give_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sum blocks of 366 rows (6 chunks of 61), scanned in GEMMs of 244 rows: 244 + 122, and 244 + 96 for the last
+    # block of 340 rows; blocks large enough for the engine's pool of 2 threads
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, size=(4000, 32)).astype(np.float32)  # integer rows: exact ties everywhere
+    k = 96
+    monkeypatch.setattr(tuning, "BLOCK_MIN_WORK", 366 * k * 32)
+    monkeypatch.setattr(tuning, "SCAN_GEMM_FLOATS", 4 * 61 * k)
+    import workflow.kmeans.compiled_scan as compiled_scan
+
+    shapes, threads = set(), set()
+
+    def recorded(*a: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shapes.add(a[0].shape[1])
+        threads.add(threading.get_ident())
+        return scan_centroids(*a)
+
+    monkeypatch.setattr(compiled_scan, "scan_centroids", recorded)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = {}
+        for threshold in (2**62, 0):
+            monkeypatch.setattr(tuning, "COMPILED_SCAN_MIN", threshold)
+            runs[threshold] = [kmeans(x, k, n_iters=5, seed=1, chunk_size=61, prune=prune)
+                               for prune in ("never", "always")]
+    finally:
+        torch.set_num_threads(before)
+    assert {244, 122, 96} <= shapes  # whole pieces, a half piece and a short last piece
+    assert len(threads) == 2 and threading.get_ident() not in threads  # the scans ran on the pool's two threads
     for never, always in zip(runs[2**62], runs[0], strict=True):
         np.testing.assert_array_equal(never.centroids, always.centroids)
         np.testing.assert_array_equal(never.assignment, always.assignment)

@@ -261,12 +261,14 @@ def config_hash(obj: Any) -> str:
 
 
 @cache
-def code_version() -> str:
-    """Git commit of the code (with ``-dirty`` when the tree has local changes), or ``unknown``."""
+def code_version(ignore: tuple[str, ...] = ()) -> str:
+    """Git commit of the code (with ``-dirty`` when tracked files outside the ``ignore`` paths have local changes),
+    or ``unknown``."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        paths = ["--", ".", *(f":(exclude){path}" for path in ignore)] if ignore else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *paths], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

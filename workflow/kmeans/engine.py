@@ -215,9 +215,11 @@ class LocalLloyd:
 
     def _block_task(self, centroids: torch.Tensor, cen: Centroids | None, sums: bool,
                     dist: torch.Tensor | None = None) -> Callable[[int, int], Any]:
-        """Task over one sum block ``[s, e)``, walked in chunks: with ``cen``, assign each chunk densely (and
-        rebuild its bounds when ``cen`` is grouped), else use the current assignment; then add the chunk to
-        the block's float64 sums (``sums``) and/or write ‖x − c_a‖² into ``dist``."""
+        """Task over one sum block ``[s, e)``: with ``cen``, assign its rows densely, GEMM by GEMM (chunks, or
+        with the compiled scan pieces of :func:`.tuning.scan_gemm_rows` rows), and rebuild their bounds when ``cen``
+        is grouped, else use the current assignment; then add the block's rows to its float64 sums (``sums``; the
+        compiled loop takes pieces of at most :data:`.tuning.SCAN_GEMM_FLOATS` values, so a memmap of another
+        dtype is converted piece by piece) and/or write ‖x − c_a‖² into ``dist`` chunk by chunk."""
         src = self.source
         k, d = centroids.shape
         chunk = self._chunk(k)
@@ -233,7 +235,7 @@ class LocalLloyd:
 
         def task(s: int, e: int) -> Any:
             min_sum, changed = 0.0, 0
-            if cen is not None:  # assign the block: GEMMs chunk by chunk, near ties settled once per block
+            if cen is not None:  # assign the block GEMM by GEMM, near ties settled once per block
                 r = slice(s - self.start, e - self.start)
                 block = DenseBlock(e - s, cen, two_e[r], scan_centroids)
                 step = chunk if scan_centroids is None else tuning.scan_gemm_rows(chunk, k)
@@ -248,9 +250,12 @@ class LocalLloyd:
                     bounds.store_dense(r, out, row_sq[r], cen)
             part = torch.zeros((k, d), dtype=torch.float64, device=src.device) if sums else None
             cnt = torch.zeros(k, dtype=torch.int64, device=src.device) if sums else None
-            if add_rows is not None:  # one compiled call for the block, rows added in order as index_add_ adds them
-                add_rows(part.numpy(), cnt.numpy(), src.chunk(s, e).numpy(),
-                         self.assignment[s - self.start:e - self.start].numpy())
+            if add_rows is not None:  # few compiled calls per block, rows added in order as index_add_ adds them
+                piece = max(1, tuning.SCAN_GEMM_FLOATS // d)
+                for ps in range(s, e, piece):
+                    pe = min(e, ps + piece)
+                    add_rows(part.numpy(), cnt.numpy(), src.chunk(ps, pe).numpy(),
+                             self.assignment[ps - self.start:pe - self.start].numpy())
             if dist is None and (not sums or add_rows is not None):
                 return part, cnt, min_sum, changed
             ws = workspace()

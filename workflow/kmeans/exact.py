@@ -6,8 +6,8 @@ exact ties. Computing f for every (row, centroid) pair would cost as much as the
 precision, so it is only used to settle near ties:
 
 1. *Certified float32 GEMM.* ê_j = ‖c_j‖² − 2 x·c_j comes from one ``addmm`` (‖x‖² is the same for every j and left
-   out; large CPU passes run a plain GEMM and subtract in their compiled scan, which rounds the same way,
-   :mod:`workflow.kmeans.compiled_scan`). Whatever the summation order of the BLAS, a float32 dot product of length
+   out; large CPU passes run a plain GEMM and subtract in their compiled scan, :mod:`workflow.kmeans.compiled_scan`,
+   which the same bound covers). Whatever the summation order of the BLAS, a float32 dot product of length
    d satisfies |fl(x·c) − x·c| ≤ γ_d ‖x‖‖c‖ with γ_d = d·u/(1 − d·u) (Higham 2002, *Accuracy and Stability of
    Numerical Algorithms*, §3.1); with the rounding of ‖c‖² (γ_d ‖c‖²) and of the final addition (u |ê|), |ê_j − e_j|
    ≤ γ_{d+1} (‖c_j‖² + 2 ‖x‖‖c_j‖) ≤ E(x) = κ (‖x‖ + max_j ‖c_j‖)² with κ = (d + 4) u (1 + 1/16) (the slack also
@@ -168,7 +168,7 @@ class Centroids:
 
 #: The compiled scan of a chunk (:func:`workflow.kmeans.compiled_scan.scan_centroids`): ``(g, c_sq, width, two_e,
 #: col, val, gmin) -> (rows, columns, values)`` of the near-tie candidates.
-ScanRows = Callable[[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+ChunkScan = Callable[[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                     tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -202,7 +202,7 @@ class DenseBlock:
             same assignment; the engine passes it on large passes, where loading numba pays).
     """
 
-    def __init__(self, m: int, cen: Centroids, two_e: torch.Tensor, scan: ScanRows | None = None) -> None:
+    def __init__(self, m: int, cen: Centroids, two_e: torch.Tensor, scan: ChunkScan | None = None) -> None:
         self.cen = cen
         self.cpu = two_e.device.type == "cpu"
         self.scan = scan if self.cpu else None
