@@ -10,10 +10,10 @@ assignments; :meth:`LloydEngine.finalize` returns the final assignment and dista
 * :class:`ThreadedLloyd`: the same, its blocks on the pool of single-threaded workers (:mod:`.threads`);
 * :class:`workflow.kmeans.ray_shards.RayLloyd`: one local engine per contiguous row shard on Ray actors.
 
-On CPU, large passes run compiled loops (numba) that give the same bits as the NumPy and torch path: from
-:data:`.tuning.COMPILED_SCAN_MIN` distances the assignment scans each GEMM's output with :mod:`.compiled_scan` (GEMMs
-of :func:`.tuning.scan_gemm_rows` rows), and from :data:`.tuning.COMPILED_SUMS_MIN` values the sums are added with
-:mod:`.compiled_sums` (one call per block).
+On CPU, large passes run compiled loops (numba) that give the same assignments, sums and centroids, bit for bit, as
+the NumPy and torch path: from :data:`.tuning.COMPILED_SCAN_MIN` distances the assignment scans each GEMM's output
+with :mod:`.compiled_scan` (GEMMs of :func:`.tuning.scan_gemm_rows` rows), and from
+:data:`.tuning.COMPILED_SUMS_MIN` values the sums are added with :mod:`.compiled_sums` (one call per block).
 
 The rows are summed in blocks of :func:`.tuning.sum_block_rows` rows (float64 ``index_add_`` in row order), one
 partial per block, folded in block order. The blocks depend on the data's shape only, so the sums do not depend
