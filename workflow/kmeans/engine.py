@@ -13,7 +13,7 @@ assignments; :meth:`LloydEngine.finalize` returns the final assignment and dista
 On CPU, large passes run compiled loops (numba) that give the same assignments, sums and centroids, bit for bit, as
 the NumPy and torch path: from :data:`.tuning.COMPILED_SCAN_MIN` distances the assignment scans each GEMM's output
 with :mod:`.compiled_scan` (GEMMs of :func:`.tuning.scan_gemm_rows` rows), and from
-:data:`.tuning.COMPILED_SUMS_MIN` values the sums are added with :mod:`.compiled_sums` (one call per block).
+:data:`.tuning.COMPILED_SUMS_MIN` values the sums are added with :mod:`.compiled_sums` (a few calls per block).
 
 The rows are summed in blocks of :func:`.tuning.sum_block_rows` rows (float64 ``index_add_`` in row order), one
 partial per block, folded in block order. The blocks depend on the data's shape only, so the sums do not depend
