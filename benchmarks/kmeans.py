@@ -223,7 +223,7 @@ def bench_data(kind: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
     best: dict[str, dict[str, Any]] = {}
     mm = {"intra_op": 0.0, "pool": 0.0, "best": 0.0}
     chunk = tuning.default_chunk_size(args.n, args.k)
-    compiled = args.n * args.k >= tuning.COMPILED_SCAN_MIN  # the plain pass scans with the compiled loop
+    compiled = tuning.compiled_scan(args.n, args.k)  # the plain pass scans with the compiled loop
     gemm_rows = min(tuning.scan_gemm_rows(chunk, args.k) if compiled else chunk,
                     tuning.sum_block_rows(args.n, chunk, args.k * args.dim))
     ceiling = {"gemm": 0.0, "gemm_and_scans": 0.0}

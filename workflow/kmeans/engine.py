@@ -11,9 +11,9 @@ assignments; :meth:`LloydEngine.finalize` returns the final assignment and dista
 * :class:`workflow.kmeans.ray_shards.RayLloyd`: one local engine per contiguous row shard on Ray actors.
 
 On CPU, large passes run compiled loops (numba) that give the same assignments, sums and centroids, bit for bit, as
-the NumPy and torch path: from :data:`.tuning.COMPILED_SCAN_MIN` distances the assignment scans each GEMM's output
-with :mod:`.compiled_scan` (GEMMs of :func:`.tuning.scan_gemm_rows` rows), and from
-:data:`.tuning.COMPILED_SUMS_MIN` values the sums are added with :mod:`.compiled_sums` (a few calls per block).
+the NumPy and torch path: from :data:`.tuning.COMPILED_SCAN_MIN` distances (:func:`.tuning.compiled_scan`) the
+assignment scans each GEMM's output with :mod:`.compiled_scan` (GEMMs of :func:`.tuning.scan_gemm_rows` rows), and
+from :data:`.tuning.COMPILED_SUMS_MIN` values the sums are added with :mod:`.compiled_sums` (a few calls per block).
 
 The rows are summed in blocks of :func:`.tuning.sum_block_rows` rows (float64 ``index_add_`` in row order), one
 partial per block, folded in block order. The blocks depend on the data's shape only, so the sums do not depend
@@ -230,15 +230,15 @@ class LocalLloyd:
         add_rows = scan_centroids = None
         if sums and src.device.type == "cpu" and (self.stop - self.start) * d >= tuning.COMPILED_SUMS_MIN:
             from workflow.kmeans.compiled_sums import add_rows
-        if cen is not None and src.device.type == "cpu" and (self.stop - self.start) * k >= tuning.COMPILED_SCAN_MIN:
+        if cen is not None and tuning.compiled_scan(self.stop - self.start, k, src.device):
             from workflow.kmeans.compiled_scan import scan_centroids
+        step = chunk if scan_centroids is None else tuning.scan_gemm_rows(chunk, k)  # rows per assignment GEMM
 
         def task(s: int, e: int) -> Any:
             min_sum, changed = 0.0, 0
             if cen is not None:  # assign the block GEMM by GEMM, near ties settled once per block
                 r = slice(s - self.start, e - self.start)
                 block = DenseBlock(e - s, cen, two_e[r], scan_centroids)
-                step = chunk if scan_centroids is None else tuning.scan_gemm_rows(chunk, k)
                 for cs in range(s, e, step):
                     block.add(cs - s, src.chunk(cs, min(e, cs + step)))
                 out = block.finish(lambda index: src.rows(index + s))

@@ -97,6 +97,12 @@ def balanced(n: int, chunk: int) -> int:
 
 
 
+def compiled_scan(rows: int, k: int, device: str | torch.device = "cpu") -> bool:
+    """Whether a pass over ``rows`` rows against ``k`` centroids scans its distances with the compiled loop: on CPU,
+    from :data:`COMPILED_SCAN_MIN` distances."""
+    return torch.device(device).type == "cpu" and rows * k >= COMPILED_SCAN_MIN
+
+
 def scan_gemm_rows(chunk: int, k: int) -> int:
     """Rows per GEMM of a CPU pass with the compiled scan: as many whole chunks of ``chunk`` rows as fit in
     :data:`SCAN_GEMM_FLOATS` floats at ``k`` columns, at least one (a sum block's last GEMM may be shorter)."""
