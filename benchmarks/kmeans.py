@@ -118,7 +118,7 @@ def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, s
                     ) -> dict[str, float]:
     """GFLOP/s of ``threads`` single-threaded GEMMs of the engine's shape (``rows`` rows against the k centroids, on
     a thread pool as the engine runs them): alone, and each followed by the scan of its output that the engine's
-    plain pass runs, the compiled scan (``compiled``: ``C·Xᵀ``, then :func:`scan_centroids`) or NumPy's argmin and
+    plain pass runs, the compiled scan (``compiled``: ``−2 C·Xᵀ``, then :func:`scan_centroids`) or NumPy's argmin and
     torch's minimum (``X·Cᵀ``). The second figure bounds every pass that reads the distances back after the GEMM:
     only a scan fused into the GEMM's own loops could beat it."""
     import torch
@@ -140,7 +140,7 @@ def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, s
             torch.set_num_threads(1)
             for _ in range(4):
                 if compiled:
-                    g = torch.mm(ct.T, x[i].T, out=out[i])  # the engine's operands
+                    g = torch.addmm(out[i], ct.T, x[i].T, beta=0, alpha=-2.0, out=out[i])  # the engine's GEMM
                     if scan:
                         scan_centroids(g.numpy(), c_sq, 0, two_e, cols[i], vals[i], no_groups)
                 else:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from workflow.kmeans import exact, kmeans, tuning
-from workflow.kmeans.compiled_scan import scan_centroids
+from workflow.kmeans.compiled_scan import scan_centroids, settle_ties, squared_distance
 from workflow.kmeans.groups import make_groups
 
 
@@ -35,8 +35,8 @@ def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def expected_scan(g: np.ndarray, c_sq: np.ndarray, width: int, n_groups: int, two_e: np.ndarray) -> dict:
-    """What the scan must return, by NumPy sorts over ê = c_sq − 2g (float32, as the NumPy path computes it)."""
-    e = (c_sq[:, None] - np.float32(2.0) * g).T  # (m, columns)
+    """What the scan must return, by NumPy sorts over ê = c_sq + g (float32; g = −2 C·Xᵀ)."""
+    e = (c_sq[:, None] + g).T  # (m, columns)
     col = np.argmin(e, axis=1)
     val = e[np.arange(len(e)), col].astype(np.float64)
     others = e.copy()
@@ -60,7 +60,7 @@ def test_scan_equals_numpy_sorts(name: str, groups: int) -> None:
     else:
         cen = exact.Centroids.build(torch.from_numpy(c), None)
         width, n_groups = 0, 0
-    g = (torch.from_numpy(x) @ cen.ct).numpy().T.copy()  # (columns, m): the GEMM output the scan reads
+    g = (-2.0 * torch.from_numpy(x) @ cen.ct).numpy().T.copy()  # (columns, m): the GEMM output the scan reads
     two_e = 2.0 * cen.margin(torch.from_numpy(x).double().norm(dim=1)).numpy()
     col, val = np.empty(len(x), dtype=np.int64), np.empty(len(x))
     gmin = np.empty((len(x), n_groups), dtype=np.float32) if n_groups else np.empty((0, 0), dtype=np.float32)
@@ -78,8 +78,8 @@ def test_scan_equals_numpy_sorts(name: str, groups: int) -> None:
 
 
 def test_scan_keeps_the_first_of_equal_minima_and_their_sign() -> None:
-    # ê = −0 − 2 (∓0) is ±0: +0 and −0 compare equal, so the first column wins, as in np.argmin, with its bits
-    g = np.array([[-0.0, 0.0], [0.0, -0.0], [1.0, 1.0]], dtype=np.float32)  # ê of row 0: [+0, −0], row 1: [−0, +0]
+    # ê = −0 + (±0) is ±0: +0 and −0 compare equal, so the first column wins, as in np.argmin, with its bits
+    g = np.array([[0.0, -0.0], [-0.0, 0.0], [-2.0, -2.0]], dtype=np.float32)  # ê of row 0: [+0, −0], row 1: [−0, +0]
     c_sq = np.full(3, -0.0, dtype=np.float32)
     col, val = np.empty(2, dtype=np.int64), np.empty(2)
     rows, cols, _ = scan_centroids(g[:2], c_sq[:2], 0, np.zeros(2), col, val, np.empty((0, 0), dtype=np.float32))
@@ -195,3 +195,52 @@ def test_pieces_of_a_block_and_the_thread_pool_give_the_same_bits(monkeypatch: p
         np.testing.assert_array_equal(never.assignment, always.assignment)
         np.testing.assert_array_equal(never.distances, always.distances)
         assert never.inertia == always.inertia
+
+
+@pytest.mark.parametrize("dim", [1, 5, 8, 13, 64, 127, 128, 129, 300, 517, 1031])
+def test_squared_distance_is_exact_sq_bit_for_bit(dim: int) -> None:
+    # NumPy sums a row in blocks of up to 128 (eight running sums) and halves longer rows: every branch, and
+    # values over nine decades so that the order of the additions shows in the last bits
+    rng = np.random.default_rng(dim)
+    x = (rng.normal(size=(60, dim)) * 10.0 ** rng.integers(-4, 5, (60, dim))).astype(np.float32)
+    c = (rng.normal(size=(60, dim)) * 10.0 ** rng.integers(-4, 5, (60, dim))).astype(np.float32)
+    want = exact.exact_sq(torch.from_numpy(x), torch.from_numpy(c)).numpy()
+    buf = np.empty(dim)
+    got = np.array([squared_distance(x[i], c[i], buf) for i in range(len(x))])
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, (x.astype(np.float64) - c) ** 2 @ np.ones(dim)) or dim < 8  # the order matters
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_settle_ties_is_resolve_ties(grouped: bool) -> None:
+    # candidates with exact ties in f (duplicated centroids: the lower index must win) and near ties
+    rng = np.random.default_rng(5)
+    c = rng.normal(size=(24, 7)).astype(np.float32)
+    c[12:] = c[:12]
+    x = np.concatenate([c[:12] + rng.normal(scale=1e-3, size=(12, 7)), rng.normal(size=(20, 7))]).astype(np.float32)
+    ct = torch.from_numpy(c)
+    layout = make_groups(ct, 3) if grouped else None
+    slots = layout.slots.numpy() if grouped else np.empty(0, dtype=np.int64)
+    columns = len(slots) if grouped else len(c)
+    real = np.flatnonzero(slots >= 0) if grouped else np.arange(columns)
+    pairs = [(i, j) for i in range(len(x)) for j in np.sort(rng.choice(real, 4, replace=False))]
+    rows = np.array([i for i, _ in pairs], dtype=np.int64)
+    cols = np.array([j for _, j in pairs], dtype=np.int64)
+    vals = rng.normal(size=len(pairs))
+    col0 = cols[::4].copy()  # each row's float32 winner: its first candidate
+    val0 = rng.normal(size=len(x)).astype(np.float32).astype(np.float64)
+    gmin0 = rng.normal(size=(len(x), layout.n_groups)).astype(np.float32) if grouped else np.empty((0, 0), np.float32)
+    col, val, gmin = col0.copy(), val0.copy(), gmin0.copy()
+    settle_ties(x, c, slots, layout.width if grouped else 0, rows, cols, vals, col, val, gmin)
+    cand = slots[cols] if grouped else cols
+    win = exact.resolve_ties(torch.from_numpy(x), ct, torch.from_numpy(rows), torch.from_numpy(cand)).numpy()
+    np.testing.assert_array_equal(col, cols[win])
+    np.testing.assert_array_equal(val, vals[win])
+    assert (cand[win] < 12).sum() > 6  # duplicated centroids tie exactly: the lower index won
+    if grouped:  # a row whose winner moved gets its old ê back into the old winner's group minimum
+        moved = col != col0
+        want = gmin0.copy()
+        h = col0[moved] // layout.width
+        want[moved, h] = np.minimum(want[moved, h], val0[moved].astype(np.float32))
+        assert moved.any()
+        np.testing.assert_array_equal(gmin, want)

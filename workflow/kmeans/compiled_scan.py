@@ -1,21 +1,23 @@
-"""The scan of a CPU distance chunk as one compiled loop (numba, cached on disk): the float32 argmin, the
-runner-up and the group minima of every row in one pass over the GEMM's output, column by column.
+"""The scan of a CPU distance chunk as compiled loops (numba, cached on disk): the float32 argmin, the runner-up and
+the group minima of every row in one pass over the GEMM's output, column by column, then the near ties settled.
 
 :class:`workflow.kmeans.exact.DenseBlock` otherwise computes ê = ‖c‖² − 2 x·c with ``addmm`` (MKL first copies
 the bias row into the whole output), reads the chunk back twice (NumPy's argmin, torch's minimum without the
-winner) and does the per-row bookkeeping in NumPy. Here the GEMM is a plain ``mm`` of the centroids with the
-rows, ``g = C·Xᵀ`` (one row of ``g`` per centroid), and :func:`scan_centroids` walks it centroid by centroid: each
-step updates the best, runner-up and winner of all the chunk's rows at once, element by element, which vectorises
-without fast-math (the minima are never reductions along a vector).
+winner), does the per-row bookkeeping in NumPy and settles the near ties of each block in a dozen torch and NumPy
+calls. Here the GEMM has no bias, ``g = −2 C·Xᵀ`` (``addmm`` with β = 0 and α = −2; one row of ``g`` per
+centroid), and :func:`scan_centroids` walks it centroid by centroid: each step updates the best, runner-up and
+winner of all the chunk's rows at once, element by element, which vectorises without fast-math (the minima are
+never reductions along a vector).
 
 Given ê, it computes, row by row, what the NumPy path computes (tested on ties, ±0 and near ties):
 
 * the column of the first minimum of ê (``np.argmin``'s choice) and that minimum;
 * the runner-up: the minimum of ê over the other columns (the near-tie test compares it with best + 2E);
 * with groups, the minimum of ê over each group's columns other than the winner (the Yinyang lower bounds);
-* the near-tie candidates, which :meth:`~workflow.kmeans.exact.DenseBlock.finish` settles in float64.
+* the near-tie candidates, which :func:`settle_ties` settles in float64 as
+  :meth:`~workflow.kmeans.exact.DenseBlock.finish` would, summing each f in NumPy's order.
 
-ê_j = ‖c_j‖² − 2 g_j here: the doubling is exact and the subtraction rounds once, the rounding of the final
+ê_j = ‖c_j‖² + g_j here: the scaling by −2 is exact and the addition rounds once, the rounding of the final
 addition in the error bound of :mod:`workflow.kmeans.exact`, so the bound and hence the exact assignment hold as
 they do for ``addmm``. The bits of ê are ``addmm(alpha=-2)``'s as long as the BLAS adds the bias once, after the
 whole dot product; MKL does so here up to d = 384 and, for longer rows, adds the bias to the first block of the
@@ -46,7 +48,6 @@ def _scan_columns(g: np.ndarray, c_sq: np.ndarray, j0: int, j1: int, best: np.nd
     sweep over the rows: the per-row state is then loaded and stored once per four columns (measured 1.7x faster
     than one column per sweep, and faster than eight)."""
     m = g.shape[1]
-    two = np.float32(2.0)
     j = j0
     while j + 4 <= j1:
         g0, g1, g2, g3 = g[j], g[j + 1], g[j + 2], g[j + 3]
@@ -54,25 +55,25 @@ def _scan_columns(g: np.ndarray, c_sq: np.ndarray, j0: int, j1: int, best: np.nd
         col = np.int32(j)
         for i in range(m):
             b, s, a = best[i], second[i], arg[i]
-            b, s, a = _fold(c0 - two * g0[i], col, b, s, a)
-            b, s, a = _fold(c1 - two * g1[i], col + np.int32(1), b, s, a)
-            b, s, a = _fold(c2 - two * g2[i], col + np.int32(2), b, s, a)
-            b, s, a = _fold(c3 - two * g3[i], col + np.int32(3), b, s, a)
+            b, s, a = _fold(c0 + g0[i], col, b, s, a)
+            b, s, a = _fold(c1 + g1[i], col + np.int32(1), b, s, a)
+            b, s, a = _fold(c2 + g2[i], col + np.int32(2), b, s, a)
+            b, s, a = _fold(c3 + g3[i], col + np.int32(3), b, s, a)
             best[i], second[i], arg[i] = b, s, a
         j += 4
     while j < j1:
         g0, c0, col = g[j], c_sq[j], np.int32(j)
         for i in range(m):
-            best[i], second[i], arg[i] = _fold(c0 - two * g0[i], col, best[i], second[i], arg[i])
+            best[i], second[i], arg[i] = _fold(c0 + g0[i], col, best[i], second[i], arg[i])
         j += 1
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def scan_centroids(g: np.ndarray, c_sq: np.ndarray, width: int, two_e: np.ndarray, col: np.ndarray,
                    val: np.ndarray, gmin: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scan the ``(columns, m)`` float32 GEMM output ``g`` = C·Xᵀ of a chunk of m rows.
+    """Scan the ``(columns, m)`` float32 GEMM output ``g`` = −2 C·Xᵀ of a chunk of m rows.
 
-    For each row i, writes ``col[i]`` (int64, the first column of the least ê = ``c_sq`` − 2 g) and ``val[i]``
+    For each row i, writes ``col[i]`` (int64, the first column of the least ê = ``c_sq`` + g) and ``val[i]``
     (float64, that ê). With ``gmin`` of shape ``(m, G)``, the columns form G groups of ``width`` and
     ``gmin[i, h]`` gets the least ê of group h over its columns other than ``col[i]``; pass a ``(0, 0)`` array
     (and any ``width``) for no groups.
@@ -124,7 +125,6 @@ def _candidates(g: np.ndarray, c_sq: np.ndarray, ties: np.ndarray, val: np.ndarr
     """``(rows, columns, ê as float64)`` of every column with ê ≤ ``val[i] + two_e[i]`` of each row i in ``ties``,
     by row then column. Two sweeps over ``g`` by centroid (count, then fill): each reads the near-tie rows'
     entries of one contiguous row of ``g`` at a time, not a strided column per row."""
-    two = np.float32(2.0)
     n_ties = ties.shape[0]
     limit = np.empty(n_ties, dtype=np.float64)
     count = np.zeros(n_ties + 1, dtype=np.int64)
@@ -133,7 +133,7 @@ def _candidates(g: np.ndarray, c_sq: np.ndarray, ties: np.ndarray, val: np.ndarr
     for j in range(g.shape[0]):
         g_j, c_j = g[j], c_sq[j]
         for t in range(n_ties):
-            count[t + 1] += np.float64(c_j - two * g_j[ties[t]]) <= limit[t]
+            count[t + 1] += np.float64(c_j + g_j[ties[t]]) <= limit[t]
     at = np.cumsum(count)[:n_ties]
     rows = np.empty(at[-1] + count[-1] if n_ties else 0, dtype=np.int64)
     cols = np.empty_like(rows)
@@ -141,8 +141,114 @@ def _candidates(g: np.ndarray, c_sq: np.ndarray, ties: np.ndarray, val: np.ndarr
     for j in range(g.shape[0]):
         g_j, c_j = g[j], c_sq[j]
         for t in range(n_ties):
-            e = np.float64(c_j - two * g_j[ties[t]])
+            e = np.float64(c_j + g_j[ties[t]])
             if e <= limit[t]:
                 rows[at[t]], cols[at[t]], vals[at[t]] = ties[t], j, e
                 at[t] += 1
     return rows, cols, vals
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def settle_ties(x: np.ndarray, c: np.ndarray, slots: np.ndarray, width: int, rows: np.ndarray, cols: np.ndarray,
+                vals: np.ndarray, col: np.ndarray, val: np.ndarray, gmin: np.ndarray) -> None:
+    """Settle the near ties that :func:`scan_centroids` listed, in place: what
+    :meth:`~workflow.kmeans.exact.DenseBlock.finish` does with :func:`~workflow.kmeans.exact.resolve_ties`, bit for
+    bit, without a Python call per block.
+
+    For each row i of ``rows`` (grouped by row), the candidate with the least f = Σ (x_i − c)² (float64, summed in
+    NumPy's order, :func:`squared_distance`) wins, then the least centroid index; ``col[i]`` and ``val[i]`` become
+    its column and ê. ``x`` holds the chunk's float32 rows, ``c`` the centroids in their original order and ``slots``
+    the centroid of each column (a grouped layout; empty: column j is centroid j). With groups (``gmin`` of shape
+    (m, G)), a row whose winner moved gets its float32 winner back into that column's group minimum, as ``finish``
+    does.
+    """
+    buf = np.empty(x.shape[1], dtype=np.float64)
+    p, n = 0, rows.shape[0]
+    while p < n:
+        i, win, win_f, win_c = rows[p], -1, np.inf, -1
+        while p < n and rows[p] == i:
+            j = cols[p]
+            cent = slots[j] if slots.shape[0] else j
+            f = squared_distance(x[i], c[cent], buf)
+            if win < 0 or f < win_f or (f == win_f and cent < win_c):
+                win, win_f, win_c = p, f, cent
+            p += 1
+        if gmin.shape[1] and cols[win] != col[i]:
+            h = col[i] // width
+            gmin[i, h] = min(gmin[i, h], np.float32(val[i]))
+        col[i] = cols[win]
+        val[i] = vals[win]
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def squared_distance(x: np.ndarray, c: np.ndarray, buf: np.ndarray) -> float:
+    """Σ_d (x_d − c_d)² in float64 of two float32 rows, the value of :func:`workflow.kmeans.exact.exact_sq` bit for
+    bit: the squared float64 differences (in ``buf``) summed as NumPy sums a row (:func:`_pairwise_sum`)."""
+    for t in range(x.shape[0]):
+        diff = np.float64(x[t]) - np.float64(c[t])
+        buf[t] = diff * diff
+    return _pairwise_sum(buf, 0, x.shape[0])
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _pairwise_sum(a: np.ndarray, lo: int, n: int) -> float:
+    """Σ ``a[lo:lo + n]`` in NumPy's order (``pairwise_sum`` of its float64 add reduction): up to 128 values as
+    :func:`_block_sum`; above, the two halves (the first a multiple of 8 long) summed so, recursively, then added.
+    The recursion runs on a stack of its own (numba cannot cache a recursive function). Tested against
+    ``ndarray.sum``."""
+    if n <= 128:
+        return _block_sum(a, lo, n)
+    # frames (start, length, stage): stage 0 sums the first half next, 1 the second, 2 adds the two
+    start, length, stage = np.empty(64, np.int64), np.empty(64, np.int64), np.empty(64, np.int64)
+    sums = np.empty(64, np.float64)
+    start[0], length[0], stage[0] = lo, n, 0
+    top, n_sums = 1, 0
+    while top:
+        f = top - 1
+        if length[f] <= 128:
+            sums[n_sums] = _block_sum(a, start[f], length[f])
+            n_sums += 1
+            top -= 1
+            continue
+        half = length[f] // 2
+        half -= half % 8
+        if stage[f] == 2:
+            sums[n_sums - 2] += sums[n_sums - 1]
+            n_sums -= 1
+            top -= 1
+            continue
+        start[top] = start[f] + (half if stage[f] else 0)
+        length[top] = length[f] - half if stage[f] else half
+        stage[top] = 0
+        stage[f] += 1
+        top += 1
+    return sums[0]
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _block_sum(a: np.ndarray, lo: int, n: int) -> float:
+    """Σ ``a[lo:lo + n]`` for n ≤ 128 as NumPy sums a block: in order below 8 values; else eight running sums
+    folded as ((0+1)+(2+3))+((4+5)+(6+7)), then the rest in order."""
+    if n < 8:
+        res = 0.0
+        for t in range(n):
+            res += a[lo + t]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    t = 8
+    while t < n - n % 8:
+        r0 += a[lo + t]
+        r1 += a[lo + t + 1]
+        r2 += a[lo + t + 2]
+        r3 += a[lo + t + 3]
+        r4 += a[lo + t + 4]
+        r5 += a[lo + t + 5]
+        r6 += a[lo + t + 6]
+        r7 += a[lo + t + 7]
+        t += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while t < n:
+        res += a[lo + t]
+        t += 1
+    return res

@@ -6,13 +6,13 @@ exact ties. Computing f for every (row, centroid) pair would cost as much as the
 precision, so it is only used to settle near ties:
 
 1. *Certified float32 GEMM.* ê_j = ‖c_j‖² − 2 x·c_j comes from one ``addmm`` (‖x‖² is the same for every j and left
-   out; large CPU passes run a plain GEMM and subtract in their compiled scan, :mod:`workflow.kmeans.compiled_scan`,
-   which the same bound covers). Whatever the summation order of the BLAS, a float32 dot product of length
-   d satisfies |fl(x·c) − x·c| ≤ γ_d ‖x‖‖c‖ with γ_d = d·u/(1 − d·u) (Higham 2002, *Accuracy and Stability of
-   Numerical Algorithms*, §3.1); with the rounding of ‖c‖² (γ_d ‖c‖²) and of the final addition (u |ê|), |ê_j − e_j|
-   ≤ γ_{d+1} (‖c_j‖² + 2 ‖x‖‖c_j‖) ≤ E(x) = κ (‖x‖ + max_j ‖c_j‖)² with κ = (d + 4) u (1 + 1/16) (the slack also
-   covers the float64 evaluation of f, ~d·2⁻⁵³). u = 2⁻²⁴, or 2⁻⁸ when reduced-precision float32 matmuls (TF32/bf16)
-   are allowed.
+   out; large CPU passes run the GEMM without the bias and add it in their compiled scan,
+   :mod:`workflow.kmeans.compiled_scan`, which the same bound covers). Whatever the summation order of the BLAS, a
+   float32 dot product of length d satisfies |fl(x·c) − x·c| ≤ γ_d ‖x‖‖c‖ with γ_d = d·u/(1 − d·u) (Higham 2002,
+   *Accuracy and Stability of Numerical Algorithms*, §3.1); with the rounding of ‖c‖² (γ_d ‖c‖²) and of the final
+   addition (u |ê|), |ê_j − e_j| ≤ γ_{d+1} (‖c_j‖² + 2 ‖x‖‖c_j‖) ≤ E(x) = κ (‖x‖ + max_j ‖c_j‖)² with κ = (d + 4) u
+   (1 + 1/16) (the slack also covers the float64 evaluation of f, ~d·2⁻⁵³). u = 2⁻²⁴, or 2⁻⁸ when reduced-precision
+   float32 matmuls (TF32/bf16) are allowed.
 2. *Tie resolution.* If the runner-up of a row is within 2E of its best ê, every centroid within 2E of the best
    is a candidate for the exact argmin (all others are provably farther); f is computed for those pairs and
    the smallest f wins, then the smallest index. Otherwise the best ê *is* the exact argmin.
@@ -190,7 +190,8 @@ class DenseBlock:
     Every chunk gets its GEMM (into a cache-sized buffer), its float32 argmin and its near-tie detection (the
     runner-up within 2E of the best, module doc); the near ties of the whole block are then settled in float64 in
     one call (:meth:`finish`), which costs less than one call per chunk. With ``scan`` (large CPU passes) a chunk
-    may span several distance chunks, and one compiled call scans it (:mod:`workflow.kmeans.compiled_scan`). With a
+    may span several distance chunks, and two compiled calls scan it and settle its near ties
+    (:mod:`workflow.kmeans.compiled_scan`). With a
     grouped layout the block also keeps, per row and group, the minimum ê over the group's centroids other than the
     chosen one (the Yinyang lower bounds).
 
@@ -271,18 +272,24 @@ class DenseBlock:
         self.val[r0:r1] = val
 
     def _add_scanned(self, r0: int, xb: torch.Tensor) -> None:
-        """:meth:`add` with the compiled scan: the GEMM is ``g`` = C·Xᵀ without the bias, one row per column of
-        the layout, and :func:`~workflow.kmeans.compiled_scan.scan_centroids` finds each row's winner, group minima
-        and near-tie candidates in one call."""
+        """:meth:`add` with the compiled scan: the GEMM is ``g`` = −2 C·Xᵀ without the bias, one row per column of
+        the layout; :func:`~workflow.kmeans.compiled_scan.scan_centroids` finds each row's winner, group minima
+        and near-tie candidates in one call, and :func:`~workflow.kmeans.compiled_scan.settle_ties` settles the
+        near ties in another (what :meth:`finish` does for the NumPy path, bit for bit)."""
         cen, layout = self.cen, self.cen.layout
         m = xb.shape[0]
         r1 = r0 + m
-        g = torch.mm(cen.ct.T, xb.T, out=workspace().get("gemm", (cen.ct.shape[1], m), torch.float32, xb.device))
+        from workflow.kmeans.compiled_scan import settle_ties  # loaded already: the engine passed the scan
+
+        g = workspace().get("gemm", (cen.ct.shape[1], m), torch.float32, xb.device)
+        torch.addmm(g, cen.ct.T, xb.T, beta=0, alpha=-2.0, out=g)  # −2 C·Xᵀ: β = 0 ignores g's old values
         gmin = self.gmin[r0:r1].numpy() if layout is not None else _NO_GROUPS
-        rows, cols, vals = self.scan(g.numpy(), cen.c_sq_row, 0 if layout is None else layout.width,
-                                     self.two_e_np[r0:r1], self.col_np[r0:r1], self.val_np[r0:r1], gmin)
-        if rows.size:
-            self.pairs.append((torch.from_numpy(rows + r0), torch.from_numpy(cols), torch.from_numpy(vals)))
+        width = 0 if layout is None else layout.width
+        col, val = self.col_np[r0:r1], self.val_np[r0:r1]
+        rows, cols, vals = self.scan(g.numpy(), cen.c_sq_row, width, self.two_e_np[r0:r1], col, val, gmin)
+        if rows.size:  # settled here, in one compiled call, not with the NumPy path's pairs in finish()
+            slots = _NO_SLOTS if layout is None else layout.slots.numpy()
+            settle_ties(xb.numpy(), cen.c.numpy(), slots, width, rows, cols, vals, col, val, gmin)
 
     def finish(self, rows: Callable[[torch.Tensor], torch.Tensor]) -> DenseOut:
         """Settle the near ties (``rows(index)`` returns the block's float32 rows ``index``) and return the
@@ -326,6 +333,7 @@ def dense_assign(xb: torch.Tensor, x_norm: torch.Tensor, cen: Centroids) -> Dens
 
 _ARANGE = np.arange(0)
 _NO_GROUPS = np.empty((0, 0), dtype=np.float32)
+_NO_SLOTS = np.empty(0, dtype=np.int64)
 
 
 def _arange(m: int) -> np.ndarray:
