@@ -235,17 +235,24 @@ def test_compiled_sums_are_index_add_bit_for_bit(name: str, monkeypatch: pytest.
     """Large passes add their float64 sums with the compiled loop of workflow.kmeans.compiled_sums, small ones
     with index_add_: both add the same rows in the same order, so every pass, plain or pruned, gives the same bits."""
     from workflow.kmeans import compiled_sums
-    from workflow.kmeans.compiled_sums import add_rows
+    from workflow.kmeans.compiled_sums import add_rows, clear_empty
 
     x, k = datasets()[name]
     rng = np.random.default_rng(1)
     assignment = rng.integers(0, k, len(x))
-    sums, counts = np.zeros((k, x.shape[1])), np.zeros(k, dtype=np.int64)
-    add_rows(sums, counts, x, assignment)
+    assignment[assignment == 1] = 0  # an empty cluster
+    x = x.copy()
+    x[assignment == 2, 0] = -0.0  # a sum of −0s is +0, as index_add_ on zeros gives
     expected = torch.zeros((k, x.shape[1]), dtype=torch.float64).index_add_(
         0, torch.from_numpy(assignment), torch.from_numpy(x).double())
-    np.testing.assert_array_equal(sums, expected.numpy())
-    np.testing.assert_array_equal(counts, np.bincount(assignment, minlength=k))
+    for start in (np.zeros((k, x.shape[1])), np.full((k, x.shape[1]), np.nan)):  # zeroed, or not zeroed at all
+        sums, counts = start, np.zeros(k, dtype=np.int64)
+        for piece in range(0, len(x), 70):  # in pieces, as the engine adds a block
+            add_rows(sums, counts, x[piece:piece + 70], assignment[piece:piece + 70])
+        clear_empty(sums, counts)
+        np.testing.assert_array_equal(sums, expected.numpy())
+        assert sums[2, 0] == 0 and not np.signbit(sums[2, 0])
+        np.testing.assert_array_equal(counts, np.bincount(assignment, minlength=k))
 
     calls = []
     monkeypatch.setattr(compiled_sums, "add_rows", lambda *a: calls.append(1) or add_rows(*a))

@@ -17,10 +17,27 @@ import numpy as np
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def add_rows(sums: np.ndarray, counts: np.ndarray, x: np.ndarray, assignment: np.ndarray) -> None:
     """``sums[a] += x[i]`` (float64, rows in order) and ``counts[a] += 1`` for each row ``i`` of ``x`` (float32) with
-    ``a = assignment[i]``."""
+    ``a = assignment[i]``.
+
+    A row of ``sums`` whose count is 0 counts as zeros, whatever it holds: its first row is written as 0.0 + x, the
+    bits of an add to a zero. So a block's sums need not be zeroed first (a (k, d) float64 fill per block, 2% of a
+    plain pass at 200k × 128, k = 1000); :func:`clear_empty` zeroes the rows that no row reached."""
     m, d = x.shape
+    zero = np.float64(0.0)
     for i in range(m):
         a = assignment[i]
+        if counts[a] == 0:
+            for j in range(d):
+                sums[a, j] = zero + np.float64(x[i, j])  # + 0.0 turns −0 into +0, as 0.0 + (−0) does
+        else:
+            for j in range(d):
+                sums[a, j] += np.float64(x[i, j])
         counts[a] += 1
-        for j in range(d):
-            sums[a, j] += np.float64(x[i, j])
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def clear_empty(sums: np.ndarray, counts: np.ndarray) -> None:
+    """Zero the rows of ``sums`` whose count is 0 (after :func:`add_rows` on sums that were not zeroed)."""
+    for a in range(counts.shape[0]):
+        if counts[a] == 0:
+            sums[a, :] = 0.0

@@ -229,7 +229,7 @@ class LocalLloyd:
         # the compiled loops: numba costs ~0.6 s to load and pays for itself on large passes only
         add_rows = scan_centroids = None
         if sums and src.device.type == "cpu" and (self.stop - self.start) * d >= tuning.COMPILED_SUMS_MIN:
-            from workflow.kmeans.compiled_sums import add_rows
+            from workflow.kmeans.compiled_sums import add_rows, clear_empty
         if cen is not None and tuning.compiled_scan(self.stop - self.start, k, src.device):
             from workflow.kmeans.compiled_scan import scan_centroids
         step = chunk if scan_centroids is None else tuning.scan_gemm_rows(chunk, k)  # rows per assignment GEMM
@@ -248,14 +248,18 @@ class LocalLloyd:
                 min_sum = out.min_sum
                 if bounds is not None:
                     bounds.store_dense(r, out, row_sq[r], cen)
-            part = torch.zeros((k, d), dtype=torch.float64, device=src.device) if sums else None
             cnt = torch.zeros(k, dtype=torch.int64, device=src.device) if sums else None
+            part = None
             if add_rows is not None:  # few compiled calls per block, rows added in order as index_add_ adds them
+                part = torch.empty((k, d), dtype=torch.float64)  # add_rows writes a cluster's first row
                 piece = max(1, tuning.SCAN_GEMM_FLOATS // d)
                 for ps in range(s, e, piece):
                     pe = min(e, ps + piece)
                     add_rows(part.numpy(), cnt.numpy(), src.chunk(ps, pe).numpy(),
                              self.assignment[ps - self.start:pe - self.start].numpy())
+                clear_empty(part.numpy(), cnt.numpy())
+            elif sums:
+                part = torch.zeros((k, d), dtype=torch.float64, device=src.device)
             if dist is None and (not sums or add_rows is not None):
                 return part, cnt, min_sum, changed
             ws = workspace()
