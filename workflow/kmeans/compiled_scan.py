@@ -52,13 +52,14 @@ def _scan_columns(g: np.ndarray, c_sq: np.ndarray, j0: int, j1: int, best: np.nd
     while j + 4 <= j1:
         g0, g1, g2, g3 = g[j], g[j + 1], g[j + 2], g[j + 3]
         c0, c1, c2, c3 = c_sq[j], c_sq[j + 1], c_sq[j + 2], c_sq[j + 3]
-        col = np.int32(j)
+        # int32 column numbers (numba widens int32 + int32 to int64, whose blends take 512-bit registers)
+        j0_, j1_, j2_, j3_ = np.int32(j), np.int32(j + 1), np.int32(j + 2), np.int32(j + 3)
         for i in range(m):
             b, s, a = best[i], second[i], arg[i]
-            b, s, a = _fold(c0 + g0[i], col, b, s, a)
-            b, s, a = _fold(c1 + g1[i], col + np.int32(1), b, s, a)
-            b, s, a = _fold(c2 + g2[i], col + np.int32(2), b, s, a)
-            b, s, a = _fold(c3 + g3[i], col + np.int32(3), b, s, a)
+            b, s, a = _fold(c0 + g0[i], j0_, b, s, a)
+            b, s, a = _fold(c1 + g1[i], j1_, b, s, a)
+            b, s, a = _fold(c2 + g2[i], j2_, b, s, a)
+            b, s, a = _fold(c3 + g3[i], j3_, b, s, a)
             best[i], second[i], arg[i] = b, s, a
         j += 4
     while j < j1:
