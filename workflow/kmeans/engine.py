@@ -224,7 +224,10 @@ class LocalLloyd:
         k, d = centroids.shape
         chunk = self._chunk(k)
         row_sq = self.row_sq() if cen is not None else None
-        two_e = 2.0 * cen.margin(self.row_norm()) if cen is not None else None  # tie margins 2E of the pass
+        two_e = None
+        if cen is not None:
+            with threads_for(self.stop - self.start):  # element-wise: no intra-op threads below SMALL_WORK
+                two_e = 2.0 * cen.margin(self.row_norm())  # the tie margins 2E of the pass
         bounds = self.pruner.bounds if cen is not None and cen.layout is not None else None
         # the compiled loops: numba costs ~0.6 s to load and pays for itself on large passes only
         add_rows = scan_centroids = None
