@@ -19,8 +19,10 @@ pool (the way Strata runs its chunks). Also measured: the ceiling of an unfused 
 and size) on the pool, alone and each followed by the scan of its output that the engine's plain pass runs, the
 compiled scan on large passes, else NumPy's argmin and torch's minimum (``unfused_ceiling``). The reference "matmul
 rate" is the fastest of the three GEMM rates, best of the rounds: on a shared machine a short burst timed in a slow
-moment would otherwise understate the machine and overstate every ratio to it. A Lloyd iteration costs 2 n k d
-flops; "GFLOP/s" is
+moment would otherwise understate the machine and overstate every ratio to it. Because such a machine's speed
+drifts within minutes, the plain pass is also measured in ``--paired`` pairs (the three GEMM bursts, then one
+pass, a fraction of a second apart; ``paired_share``), whose median share is steadier than a ratio of two bests
+taken at different moments. A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is
 that over the time per iteration (for the pruned run an *effective* rate: it skips most of those flops). Strata
 pruned and unpruned are checked to give bitwise identical centroids. faiss is told to use every point
 (``max_points_per_centroid`` = 1e9; its default would subsample 256 points per centroid).
@@ -184,6 +186,36 @@ def run_strata(x: np.ndarray, init: np.ndarray, iters: int, prune: bool) -> dict
             "skipped": skipped}
 
 
+def paired_share(x: np.ndarray, init: np.ndarray, threads: int, rounds: int, gemm_rows: int, compiled: bool
+                 ) -> dict[str, Any]:
+    """The plain pass's share of the matmul rate, measured in ``rounds`` pairs: GEMM bursts (:func:`matmul_rate`'s
+    intra-op and pool products and the engine's own GEMMs, :func:`unfused_ceiling`; the fastest is the reference, as
+    in the main rounds), then one plain pass of the engine over ``x`` against ``init``; each pair gives pass GFLOP/s
+    over that rate, a fraction of a second apart. On a shared machine whose speed drifts within minutes, the median
+    of the pairs is steadier than the ratio of two bests taken at different moments."""
+    import torch
+
+    from workflow.kmeans import DataSource
+    from workflow.kmeans.engine import local_engine
+
+    n, dim = x.shape
+    k = init.shape[0]
+    flops = 2.0 * n * k * dim
+    engine = local_engine(DataSource(x, check=False), prune=False)
+    centroids = torch.from_numpy(init.copy())
+    engine.accumulate(centroids)  # warm-up: row norms, numba, buffers
+    shares = []
+    for _ in range(rounds):
+        rate = max(matmul_rate(dim, k, threads, seconds=0.15)["best"],
+                   unfused_ceiling(dim, k, threads, gemm_rows, compiled, seconds=0.15)["gemm"])
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        engine.accumulate(centroids)
+        shares.append(100.0 * flops / (time.perf_counter() - start) / 1e9 / rate)
+    return {"median": float(np.median(shares)), "q25": float(np.percentile(shares, 25)),
+            "q75": float(np.percentile(shares, 75)), "rounds": shares}
+
+
 def run_faiss(x: np.ndarray, init: np.ndarray, iters: int) -> dict[str, Any]:
     import faiss
 
@@ -261,6 +293,8 @@ def bench_data(kind: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
                      "inertia_vs_faiss": inertia(x, res["centroids"]) / ref_inertia})
     pruned = best["strata (pruned)"]
     detail = {"matmul_gflops": mm, "chunk_rows": chunk, "gemm_rows": gemm_rows, "compiled_scan": compiled,
+              "paired_pct_of_matmul": (paired_share(x, init, args.threads, args.paired, gemm_rows, compiled)
+                                       if args.paired else None),
               "unfused_ceiling_gflops": ceiling,
               "pruned_identical_to_unpruned": identical,
               "pruned_per_pass_s": pruned["per_pass"], "pruned_skipped_fraction": pruned["skipped"],
@@ -435,6 +469,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--threads", type=int, default=2, help="threads of every implementation")
+    parser.add_argument("--paired", type=int, default=10,
+                        help="pairs of (matmul burst, plain pass) for the paired share of the matmul rate (0: none)")
     parser.add_argument("--data", default="blobs,uniform", help="comma-separated: blobs, uniform")
     parser.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn (slow at full size)")
     parser.add_argument("--sklearn-iters", type=int, default=None,
@@ -497,6 +533,11 @@ def main() -> None:
               f"{mm['pool']:.1f} and the engine's GEMMs {mm['engine_gemms']:.1f}); "
               f"pruned == unpruned bitwise: {detail['pruned_identical_to_unpruned']}; rows skipped per pass: "
               f"first {skipped[0]:.2f}, mean {np.mean(skipped):.2f}, last {skipped[-1]:.2f}")
+        paired = detail["paired_pct_of_matmul"]
+        if paired:
+            print(f"{kind}: plain pass, paired with GEMM bursts just before it: {paired['median']:.1f}% of the "
+                  f"matmul rate (median of {len(paired['rounds'])} pairs; quartiles {paired['q25']:.1f}-"
+                  f"{paired['q75']:.1f}%)")
         ceiling = detail["unfused_ceiling_gflops"]
         scan = "the compiled scan" if detail["compiled_scan"] else "NumPy argmin + torch min scans"
         print(f"{kind}: GEMMs of {detail['gemm_rows']} rows on the pool: alone {ceiling['gemm']:.1f} GFLOP/s "
