@@ -19,12 +19,12 @@ pool (the way Strata runs its chunks). Also measured: the ceiling of an unfused 
 and size) on the pool, alone and each followed by the scan of its output that the engine's plain pass runs, the
 compiled scan on large passes, else NumPy's argmin and torch's minimum (``unfused_ceiling``). The reference "matmul
 rate" is the fastest of the three GEMM rates, best of the rounds: on a shared machine a short burst timed in a slow
-moment would otherwise understate the machine and overstate every ratio to it. Because such a machine's speed
-drifts within minutes, the plain pass is also measured in ``--paired`` pairs (the three GEMM bursts, then one
-pass, a fraction of a second apart; ``paired_share``), whose median share is steadier than a ratio of two bests
-taken at different moments. A Lloyd iteration costs 2 n k d flops; "GFLOP/s" is
-that over the time per iteration (for the pruned run an *effective* rate: it skips most of those flops). Strata
-pruned and unpruned are checked to give bitwise identical centroids. faiss is told to use every point
+moment would otherwise understate the machine and overstate every ratio to it. Because such a machine's speed drifts
+within minutes, the plain pass is also measured in ``--paired`` pairs (the three GEMM bursts, then one pass, a
+fraction of a second apart; ``paired_share``), whose median share is steadier than a ratio of two bests taken at
+different moments (it times the pass alone, the table a whole run's iterations). A Lloyd iteration costs 2 n k d
+flops; "GFLOP/s" is that over the time per iteration (for the pruned run an *effective* rate: it skips most of those
+flops). Strata pruned and unpruned are checked to give bitwise identical centroids. faiss is told to use every point
 (``max_points_per_centroid`` = 1e9; its default would subsample 256 points per centroid).
 
 "strata (pruned)" forces the exact Yinyang pruning (engine ``prune=True``, ``kmeans(prune="always")``),
@@ -118,8 +118,8 @@ def matmul_rate(dim: int, k: int, threads: int, seconds: float = 0.3) -> dict[st
     return {"intra_op": intra, "pool": pooled, "best": max(intra, pooled)}
 
 
-def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, seconds: float = 0.3
-                    ) -> dict[str, float]:
+def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, seconds: float = 0.3,
+                    with_scans: bool = True) -> dict[str, float]:
     """GFLOP/s of ``threads`` single-threaded GEMMs of the engine's shape (``rows`` rows against the k centroids, on
     a thread pool as the engine runs them): alone, and each followed by the scan of its output that the engine's
     plain pass runs, the compiled scan (``compiled``: ``−2 C·Xᵀ``, then :func:`scan_centroids`) or NumPy's argmin and
@@ -157,7 +157,7 @@ def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, s
             calls = calls_per_second(lambda: list(pool.map(one, range(threads))), seconds)
         return calls * 4 * threads * flops / 1e9
 
-    result = {"gemm": rate(False), "gemm_and_scans": rate(True)}
+    result = {"gemm": rate(False), "gemm_and_scans": rate(True) if with_scans else None}
     torch.set_num_threads(threads)
     return result
 
@@ -192,7 +192,9 @@ def paired_share(x: np.ndarray, init: np.ndarray, threads: int, rounds: int, gem
     intra-op and pool products and the engine's own GEMMs, :func:`unfused_ceiling`; the fastest is the reference, as
     in the main rounds), then one plain pass of the engine over ``x`` against ``init``; each pair gives pass GFLOP/s
     over that rate, a fraction of a second apart. On a shared machine whose speed drifts within minutes, the median
-    of the pairs is steadier than the ratio of two bests taken at different moments."""
+    of the pairs is steadier than the ratio of two bests taken at different moments. It times the pass alone
+    (``accumulate``), while the table's share is per Lloyd iteration of a whole run (engine set-up, row norms and
+    centroid updates included), so the two differ a little even on a quiet machine."""
     import torch
 
     from workflow.kmeans import DataSource
@@ -201,13 +203,14 @@ def paired_share(x: np.ndarray, init: np.ndarray, threads: int, rounds: int, gem
     n, dim = x.shape
     k = init.shape[0]
     flops = 2.0 * n * k * dim
+    torch.set_num_threads(threads)  # local_engine picks the thread pool from torch's thread count
     engine = local_engine(DataSource(x, check=False), prune=False)
     centroids = torch.from_numpy(init.copy())
     engine.accumulate(centroids)  # warm-up: row norms, numba, buffers
     shares = []
     for _ in range(rounds):
         rate = max(matmul_rate(dim, k, threads, seconds=0.15)["best"],
-                   unfused_ceiling(dim, k, threads, gemm_rows, compiled, seconds=0.15)["gemm"])
+                   unfused_ceiling(dim, k, threads, gemm_rows, compiled, seconds=0.15, with_scans=False)["gemm"])
         torch.set_num_threads(threads)
         start = time.perf_counter()
         engine.accumulate(centroids)

@@ -135,7 +135,8 @@ def test_kmeans_with_the_scan_gives_the_same_bits(name: str, monkeypatch: pytest
 
 def test_long_rows_keep_the_assignment_within_the_bound() -> None:
     # with d > 384, MKL adds addmm's bias to the first block of the inner dimension, so ê may differ in its last
-    # bits from the scan's c_sq − 2 g; both lie within E of the exact value, and the settled assignment is the same
+    # bits from the scan's c_sq + g (g = −2 C·Xᵀ); both lie within E of the exact value, and the settled assignment
+    # is the same
     rng = np.random.default_rng(3)
     c = rng.normal(size=(64, 512)).astype(np.float32)
     c[40:] = c[:24]  # duplicated centroids: exact ties to settle
@@ -213,34 +214,41 @@ def test_squared_distance_is_exact_sq_bit_for_bit(dim: int) -> None:
 
 @pytest.mark.parametrize("grouped", [False, True])
 def test_settle_ties_is_resolve_ties(grouped: bool) -> None:
-    # candidates with exact ties in f (duplicated centroids: the lower index must win) and near ties
+    # duplicated centroids (j and j + 12) tie exactly in f: the lower index must win. Grouped, the columns hold the
+    # centroids in reverse order (with padding), so the lower index comes *after* its twin in column order
     rng = np.random.default_rng(5)
     c = rng.normal(size=(24, 7)).astype(np.float32)
     c[12:] = c[:12]
     x = np.concatenate([c[:12] + rng.normal(scale=1e-3, size=(12, 7)), rng.normal(size=(20, 7))]).astype(np.float32)
-    ct = torch.from_numpy(c)
-    layout = make_groups(ct, 3) if grouped else None
-    slots = layout.slots.numpy() if grouped else np.empty(0, dtype=np.int64)
-    columns = len(slots) if grouped else len(c)
-    real = np.flatnonzero(slots >= 0) if grouped else np.arange(columns)
-    pairs = [(i, j) for i in range(len(x)) for j in np.sort(rng.choice(real, 4, replace=False))]
-    rows = np.array([i for i, _ in pairs], dtype=np.int64)
-    cols = np.array([j for _, j in pairs], dtype=np.int64)
-    vals = rng.normal(size=len(pairs))
+    width = 9
+    slots = np.concatenate([np.arange(23, -1, -1), [-1, -1, -1]]) if grouped else np.empty(0, dtype=np.int64)
+    column = {int(cent): j for j, cent in enumerate(slots) if cent >= 0} if grouped else {j: j for j in range(24)}
+    rows, cols = [], []
+    for i in range(len(x)):
+        twins = [column[i % 12], column[i % 12 + 12]]
+        others = rng.choice([j for j in column.values() if j not in twins], 2, replace=False)
+        for j in sorted([*twins, *others]):  # by row, then column, as scan_centroids lists them
+            rows.append(i)
+            cols.append(j)
+    rows, cols = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
+    vals = rng.normal(size=len(rows))
     col0 = cols[::4].copy()  # each row's float32 winner: its first candidate
     val0 = rng.normal(size=len(x)).astype(np.float32).astype(np.float64)
-    gmin0 = rng.normal(size=(len(x), layout.n_groups)).astype(np.float32) if grouped else np.empty((0, 0), np.float32)
+    gmin0 = rng.normal(size=(len(x), 3)).astype(np.float32) if grouped else np.empty((0, 0), dtype=np.float32)
     col, val, gmin = col0.copy(), val0.copy(), gmin0.copy()
-    settle_ties(x, c, slots, layout.width if grouped else 0, rows, cols, vals, col, val, gmin)
+    settle_ties(x, c, slots, width if grouped else 0, rows, cols, vals, col, val, gmin)
     cand = slots[cols] if grouped else cols
-    win = exact.resolve_ties(torch.from_numpy(x), ct, torch.from_numpy(rows), torch.from_numpy(cand)).numpy()
+    win = exact.resolve_ties(torch.from_numpy(x), torch.from_numpy(c), torch.from_numpy(rows),
+                             torch.from_numpy(cand)).numpy()
     np.testing.assert_array_equal(col, cols[win])
     np.testing.assert_array_equal(val, vals[win])
-    assert (cand[win] < 12).sum() > 6  # duplicated centroids tie exactly: the lower index won
-    if grouped:  # a row whose winner moved gets its old ê back into the old winner's group minimum
-        moved = col != col0
+    winners = slots[col[:12]] if grouped else col[:12]
+    np.testing.assert_array_equal(winners, np.arange(12))  # the lower index of each exact tie
+    if grouped:
+        assert all(col[i] > column[i + 12] for i in range(12))  # ...which came after its twin in column order
+        moved = col != col0  # a row whose winner moved gets its old ê back into the old winner's group minimum
         want = gmin0.copy()
-        h = col0[moved] // layout.width
+        h = col0[moved] // width
         want[moved, h] = np.minimum(want[moved, h], val0[moved].astype(np.float32))
         assert moved.any()
         np.testing.assert_array_equal(gmin, want)

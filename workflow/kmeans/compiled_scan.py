@@ -169,9 +169,12 @@ def settle_ties(x: np.ndarray, c: np.ndarray, slots: np.ndarray, width: int, row
         i, win, win_f, win_c = rows[p], -1, np.inf, -1
         while p < n and rows[p] == i:
             j = cols[p]
-            cent = slots[j] if slots.shape[0] else j
+            cent = slots[j] if slots.shape[0] else j  # never a padding slot (−1): its ê is +inf, no candidate
             f = squared_distance(x[i], c[cent], buf)
-            if win < 0 or f < win_f or (f == win_f and cent < win_c):
+            better = f < win_f or (f == win_f and cent < win_c)
+            if win_f != win_f:  # a NaN f sorts last, as in resolve_ties's lexsort (non-finite rows only)
+                better = f == f or cent < win_c
+            if win < 0 or better:
                 win, win_f, win_c = p, f, cent
             p += 1
         if gmin.shape[1] and cols[win] != col[i]:

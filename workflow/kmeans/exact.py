@@ -1,9 +1,9 @@
 """The certified exact nearest-centroid assignment of every Lloyd pass (dense: every distance computed).
 
-**The assignment rule.** A row x goes to argmin_j f_j, where f_j = Σ_d (x_d − c_jd)² is evaluated in
-float64 from the float32 inputs (difference form, one fixed NumPy/torch routine), the first index winning
-exact ties. Computing f for every (row, centroid) pair would cost as much as the float32 GEMM in double
-precision, so it is only used to settle near ties:
+**The assignment rule.** A row x goes to argmin_j f_j, where f_j = Σ_d (x_d − c_jd)² is evaluated in float64 from
+the float32 inputs (difference form, one fixed summation order, :func:`exact_sq`), the first index winning exact
+ties. Computing f for every (row, centroid) pair would cost as much as the float32 GEMM in double precision, so it
+is only used to settle near ties:
 
 1. *Certified float32 GEMM.* ê_j = ‖c_j‖² − 2 x·c_j comes from one ``addmm`` (‖x‖² is the same for every j and left
    out; large CPU passes run the GEMM without the bias and add it in their compiled scan,
@@ -75,8 +75,10 @@ def f32_down(t: torch.Tensor) -> torch.Tensor:
 def exact_sq(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """f = Σ_d (x_d − c_d)² per row, in float64 from float32 rows: the reference value of the assignment rule.
 
-    One fixed routine (NumPy's per-row pairwise sum on CPU), so a pair gets the same value whichever batch it
-    is computed in (tested), and ties resolve the same way in every code path.
+    One fixed summation order (NumPy's per-row pairwise sum on CPU), so a pair gets the same value whichever batch
+    it is computed in (tested), and ties resolve the same way in every code path. The compiled tie settlement of
+    large passes repeats that order (:func:`workflow.kmeans.compiled_scan.squared_distance`); NumPy does not promise
+    it, so a test compares the two on every branch of it, and would catch a NumPy that changed it.
     """
     if x.device.type == "cpu":
         diff = x.numpy().astype(np.float64) - c.numpy().astype(np.float64)
@@ -199,8 +201,9 @@ class DenseBlock:
         m: Rows of the block.
         cen: Centroids of the pass (columns grouped when ``cen.layout`` is set).
         two_e: ``(m,)`` float64 tie margins 2E of the rows (:meth:`Centroids.margin`, doubled).
-        scan: On CPU, :func:`workflow.kmeans.compiled_scan.scan_centroids` to scan each chunk in one compiled call (the
-            same assignment; the engine passes it on large passes, where loading numba pays).
+        scan: On CPU, :func:`workflow.kmeans.compiled_scan.scan_centroids` to scan each chunk in one compiled call,
+            whose near ties :func:`~workflow.kmeans.compiled_scan.settle_ties` then settles in another (the same
+            assignment; the engine passes it on large passes, where loading numba pays).
     """
 
     def __init__(self, m: int, cen: Centroids, two_e: torch.Tensor, scan: ChunkScan | None = None) -> None:
