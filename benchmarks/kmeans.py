@@ -119,7 +119,7 @@ def matmul_rate(dim: int, k: int, threads: int, seconds: float = 0.3) -> dict[st
 
 
 def unfused_ceiling(dim: int, k: int, threads: int, rows: int, compiled: bool, seconds: float = 0.3,
-                    with_scans: bool = True) -> dict[str, float]:
+                    with_scans: bool = True) -> dict[str, float | None]:
     """GFLOP/s of ``threads`` single-threaded GEMMs of the engine's shape (``rows`` rows against the k centroids, on
     a thread pool as the engine runs them): alone, and each followed by the scan of its output that the engine's
     plain pass runs, the compiled scan (``compiled``: ``−2 C·Xᵀ``, then :func:`scan_centroids`) or NumPy's argmin and
@@ -473,7 +473,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--threads", type=int, default=2, help="threads of every implementation")
     parser.add_argument("--paired", type=int, default=10,
-                        help="pairs of (matmul burst, plain pass) for the paired share of the matmul rate (0: none)")
+                        help="pairs of (GEMM bursts, plain pass) for the paired share of the matmul rate (0: none)")
     parser.add_argument("--data", default="blobs,uniform", help="comma-separated: blobs, uniform")
     parser.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn (slow at full size)")
     parser.add_argument("--sklearn-iters", type=int, default=None,

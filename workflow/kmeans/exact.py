@@ -193,9 +193,8 @@ class DenseBlock:
     runner-up within 2E of the best, module doc); the near ties of the whole block are then settled in float64 in
     one call (:meth:`finish`), which costs less than one call per chunk. With ``scan`` (large CPU passes) a chunk
     may span several distance chunks, and two compiled calls scan it and settle its near ties
-    (:mod:`workflow.kmeans.compiled_scan`). With a
-    grouped layout the block also keeps, per row and group, the minimum ê over the group's centroids other than the
-    chosen one (the Yinyang lower bounds).
+    (:mod:`workflow.kmeans.compiled_scan`). With a grouped layout the block also keeps, per row and group, the
+    minimum ê over the group's centroids other than the chosen one (the Yinyang lower bounds).
 
     Args:
         m: Rows of the block.
@@ -279,11 +278,11 @@ class DenseBlock:
         the layout; :func:`~workflow.kmeans.compiled_scan.scan_centroids` finds each row's winner, group minima
         and near-tie candidates in one call, and :func:`~workflow.kmeans.compiled_scan.settle_ties` settles the
         near ties in another (what :meth:`finish` does for the NumPy path, bit for bit)."""
+        from workflow.kmeans.compiled_scan import settle_ties  # loaded already: the engine passed the scan
+
         cen, layout = self.cen, self.cen.layout
         m = xb.shape[0]
         r1 = r0 + m
-        from workflow.kmeans.compiled_scan import settle_ties  # loaded already: the engine passed the scan
-
         g = workspace().get("gemm", (cen.ct.shape[1], m), torch.float32, xb.device)
         torch.addmm(g, cen.ct.T, xb.T, beta=0, alpha=-2.0, out=g)  # −2 C·Xᵀ: β = 0 ignores g's old values
         gmin = self.gmin[r0:r1].numpy() if layout is not None else _NO_GROUPS
