@@ -4,7 +4,9 @@ Given ê, the scan must give what the NumPy path of :class:`workflow.kmeans.exac
 first column of the least ê, that ê, the group minima over the other columns and the near-tie candidates. Checked
 against NumPy sorts on exact ties, duplicated centroids, ±0, far-from-origin data and integer grids, then through
 whole k-means runs with and without it, on the engine's thread pool and with several GEMMs per sum block. For long
-rows the BLAS may round ê differently from ``addmm``; the assignment must not change (checked at d = 512).
+rows the BLAS may round ê differently from ``addmm``; the assignment must not change (checked at d = 512). The
+compiled settling of the near ties is checked the same way: its f against ``exact_sq`` on every branch of NumPy's
+summation order, its choices against ``resolve_ties`` (exact ties whose lower index comes later in column order).
 """
 
 from __future__ import annotations
